@@ -1,0 +1,5 @@
+import sys
+
+from polyvis.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: one conversation record format, synthetic families, converters, datasets and batching."""

@@ -1,0 +1,152 @@
+"""The one record format: LLaVA conversation JSON / JSONL.
+
+A record is a dict:
+    {"id": "scene-train-000001",
+     "image": "images/train/000001.png",          # or "images": [...], or neither (text only)
+     "family": "scene",                            # optional: which metric scores it
+     "conversations": [{"from": "human", "value": "<image>\\nHow many circles?"},
+                       {"from": "gpt", "value": "3"}]}
+Image paths are relative to the records file's folder (or absolute). Other fields are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from polyvis.errors import DataError
+
+IMAGE_TOKEN = "<image>"
+ROLES = ("human", "gpt")
+
+
+def record_image_paths(rec: dict[str, Any], root: str | Path | None = None) -> list[Path]:
+    """The record's image paths, resolved against `root` (the records file's folder)."""
+    if "images" in rec and rec["images"] is not None:
+        names = list(rec["images"])
+    elif rec.get("image"):
+        names = [rec["image"]]
+    else:
+        names = []
+    base = Path(root) if root is not None else None
+    return [Path(n) if base is None or Path(n).is_absolute() else base / n for n in names]
+
+
+def validate_record(rec: Any) -> list[str]:
+    """What is wrong with one record (empty list when it is fine)."""
+    if not isinstance(rec, dict):
+        return [f"record is a {type(rec).__name__}, not an object"]
+    problems = []
+    if not isinstance(rec.get("id"), (str, int)) or rec.get("id") == "":
+        problems.append("missing 'id'")
+    if "image" in rec and "images" in rec:
+        problems.append("has both 'image' and 'images'")
+    if "images" in rec and not (
+        isinstance(rec["images"], list) and all(isinstance(x, str) for x in rec["images"])
+    ):
+        problems.append("'images' must be a list of paths")
+    if "image" in rec and rec["image"] is not None and not isinstance(rec["image"], str):
+        problems.append("'image' must be a path string")
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        problems.append("'conversations' must be a non-empty list")
+        return problems
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            problems.append(f"turn {i} must be an object with a string 'value'")
+            return problems
+        expected = ROLES[i % 2]
+        if turn.get("from") != expected:
+            problems.append(f"turn {i} is from {turn.get('from')!r}, expected {expected!r}")
+    if len(conv) % 2:
+        problems.append("conversation ends with a human turn (no answer)")
+    n_images = len(record_image_paths(rec))
+    n_markers = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "human")
+    n_markers_gpt = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "gpt")
+    if n_markers_gpt:
+        problems.append(f"an answer contains {IMAGE_TOKEN}")
+    if n_markers != n_images:
+        problems.append(f"{n_markers} {IMAGE_TOKEN} markers but {n_images} images")
+    return problems
+
+
+def check_records(records: Iterable[Any], source: str = "records") -> list[dict[str, Any]]:
+    """Validate all records; raise one DataError naming every bad record id and its problem."""
+    records = list(records)
+    bad, seen = [], set()
+    for i, rec in enumerate(records):
+        problems = validate_record(rec)
+        rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"
+        if rid in seen:
+            problems.append("duplicate id")
+        seen.add(rid)
+        if problems:
+            bad.append(f"{rid}: {'; '.join(problems)}")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise DataError(f"{source}: {len(bad)} bad record(s): {' | '.join(bad[:5])}{more}")
+    return records
+
+
+def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]]:
+    """Read a JSON list or JSONL file of records."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: records file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{"):
+            records = [
+                json.loads(line) for line in text.splitlines() if line.strip()
+            ]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON/JSONL ({err})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a list of records")
+    return check_records(records, str(path)) if validate else records
+
+
+def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records as JSONL (or as a JSON list when the name ends in .json)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        if path.suffix == ".json":
+            json.dump(records, f, ensure_ascii=False, indent=1)
+        else:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def make_record(
+    rid: str,
+    image: str | list[str] | None,
+    turns: list[tuple[str, str]],
+    family: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build a record from (question, answer) turns; the first question gets the image marker."""
+    conv = []
+    images = [image] if isinstance(image, str) else list(image or [])
+    for i, (q, a) in enumerate(turns):
+        if i == 0 and images and IMAGE_TOKEN not in q:
+            q = "\n".join([IMAGE_TOKEN] * len(images) + [q])
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    rec: dict[str, Any] = {"id": rid}
+    if len(images) == 1:
+        rec["image"] = images[0]
+    elif images:
+        rec["images"] = images
+    if family:
+        rec["family"] = family
+    rec["conversations"] = conv
+    rec.update(extra)
+    return rec

@@ -1,0 +1,238 @@
+"""Build a PolyVis model and its processor from the config's checkpoints (or random configs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+)
+
+try:  # the PIL backend needs no torchvision; import it directly to skip the fallback warning
+    from transformers import ViTImageProcessorPil as ViTImageProcessor
+except ImportError:  # pragma: no cover - older transformers
+    from transformers import ViTImageProcessor
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from polyvis.config import Config, EncoderSpec, LLMSpec, ModelSection
+from polyvis.errors import ConfigError
+from polyvis.models.encoders import (
+    backbone_from_config,
+    describe,
+    num_hidden_layers,
+    prepare_backbone,
+    resolve_layers,
+    vision_config_of,
+)
+from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
+from polyvis.models.processing import PolyVisProcessor
+from polyvis.models.tokenizer import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN, add_image_tokens, train_bpe_tokenizer
+
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_IMAGENET_MEAN = [0.485, 0.456, 0.406]
+_IMAGENET_STD = [0.229, 0.224, 0.225]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load_error(field: str, path: str, err: Exception) -> ConfigError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = "local directory" if Path(path).exists() else "local directory or reachable hub checkpoint"
+    return ConfigError(field, f"cannot load {path!r} (not a usable {where}): {first}")
+
+
+def _config_from_dict(data: dict[str, Any]) -> Any:
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
+    """The vision tower of a checkpoint (CLIP / SigLIP: only the vision half), or a random one."""
+    if spec.config is not None:
+        try:
+            return backbone_from_config(_config_from_dict(spec.config)).to(dtype)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+    kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(spec.path, **kw)
+        vcfg = vision_config_of(config)
+        cls = MODEL_MAPPING[type(vcfg)] if type(vcfg) in MODEL_MAPPING else AutoModel
+        if vcfg is config:
+            return AutoModel.from_pretrained(spec.path, dtype=dtype, **kw)
+        return cls.from_pretrained(spec.path, dtype=dtype, **kw)
+    except (OSError, ValueError) as err:
+        raise _load_error(f"{field}.path", spec.path, err) from None
+
+
+def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) -> Any:
+    """The checkpoint's own processor (with optional size / mean / std overrides), or a plain one."""
+    if spec.path is not None:
+        try:
+            proc = AutoImageProcessor.from_pretrained(spec.path, revision=spec.revision)
+        except (OSError, ValueError) as err:
+            raise _load_error(f"{field}.path", spec.path, err) from None
+        if spec.image_size is not None:
+            s = spec.image_size
+            if getattr(proc, "do_center_crop", False) and getattr(proc, "crop_size", None):
+                proc.size = {"shortest_edge": s}
+                proc.crop_size = {"height": s, "width": s}
+            else:
+                proc.size = {"height": s, "width": s}
+    else:
+        size = spec.image_size or getattr(backbone_config, "image_size", None)
+        if size is None:
+            raise ConfigError(f"{field}.image_size", "needed: the encoder config has no image_size")
+        size = size if isinstance(size, int) else int(size[0])
+        is_clip = "clip" in backbone_config.model_type or "siglip" in backbone_config.model_type
+        proc = ViTImageProcessor(
+            size={"height": size, "width": size},
+            image_mean=_CLIP_MEAN if is_clip else _IMAGENET_MEAN,
+            image_std=_CLIP_STD if is_clip else _IMAGENET_STD,
+        )
+    if spec.image_mean is not None:
+        proc.image_mean = list(spec.image_mean)
+    if spec.image_std is not None:
+        proc.image_std = list(spec.image_std)
+    return proc
+
+
+def processor_output_size(proc: Any) -> tuple[int, int]:
+    """The (H, W) a processor produces, measured on a dummy image (works for any processor)."""
+    pv = proc(images=[Image.new("RGB", (97, 73))], return_tensors="pt")["pixel_values"]
+    return int(pv.shape[-2]), int(pv.shape[-1])
+
+
+def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[Any, Any, dict]:
+    field = f"model.encoders[{index}]"
+    backbone = load_vision_backbone(spec, field, dtype)
+    proc = make_image_processor(spec, backbone.config, field)
+    image_size = processor_output_size(proc)
+    total = num_hidden_layers(backbone.config)
+    if total is None:
+        total = len(describe_hidden_count(backbone, image_size)) - 1
+    layers = resolve_layers(spec.layers, total, f"{field}.layers")
+    prepare_backbone(backbone, max(layers))
+    entry = describe(backbone, layers, image_size, f"{field}.layers")
+    entry = {"name": spec.name, **entry, "config": json.loads(backbone.config.to_json_string(use_diff=False))}
+    return backbone, proc, entry
+
+
+@torch.no_grad()
+def describe_hidden_count(backbone: Any, image_size: tuple[int, int]) -> tuple:
+    dummy = torch.zeros(1, 3, *image_size, dtype=next(backbone.parameters()).dtype)
+    return backbone(pixel_values=dummy, output_hidden_states=True, return_dict=True).hidden_states
+
+
+def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
+    field = "model.llm"
+    tok_path = spec.tokenizer.path or spec.path
+    if tok_path is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                tok_path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            tok_field = f"{field}.tokenizer.path" if spec.tokenizer.path else f"{field}.path"
+            raise _load_error(tok_field, tok_path, err) from None
+    else:
+        texts = [Path(p).read_text(encoding="utf-8") for p in spec.tokenizer.corpus]
+        tokenizer = train_bpe_tokenizer(texts or None, spec.tokenizer.vocab_size)
+    if spec.path is not None:
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(
+                spec.path, dtype=dtype, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise _load_error(f"{field}.path", spec.path, err) from None
+    else:
+        cfg = dict(spec.config)
+        cfg.setdefault("vocab_size", len(tokenizer))
+        if cfg["vocab_size"] < len(tokenizer):
+            raise ConfigError(
+                f"{field}.config.vocab_size", f"{cfg['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}"
+            )
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            tid = getattr(tokenizer, key)
+            if tid is not None:
+                cfg.setdefault(key, tid)
+        try:
+            lm = AutoModelForCausalLM.from_config(_config_from_dict(cfg)).to(dtype)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+    return lm, tokenizer
+
+
+def build_model(cfg: Config | ModelSection) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
+    """Build the (untrained) model and its processor from a config's model section."""
+    section = cfg.model if isinstance(cfg, Config) else cfg
+    dtype = DTYPES[section.dtype]
+    backbones, procs, entries = [], {}, []
+    for i, spec in enumerate(section.encoders):
+        backbone, proc, entry = build_encoder(spec, i, dtype)
+        backbones.append(backbone)
+        procs[spec.name] = proc
+        entries.append(entry)
+    lm, tokenizer = build_language_model(section.llm, dtype)
+    ids = add_image_tokens(tokenizer)
+    text_config = lm.config
+    config = PolyVisConfig(
+        text_config=text_config,
+        encoders=entries,
+        fusion=dict(section.fusion),
+        adapter=dict(section.adapter),
+        image_token_id=ids[IMAGE_TOKEN],
+        image_start_token_id=ids[IMAGE_START_TOKEN],
+        image_end_token_id=ids[IMAGE_END_TOKEN],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        # Without this the composite config resets the LM's attention backend to None.
+        attn_implementation=lm.config._attn_implementation,
+    )
+    model = PolyVisForConditionalGeneration(config, language_model=lm, backbones=backbones)
+    model.config.image_seq_length = model.image_seq_length
+    # Boundary tokens start where ordinary words live, so the frozen LM sees familiar inputs.
+    with torch.no_grad():
+        emb = lm.get_input_embeddings().weight
+        model.image_boundary_embeds.copy_(emb.mean(0, keepdim=True).expand(2, -1) + 0.02 * torch.randn(2, emb.shape[1]))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.to(dtype)
+    model.eval()  # like from_pretrained; training code switches to train()
+    sizes = {e["name"]: tuple(e["image_size"]) for e in entries}
+    processor = PolyVisProcessor(tokenizer, procs, sizes, model.image_seq_length)
+    return model, processor
+
+
+def save_model(model: PolyVisForConditionalGeneration, processor: PolyVisProcessor, out: str | Path) -> Path:
+    """Write model, tokenizer and processors to one directory (safetensors)."""
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def load_model(
+    directory: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None
+) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
+    """Load a polyvis model directory (offline) with its processor."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError("", f"{directory}: not a polyvis model directory (no config.json)")
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    model = PolyVisForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+    if device:
+        model.to(device)
+    model.eval()
+    return model, PolyVisProcessor.from_pretrained(directory)

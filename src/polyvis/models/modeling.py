@@ -1,0 +1,264 @@
+"""PolyVisConfig and PolyVisForConditionalGeneration: encoders -> fusion -> adapter -> causal LM.
+
+One transformers model: `save_pretrained` writes a single directory (safetensors) holding the
+encoders, fusion, adapter and LM; `from_pretrained` rebuilds it offline from config.json alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+from polyvis.errors import DataError
+from polyvis.models.adapters import build_adapter
+from polyvis.models.encoders import VisionEncoder, backbone_from_config, prepare_backbone
+from polyvis.models.fusion import EncoderInfo, build_fusion
+
+
+class PolyVisConfig(PreTrainedConfig):
+    """Configuration of a PolyVis model.
+
+    encoders: one dict per encoder: name, config (the backbone's transformers config as a dict),
+        layers (absolute hidden-state indices), num_prefix_tokens, grid, dim, image_size,
+        interpolate_pos_encoding. Written by `polyvis.build_model`, which probes each backbone.
+    fusion / adapter: `{"type": name, ...options}` dicts of the fusion and adapter registries.
+    text_config: the causal LM's config.
+    image_token_id / image_start_token_id / image_end_token_id: ids of `<image>` (placeholder
+        replaced by visual features), `<img_start>` and `<img_end>` (own trainable embeddings).
+    image_seq_length: visual tokens per image (the adapter's output length).
+    """
+
+    model_type = "polyvis"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    encoders: list | None = None
+    fusion: dict | None = None
+    adapter: dict | None = None
+    image_token_id: int = 0
+    image_start_token_id: int = 0
+    image_end_token_id: int = 0
+    image_seq_length: int = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.encoders is None:
+            self.encoders = []
+        if self.fusion is None:
+            self.fusion = {"type": "concat-channel"}
+        if self.adapter is None:
+            self.adapter = {"type": "mlp", "depth": 2}
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+
+def _mark_initialised(module: nn.Module) -> None:
+    """Keep post_init from re-initialising weights that were loaded from a checkpoint."""
+    for m in module.modules():
+        m._is_hf_initialized = True
+    for t in list(module.parameters()) + list(module.buffers()):
+        t._is_hf_initialized = True
+
+
+class PolyVisPreTrainedModel(PreTrainedModel):
+    config_class = PolyVisConfig
+    config: PolyVisConfig
+    base_model_prefix = "polyvis"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = ["cache"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, PolyVisForConditionalGeneration):
+            nn.init.normal_(module.image_boundary_embeds, std=0.02)
+            return
+        super()._init_weights(module)
+
+
+class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
+    """Frozen-or-not encoders, a fusion method, an adapter and any causal LM, as one model.
+
+    forward(input_ids, pixel_values, ...): pixel_values is (num_images, K, 3, H, W), one slot per
+    encoder, each image resized for that encoder and zero-padded to the largest size (a single
+    tensor, so generate() can expand it for beams like any other input). Images are spliced in
+    order into the `<image>` placeholders of the batch.
+    """
+
+    def __init__(
+        self,
+        config: PolyVisConfig,
+        language_model: PreTrainedModel | None = None,
+        backbones: list[PreTrainedModel] | None = None,
+    ):
+        super().__init__(config)
+        if not config.encoders:
+            raise ValueError("PolyVisConfig.encoders is empty: build models with polyvis.build_model")
+        encoders = []
+        for k, entry in enumerate(config.encoders):
+            if backbones is not None:
+                backbone = backbones[k]
+                _mark_initialised(backbone)
+            else:
+                backbone = backbone_from_config(entry["config"])
+            prepare_backbone(backbone, max(entry["layers"]))
+            encoders.append(VisionEncoder(backbone, entry))
+        self.encoders = nn.ModuleList(encoders)
+        infos = [
+            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"])) for e in config.encoders
+        ]
+        self.fusion = build_fusion(config.fusion, infos)
+        text_config = config.text_config
+        self.adapter = build_adapter(
+            config.adapter, self.fusion.out_dim, text_config.hidden_size, self.fusion.grid, self.fusion.num_tokens
+        )
+        if language_model is None:
+            language_model = AutoModelForCausalLM.from_config(text_config)
+        else:
+            _mark_initialised(language_model)
+        self.language_model = language_model
+        # `<img_start>` and `<img_end>` own their embeddings, so they can learn while the LM is frozen.
+        self.image_boundary_embeds = nn.Parameter(torch.zeros(2, text_config.hidden_size))
+        self.post_init()
+
+    # -- transformers plumbing ------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # -- image features --------------------------------------------------------------------------
+    @property
+    def image_seq_length(self) -> int:
+        return self.adapter.num_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> list[list[torch.Tensor]]:
+        """(n, K, 3, H, W) -> per encoder, its selected layers' features (n, N_k, D_k)."""
+        if pixel_values.dim() == 4 and len(self.encoders) == 1:
+            pixel_values = pixel_values[:, None]
+        if pixel_values.dim() != 5 or pixel_values.shape[1] != len(self.encoders):
+            raise DataError(
+                f"pixel_values must be (num_images, {len(self.encoders)}, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
+        feats = []
+        for k, enc in enumerate(self.encoders):
+            h, w = enc.image_size
+            x = pixel_values[:, k, :, :h, :w]
+            frozen = not any(p.requires_grad for p in enc.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                feats.append(enc(x))
+        return feats
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        encoder_features: list[list[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Visual tokens in the LM's embedding space, (num_images, image_seq_length, D_llm).
+
+        encoder_features: precomputed encoder outputs (the feature cache), instead of pixels.
+        """
+        feats = encoder_features if encoder_features is not None else self.encode_images(pixel_values)
+        return self.adapter(self.fusion(feats))
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """LM embeddings, with `<img_start>` / `<img_end>` taken from their own parameters."""
+        cfg = self.config
+        embed = self.get_input_embeddings()
+        is_start = input_ids == cfg.image_start_token_id
+        is_end = input_ids == cfg.image_end_token_id
+        is_image = input_ids == cfg.image_token_id
+        # These ids may lie past the LM's vocabulary (tokens added to the tokenizer).
+        safe_ids = input_ids.masked_fill(is_start | is_end | is_image, 0)
+        embeds = embed(safe_ids)
+        boundary = self.image_boundary_embeds.to(embeds.dtype)
+        embeds = torch.where(is_start[..., None], boundary[0], embeds)
+        embeds = torch.where(is_end[..., None], boundary[1], embeds)
+        return embeds
+
+    def splice_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Put the visual tokens into the `<image>` placeholders, in order (vectorised)."""
+        mask = input_ids == self.config.image_token_id
+        n_placeholders = int(mask.sum())
+        n_features = image_features.shape[0] * image_features.shape[1]
+        if n_placeholders != n_features:
+            raise DataError(
+                f"image placeholder count mismatch: input_ids hold {n_placeholders} <image> tokens but "
+                f"{image_features.shape[0]} image(s) x {image_features.shape[1]} tokens = {n_features} features"
+            )
+        return inputs_embeds.masked_scatter(mask[..., None], image_features.to(inputs_embeds.dtype))
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        encoder_features: list[list[torch.Tensor]] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ):
+        """Causal-LM forward; loss (when labels are given) only where labels != -100."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("give input_ids or inputs_embeds")
+            inputs_embeds = self.embed_tokens(input_ids)
+            has_images = pixel_values is not None or encoder_features is not None
+            if has_images:
+                features = self.get_image_features(pixel_values, encoder_features)
+                inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, features)
+            elif bool((input_ids == self.config.image_token_id).any()):
+                raise DataError("input_ids hold <image> placeholders but no pixel_values were given")
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    # -- training helpers ------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role: encoders, projector (fusion + adapter + boundary tokens), llm."""
+        return {
+            "encoders": list(self.encoders.parameters()),
+            "projector": list(self.fusion.parameters())
+            + list(self.adapter.parameters())
+            + [self.image_boundary_embeds],
+            "llm": list(self.language_model.parameters()),
+        }
+
+    def set_trainable(self, encoders: bool = False, projector: bool = True, llm: bool = False) -> None:
+        """Freeze or unfreeze by role (align stage: projector only; finetune: + llm)."""
+        flags = {"encoders": encoders, "projector": projector, "llm": llm}
+        for role, params in self.parameter_groups().items():
+            for p in params:
+                p.requires_grad_(flags[role])
+
+
+AutoConfig.register("polyvis", PolyVisConfig, exist_ok=True)

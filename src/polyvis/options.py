@@ -1,0 +1,38 @@
+"""Turn a `{type: name, ...options}` dict into a validated options object of a registered class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from polyvis.errors import ConfigError
+from polyvis.registry import Registry
+
+
+def pydantic_error_to_config_error(err: ValidationError, prefix: str) -> ConfigError:
+    """The first error of a pydantic ValidationError as one line naming the dotted field."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown option"
+    return ConfigError(field, msg)
+
+
+def resolve_typed(reg: Registry, cfg: dict[str, Any] | BaseModel, field: str) -> tuple[type, Any]:
+    """Look up cfg['type'] in `reg` and validate the rest against the class's `Params` model."""
+    if isinstance(cfg, BaseModel):
+        cfg = cfg.model_dump()
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"{field}.type", f"missing; valid: {', '.join(reg.names())}")
+    name = cfg["type"]
+    if name not in reg:
+        raise ConfigError(f"{field}.type", f"unknown {reg.kind} {name!r}; valid: {', '.join(reg.names())}")
+    cls = reg.get(name)
+    try:
+        params = cls.Params(**cfg)
+    except ValidationError as err:
+        raise pydantic_error_to_config_error(err, field) from None
+    return cls, params
