@@ -74,9 +74,19 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
         raise _load_error(f"{field}.path", spec.path, err) from None
 
 
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _may_have_processor(path: str) -> bool:
+    """False only for a local directory without a processor file (a bare `save_pretrained`)."""
+    p = Path(path)
+    return not p.is_dir() or any((p / name).is_file() for name in _PROCESSOR_FILES)
+
+
 def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) -> Any:
-    """The checkpoint's own processor (with optional size / mean / std overrides), or a plain one."""
-    if spec.path is not None:
+    """The checkpoint's own processor (with optional size / mean / std overrides), or a plain one
+    (config image_size, CLIP or ImageNet statistics) for a local checkpoint saved without one."""
+    if spec.path is not None and _may_have_processor(spec.path):
         try:
             proc = AutoImageProcessor.from_pretrained(spec.path, revision=spec.revision)
         except (OSError, ValueError) as err:
@@ -232,6 +242,10 @@ def load_model(
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     model = PolyVisForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+    if (directory / "lora").is_dir():  # a LoRA run's final model: base weights + adapter
+        from peft import PeftModel
+
+        model.language_model = PeftModel.from_pretrained(model.language_model, directory / "lora")
     if device:
         model.to(device)
     model.eval()

@@ -1,0 +1,124 @@
+"""Checkpoints: written atomically (temporary dir, then rename), the last K kept.
+
+A checkpoint holds what training changes and nothing more: the trainable parameters
+(safetensors), optimizer and scheduler state (torch.save, read back with weights_only=True), the
+RNG states of every process and the data position. Frozen weights come from the run's start model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from polyvis.errors import PolyVisError
+
+PREFIX = "step-"
+
+
+def checkpoint_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    root = checkpoint_dir(run)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = list_checkpoints(run)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep_last: int,
+    accelerator: Any,
+) -> Path:
+    """Write RUN/checkpoints/step-N atomically; every process writes its own RNG state."""
+    root = checkpoint_dir(run)
+    final = root / f"{PREFIX}{step}"
+    tmp = root / f".tmp-{PREFIX}{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        save_file(tensors, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in (tmp / "state.json", tmp / "trainable.safetensors"):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any
+) -> dict[str, Any]:
+    """Restore a checkpoint into prepared objects; returns its state.json."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise PolyVisError(f"{path}: unreadable checkpoint ({err})") from None
+    unwrapped = accelerator.unwrap_model(model)
+    params = dict(unwrapped.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+    if missing:
+        raise PolyVisError(f"{path}: checkpoint lacks trainable parameter {missing[0]} (changed config?)")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{accelerator.process_index}.json"
+    if rng_file.is_file():
+        set_rng_state(json.loads(rng_file.read_text()))
+    return state

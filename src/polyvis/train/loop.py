@@ -1,0 +1,315 @@
+"""`polyvis train`: one loop for both stages, on accelerate (one process, DDP, FSDP, DeepSpeed).
+
+The loss is the mean over every answer token of the global batch (all micro-batches of an
+optimizer step, on all processes), so one process and N processes with the same global batch
+compute the same update, and gradient accumulation changes nothing but memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from polyvis.config import Config, config_to_dict, dump_config
+from polyvis.errors import ConfigError, PolyVisError
+from polyvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from polyvis.train.data import EpochSampler, data_files
+from polyvis.train.stages import configure_stage, parameter_groups
+
+# Config parts that must match for a run directory to be resumed.
+_RESUME_KEYS = ("model", "data")
+
+
+class TrainingError(PolyVisError):
+    pass
+
+
+def _check_resumable(run: Path, cfg: Config) -> None:
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        return
+    import yaml
+
+    old = yaml.safe_load(saved.read_text())
+    new = config_to_dict(cfg)
+    for key in _RESUME_KEYS:
+        if old.get(key) != new.get(key):
+            raise ConfigError(key, f"differs from the config of the run in {run}; use a new --out to start over")
+    for key in ("stage", "lora", "batch_size", "grad_accum", "seed"):
+        if old.get("train", {}).get(key) != new["train"].get(key):
+            raise ConfigError(f"train.{key}", f"differs from the run in {run}; use a new --out to start over")
+
+
+def _start_model(cfg: Config):
+    from polyvis.models.build import build_model, load_model
+
+    if cfg.train.init_from:
+        src = Path(cfg.train.init_from)
+        if (src / "final").is_dir():  # a run directory: start from its final model
+            src = src / "final"
+        if not (src / "config.json").is_file():
+            raise ConfigError("train.init_from", f"{src} is neither a model directory nor a finished run")
+        return load_model(src)
+    return build_model(cfg)
+
+
+def _make_loader(cfg: Config, processor, split: str, shuffle: bool):
+    from polyvis.data.collate import Collator
+    from polyvis.data.dataset import ConversationDataset
+
+    files = data_files(cfg, split)
+    if not files:
+        return None, None
+    ds = ConversationDataset(files, processor, max_length=cfg.data.max_length, image_root=cfg.data.image_root)
+    if len(ds) == 0:
+        return None, None
+    sampler = EpochSampler(len(ds), cfg.train.seed, shuffle=shuffle)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        collate_fn=Collator(processor.tokenizer.pad_token_id),
+        num_workers=cfg.train.num_workers,
+        drop_last=shuffle and len(ds) >= cfg.train.batch_size,
+    )
+    return loader, sampler
+
+
+def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    keys = ("input_ids", "attention_mask", "labels", "pixel_values")
+    return {k: batch[k].to(device) for k in keys if k in batch}
+
+
+def _answer_tokens(batch: dict[str, Any]) -> int:
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+class _MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = path
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, accelerator) -> float:
+    """Mean answer-token loss over a validation loader."""
+    model.eval()
+    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for batch in loader:
+        n = _answer_tokens(batch)
+        if n == 0:
+            continue
+        out = model(**_model_inputs(batch, accelerator.device), num_items_in_batch=1)
+        total += out.loss.double().cpu()  # sum over tokens (num_items_in_batch=1)
+        count += n
+    model.train()
+    total = accelerator.reduce(total.to(accelerator.device), "sum")
+    count = accelerator.reduce(count.to(accelerator.device), "sum")
+    return float(total / count.clamp(min=1))
+
+
+def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
+    """Train as the config says into the run directory `out`; resumes from its last checkpoint."""
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from polyvis.models.build import save_model
+    from polyvis.train.stages import has_lora
+
+    run = Path(out)
+    tc = cfg.train
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if tc.batch_size % accelerator.num_processes:
+        raise ConfigError("train.batch_size", f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes")
+    main = accelerator.is_main_process
+    if (run / "final" / "config.json").is_file() and latest_checkpoint(run) is None and (run / "done.json").is_file():
+        if main:
+            print(f"{run} is already finished; its model is {run / 'final'}")
+        return run / "final"
+    _check_resumable(run, cfg)
+    accelerator.wait_for_everyone()
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run / "config.yaml")
+    set_seed(tc.seed)
+    model, processor = _start_model(cfg)
+    configure_stage(model, tc)
+    model.train()
+    loader, sampler = _make_loader(cfg, processor, "train", shuffle=True)
+    if loader is None:
+        raise ConfigError("data.train", "no training records: name records files or data.synthetic families")
+    val_loader, _ = _make_loader(cfg, processor, "val", shuffle=False) if tc.eval_every else (None, None)
+    optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
+    model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+
+    step, micro = 0, 0
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator)
+        step, micro = int(state["step"]), int(state["micro"])
+        if main:
+            print(f"resuming {run} from {ckpt.name}")
+    log = _MetricsLog(run / "metrics.jsonl", main)
+    batches_per_epoch = len(loader)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    skipped = 0
+
+    def batches():
+        nonlocal micro
+        while True:
+            epoch, pos = divmod(micro, batches_per_epoch)
+            it = accelerator.skip_first_batches(loader, pos) if pos else loader
+            # accelerate sets the sampler's epoch from the loader's own counter when iterating
+            it.set_epoch(epoch) if hasattr(it, "set_epoch") else sampler.set_epoch(epoch)
+            for batch in it:
+                micro += 1
+                yield batch
+
+    stream = batches()
+    bar = _progress(progress and main, tc.max_steps, step)
+    t_start, tokens_seen, samples_seen = time.perf_counter(), 0, 0
+    while step < tc.max_steps:
+        group = [next(stream) for _ in range(tc.grad_accum)]
+        skipped += sum(int(b.get("skipped", 0)) for b in group)
+        n_local = torch.tensor(float(sum(_answer_tokens(b) for b in group)), device=accelerator.device)
+        n_global = accelerator.reduce(n_local, "sum")
+        if float(n_global) == 0:
+            continue
+        norm = n_global / accelerator.num_processes  # DDP averages gradients over processes
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(group):
+            sync = i == len(group) - 1
+            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            with ctx:
+                out = model(**_model_inputs(batch, accelerator.device), num_items_in_batch=norm)
+                accelerator.backward(out.loss)
+            loss_sum += out.loss.detach()
+            tokens_seen += int(batch["attention_mask"].sum())
+            samples_seen += int(batch["input_ids"].shape[0])
+        loss = float(accelerator.reduce(loss_sum, "mean"))
+        if not math.isfinite(loss):
+            last = latest_checkpoint(run)
+            raise TrainingError(
+                f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: {last or 'none'}"
+            )
+        if tc.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
+        else:
+            grad_norm = float("nan")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.perf_counter() - t_start
+        row = {
+            "step": step,
+            "loss": loss,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "samples_per_s": samples_seen * accelerator.num_processes / max(elapsed, 1e-9),
+            "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9),
+            "skipped": skipped,
+        }
+        if val_loader is not None and step % tc.eval_every == 0:
+            row["val_loss"] = evaluate_loss(model, val_loader, accelerator)
+        log.write(row)
+        bar.update(step, loss)
+        if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:
+            save_checkpoint(run, step, model, optimizer, scheduler, {"micro": micro}, tc.keep_last, accelerator)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    final = run / "final"
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        if has_lora(unwrapped):
+            from polyvis.train.stages import LORA_DIR
+
+            lm = unwrapped.language_model
+            lm.save_pretrained(final / LORA_DIR)  # the adapter alone; merge with `polyvis merge-lora`
+            unwrapped.language_model = lm.unload()
+        save_model(unwrapped, processor, final)
+        dump_config(cfg, final / "polyvis.yaml")
+        summary = {"steps": step, "skipped_records": skipped, "seconds": time.perf_counter() - t_start}
+        (run / "done.json").write_text(json.dumps(summary, indent=1))
+        if skipped:
+            print(f"skipped {skipped} unusable record(s) (see the warnings above)")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _progress:
+    """A rich progress bar with loss and speed (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"))
+            self.bar.start()
+
+    def update(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=loss)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

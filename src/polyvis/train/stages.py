@@ -1,0 +1,88 @@
+"""What each stage trains: align (fusion, adapter, boundary tokens) and finetune (+ LLM, LoRA)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from polyvis.config import TrainSection
+from polyvis.errors import ConfigError
+from polyvis.models.modeling import PolyVisForConditionalGeneration
+
+LORA_DIR = "lora"
+DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def apply_lora(model: PolyVisForConditionalGeneration, options: dict[str, Any]) -> None:
+    """Wrap the language model in peft LoRA adapters (only the adapters train)."""
+    from peft import LoraConfig, get_peft_model
+
+    opts = {**DEFAULT_LORA, **options}
+    unknown = set(opts) - set(DEFAULT_LORA)
+    if unknown:
+        raise ConfigError(f"train.lora.{sorted(unknown)[0]}", f"unknown option; valid: {', '.join(DEFAULT_LORA)}")
+    config = LoraConfig(
+        r=int(opts["r"]),
+        lora_alpha=int(opts["alpha"]),
+        lora_dropout=float(opts["dropout"]),
+        target_modules=opts["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    model.language_model = get_peft_model(model.language_model, config)
+
+
+def has_lora(model: PolyVisForConditionalGeneration) -> bool:
+    return hasattr(model.language_model, "peft_config")
+
+
+def configure_stage(model: PolyVisForConditionalGeneration, train: TrainSection) -> None:
+    """Freeze / unfreeze by stage; LoRA (finetune only) leaves the LLM's base weights frozen."""
+    if train.stage == "align":
+        if train.lora:
+            raise ConfigError("train.lora", "LoRA trains the LLM, which the align stage keeps frozen; use stage: finetune")
+        model.set_trainable(encoders=train.unfreeze_encoders, projector=True, llm=False)
+        return
+    model.set_trainable(encoders=train.unfreeze_encoders, projector=True, llm=not train.lora)
+    if train.lora:
+        apply_lora(model, train.lora)  # peft freezes the base LM and adds trainable adapters
+    if train.gradient_checkpointing:
+        model.language_model.gradient_checkpointing_enable()
+        if hasattr(model.language_model, "enable_input_require_grads"):
+            model.language_model.enable_input_require_grads()
+
+
+def parameter_groups(model: PolyVisForConditionalGeneration, train: TrainSection) -> list[dict[str, Any]]:
+    """Trainable parameters in groups with their own learning rates (no decay on norms, biases)."""
+    lrs = {
+        "projector": train.lr,
+        "llm": train.lr_llm if train.lr_llm is not None else train.lr,
+        "encoders": train.lr_encoders if train.lr_encoders is not None else train.lr,
+    }
+    roles = {
+        "encoders": model.encoders,
+        "projector": nn.ModuleList([model.fusion, model.adapter]),
+        "llm": model.language_model,
+    }
+    groups = []
+    boundary = model.image_boundary_embeds
+    for role, module in roles.items():
+        decay, no_decay = [], []
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        if role == "projector" and boundary.requires_grad:
+            no_decay.append(boundary)
+        for params, wd in ((decay, train.weight_decay), (no_decay, 0.0)):
+            if params:
+                groups.append({"params": params, "lr": lrs[role], "weight_decay": wd, "role": role})
+    if not groups:
+        raise ConfigError("train.stage", "nothing to train: every parameter is frozen")
+    return groups
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (what a checkpoint must hold)."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
