@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
 
     run = Path(out)
     tc = cfg.train
+    # Several processes on a machine without GPUs: accelerate's CPU path (DDP over gloo).
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu or None,
         mixed_precision=tc.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -151,11 +155,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     if tc.batch_size % accelerator.num_processes:
         raise ConfigError("train.batch_size", f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes")
     main = accelerator.is_main_process
-    if (run / "final" / "config.json").is_file() and latest_checkpoint(run) is None and (run / "done.json").is_file():
-        if main:
-            print(f"{run} is already finished; its model is {run / 'final'}")
-        return run / "final"
     _check_resumable(run, cfg)
+    if (run / "done.json").is_file() and (run / "final" / "config.json").is_file():
+        if main:
+            print(f"{run} is already finished; its model is {run / 'final'} (a new --out starts over)")
+        return run / "final"
     accelerator.wait_for_everyone()
     if main:
         run.mkdir(parents=True, exist_ok=True)
@@ -263,7 +267,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             unwrapped.language_model = lm.unload()
         save_model(unwrapped, processor, final)
         dump_config(cfg, final / "polyvis.yaml")
-        summary = {"steps": step, "skipped_records": skipped, "seconds": time.perf_counter() - t_start}
+        summary = {"steps": step, "processes": accelerator.num_processes, "skipped_records": skipped, "seconds": time.perf_counter() - t_start}
         (run / "done.json").write_text(json.dumps(summary, indent=1))
         if skipped:
             print(f"skipped {skipped} unusable record(s) (see the warnings above)")
