@@ -1,0 +1,126 @@
+"""`polyvis chat MODEL --image PATH ["question"]`: one answer, or an interactive conversation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = """commands: /image PATH  switch images (starts a new conversation)
+          /reset       forget the conversation, keep the image
+          /quit        leave (also /exit or end of input)"""
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets the question come after options (`chat MODEL --image X "question"`): plain argparse
+    binds every positional in the first run of them, leaving a later question unrecognised."""
+
+    _busy = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._busy:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._busy = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._busy = False
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="ask a model about an image (one question, or an interactive session)",
+        description="With a question: print one answer and exit. Without: an interactive session "
+        "that keeps the conversation; tokens are printed as they are generated.\n\n" + HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.__class__ = _IntermixedParser
+    p.add_argument("model", help="polyvis model directory")
+    p.add_argument("question", nargs="?", help="ask this one question and exit")
+    p.add_argument("--image", help="image file to talk about")
+    p.add_argument("--system", help="system prompt (before the conversation)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=None, help="with --sample (default 1.0)")
+    p.add_argument("--top-p", type=float, default=None, help="with --sample (default 1.0)")
+    p.add_argument("--beams", type=int, default=1, help="beam search width (no streaming)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if any)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.set_defaults(func=run)
+
+
+def _gen_options(args: argparse.Namespace) -> dict:
+    from polyvis.errors import ConfigError
+
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens", f"must be at least 1, got {args.max_new_tokens}")
+    if args.beams < 1:
+        raise ConfigError("--beams", f"must be at least 1, got {args.beams}")
+    if not args.sample and (args.temperature is not None or args.top_p is not None):
+        raise ConfigError("--temperature/--top-p", "only apply with --sample")
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.sample,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "num_beams": args.beams,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from polyvis.models.build import load_model
+    from polyvis.serve.chat import ChatSession, as_image
+
+    gen = _gen_options(args)
+    image = as_image(args.image) if args.image else None  # a bad file fails before the model loads
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model(args.model, dtype=args.dtype, device=device)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    session = ChatSession(model, processor, image=image, system=args.system, gen=gen)
+    if args.question is not None:
+        print(session.ask(args.question))
+        return 0
+    return interactive(session, args.beams == 1)
+
+
+def interactive(session, stream: bool) -> int:
+    """Read questions and commands from stdin until /quit or end of input."""
+    from transformers import TextStreamer
+
+    from polyvis.errors import DataError
+
+    streamer = TextStreamer(session.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    print(HELP, file=sys.stderr)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line.startswith("/"):
+            cmd, _, rest = line.partition(" ")
+            if cmd in ("/quit", "/exit"):
+                return 0
+            if cmd == "/reset":
+                session.reset()
+                print("(conversation reset)")
+            elif cmd == "/image" and rest.strip():
+                try:
+                    session.set_image(rest.strip())
+                except DataError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    continue
+                print(f"(image {rest.strip()}; new conversation)")
+            else:
+                print(HELP)
+            continue
+        if stream:
+            session.ask(line, streamer=streamer)  # the streamer prints the answer and a newline
+        else:
+            print(session.ask(line))

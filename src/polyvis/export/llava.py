@@ -1,0 +1,378 @@
+"""Export a one-encoder polyvis model as a transformers LLaVA checkpoint (LlavaForConditionalGeneration
+plus LlavaProcessor), which LLaVA serving engines load as they are.
+
+What maps onto what:
+- the encoder -> `vision_tower` (polyvis already cut it after its deepest used layer, so the used
+  layer is hidden_states[-1]; several layers become a `vision_feature_layer` list, concatenated in
+  the same order); CLIP's class token is dropped by `vision_feature_select_strategy="default"`, a
+  tower without prefix tokens (SigLIP) uses "full"; anything else (registers) cannot be exported;
+- `mlp` (depth 2) -> `multi_modal_projector` (linear_1, GELU, linear_2); `linear` -> linear_1 with
+  `projector_hidden_act="linear"` and linear_2 = identity (exact, one spare D x D matrix);
+- `<img_start>` / `<img_end>` own embeddings -> their rows of the (resized) LM embedding matrix, so
+  the same token ids give the same result. LLaVA's processor expands `<image>` only, so the
+  exported chat template writes `<img_start><image><img_end>` where a message holds an image.
+  Rows the LM never had (ids past its vocabulary) are listed in `generation_config.suppress_tokens`,
+  as polyvis can never generate them.
+
+The export checks itself before writing: the LLaVA vision path must give polyvis's image features,
+and the LLaVA processor must give polyvis's token ids and pixels for a sample prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from polyvis.errors import ConfigError
+from polyvis.models.tokenizer import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
+
+# Messages -> strings with `<img_start><image><img_end>` where images are, then the model's own
+# template. Content may be a string with `<image>` markers or a list of {type: image|text} items.
+_TEMPLATE_PREFIX = (
+    "{%- set ns = namespace(msgs=[]) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['content'] is string -%}{%- set text = m['content'] -%}"
+    "{%- else -%}{%- set parts = namespace(s='') -%}"
+    "{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{%- set parts.s = parts.s + '<image>\\n' -%}"
+    "{%- elif c['type'] == 'text' -%}{%- set parts.s = parts.s + c['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
+    "{%- set text = text | replace('"
+    + IMAGE_START_TOKEN
+    + IMAGE_TOKEN
+    + IMAGE_END_TOKEN
+    + "', '<image>')"
+    " | replace('<image>', '" + IMAGE_START_TOKEN + IMAGE_TOKEN + IMAGE_END_TOKEN + "') -%}"
+    "{%- set ns.msgs = ns.msgs + [{'role': m['role'], 'content': text}] -%}"
+    "{%- endfor -%}"
+    "{%- set messages = ns.msgs -%}"
+)
+
+_CLIP_KEYS = (
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+    "do_normalize", "image_mean", "image_std", "do_convert_rgb",
+)  # fmt: skip
+
+
+def check_exportable(config: Any) -> dict[str, Any]:
+    """Why a PolyVisConfig cannot be LLaVA (ConfigError), else the LLaVA settings it maps to."""
+    encoders = config.encoders
+    if len(encoders) != 1:
+        names = ", ".join(e["name"] for e in encoders)
+        raise ConfigError(
+            "model.encoders",
+            f"LLaVA has one vision tower; this model fuses {len(encoders)} encoders ({names})",
+        )
+    entry = encoders[0]
+    fusion = dict(config.fusion)
+    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim") is not None:
+        raise ConfigError(
+            "model.fusion",
+            f"LLaVA feeds the tower's features straight to the projector; fusion {fusion} is not the "
+            "identity (use concat-channel without proj_dim)",
+        )
+    if fusion.get("grid") is not None and list(fusion["grid"]) != list(entry["grid"]):
+        raise ConfigError(
+            "model.fusion.grid", f"{fusion['grid']} resamples the {entry['grid']} patch grid"
+        )
+    adapter = dict(config.adapter)
+    kind = adapter.get("type")
+    if kind == "mlp" and adapter.get("depth", 2) == 2:
+        act, bias = "gelu", True
+    elif kind == "linear":
+        act, bias = "linear", bool(adapter.get("bias", True))
+    else:
+        raise ConfigError(
+            "model.adapter",
+            f"LLaVA's projector is Linear-GELU-Linear; adapter {adapter} cannot be expressed "
+            "(export needs mlp with depth 2, or linear)",
+        )
+    prefix = int(entry.get("num_prefix_tokens", 0))
+    if prefix not in (0, 1):
+        raise ConfigError(
+            "model.encoders[0]",
+            f"encoder {entry['name']!r} puts {prefix} prefix tokens (class + registers) before its "
+            "patches; LLaVA can drop one class token ('default') or none ('full')",
+        )
+    if entry.get("interpolate_pos_encoding"):
+        raise ConfigError(
+            "model.encoders[0].image_size",
+            f"encoder {entry['name']!r} runs at {entry['image_size']} with interpolated position "
+            "embeddings; LLaVA runs its tower at the config's image size",
+        )
+    layers = list(entry["layers"])
+    depth = int(entry["config"].get("num_hidden_layers", max(layers)))
+    feature_layer: int | list[int] = -1 if layers == [depth] else layers
+    return {
+        "vision_feature_layer": feature_layer,
+        "vision_feature_select_strategy": "default" if prefix == 1 else "full",
+        "projector_hidden_act": act,
+        "multimodal_projector_bias": bias,
+        "num_additional_image_tokens": prefix,
+    }
+
+
+def _projector_state(model: Any, act: str) -> dict[str, torch.Tensor]:
+    if act == "gelu":
+        return model.adapter.llava_state_dict()
+    proj = model.adapter.proj  # linear: y = W x + b, then an exact identity as linear_2
+    d = proj.weight.shape[0]
+    sd = {
+        "linear_1.weight": proj.weight.detach(),
+        "linear_2.weight": torch.eye(d, dtype=proj.weight.dtype),
+    }
+    if proj.bias is not None:
+        sd["linear_1.bias"] = proj.bias.detach()
+        sd["linear_2.bias"] = torch.zeros(d, dtype=proj.weight.dtype)
+    return sd
+
+
+def _split_lm(lm: Any) -> tuple[Any, str]:
+    """The LM's base model (what LLaVA holds) and the key prefix of its weights."""
+    prefix = lm.base_model_prefix
+    base = getattr(lm, prefix, None)
+    head = lm.get_output_embeddings()
+    if base is None or head is None or getattr(head, "bias", None) is not None:
+        raise ConfigError(
+            "model.llm",
+            f"{type(lm).__name__} is not a base model plus a bias-free lm_head, as LLaVA expects",
+        )
+    head_name = next(n for n, m in lm.named_modules() if m is head)
+    extra = {k for k in lm.state_dict() if not k.startswith(prefix + ".")} - {f"{head_name}.weight"}
+    if extra:
+        raise ConfigError(
+            "model.llm",
+            f"{type(lm).__name__} has weights LLaVA has no place for: {sorted(extra)[:3]}",
+        )
+    return base, prefix
+
+
+def build_llava(model: Any, processor: Any) -> LlavaForConditionalGeneration:
+    """A LlavaForConditionalGeneration holding the polyvis model's weights (shared, not copied)."""
+    cfg = model.config
+    settings = check_exportable(cfg)
+    entry = cfg.encoders[0]
+    vision_cfg = dict(entry["config"])
+    vision_cfg = AutoConfig.for_model(vision_cfg.pop("model_type"), **vision_cfg)
+    lm = model.language_model
+    base, _ = _split_lm(lm)
+    text_cfg = copy.deepcopy(lm.config)
+    old_vocab = lm.get_input_embeddings().weight.shape[0]
+    ids = [cfg.image_token_id, cfg.image_start_token_id, cfg.image_end_token_id]
+    vocab = max(old_vocab, max(ids) + 1, len(processor.tokenizer))
+    text_cfg.vocab_size = vocab
+    # A tied head would change the boundary tokens' logits too; untie it when they are real words.
+    tied = bool(
+        getattr(cfg, "tie_word_embeddings", False)
+        or getattr(text_cfg, "tie_word_embeddings", False)
+    )
+    untie = tied and min(cfg.image_start_token_id, cfg.image_end_token_id) < old_vocab
+    if untie:
+        tied = False
+    text_cfg.tie_word_embeddings = tied
+    llava_cfg = LlavaConfig(
+        vision_config=vision_cfg,
+        text_config=text_cfg,
+        image_token_index=cfg.image_token_id,
+        image_seq_length=cfg.image_seq_length,
+        vision_feature_layer=settings["vision_feature_layer"],
+        vision_feature_select_strategy=settings["vision_feature_select_strategy"],
+        projector_hidden_act=settings["projector_hidden_act"],
+        multimodal_projector_bias=settings["multimodal_projector_bias"],
+        tie_word_embeddings=tied,
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+    )
+    # On the meta device: no random init of billions of weights; everything is assigned below.
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(llava_cfg)
+
+    dtype = lm.get_input_embeddings().weight.dtype
+    emb_old = lm.get_input_embeddings().weight.detach()
+    emb = torch.zeros(vocab, emb_old.shape[1], dtype=dtype)
+    emb[:old_vocab] = emb_old
+    emb[cfg.image_start_token_id] = model.image_boundary_embeds.detach()[0].to(dtype)
+    emb[cfg.image_end_token_id] = model.image_boundary_embeds.detach()[1].to(dtype)
+    sd: dict[str, torch.Tensor] = {}
+    backbone = model.encoders[0].backbone
+    sd.update({f"model.vision_tower.{k}": v for k, v in backbone.state_dict().items()})
+    sd.update(
+        {
+            f"model.multi_modal_projector.{k}": v
+            for k, v in _projector_state(model, settings["projector_hidden_act"]).items()
+        }
+    )
+    sd.update({f"model.language_model.{k}": v for k, v in base.state_dict().items()})
+    sd["model.language_model.embed_tokens.weight"] = emb
+    if tied:
+        sd["lm_head.weight"] = emb
+    else:
+        head_old = emb_old if untie else lm.get_output_embeddings().weight.detach()
+        head = torch.zeros(vocab, head_old.shape[1], dtype=dtype)
+        head[:old_vocab] = head_old
+        sd["lm_head.weight"] = head
+    expected = llava.state_dict()
+    for key in [k for k in expected if k not in sd]:
+        # Final norms polyvis replaced by Identity: LLaVA reads hidden_states, never their output.
+        if key.startswith("model.vision_tower.") and key.split(".")[-1] in ("weight", "bias"):
+            fill = torch.ones if key.endswith("weight") else torch.zeros
+            sd[key] = fill(expected[key].shape, dtype=dtype)
+    unknown = sorted(set(sd) - set(expected))
+    missing = sorted(set(expected) - set(sd))
+    if unknown or missing:
+        raise ConfigError(
+            "model", f"weights do not map onto LLaVA: unknown {unknown[:3]}, missing {missing[:3]}"
+        )
+    llava.load_state_dict(sd, strict=True, assign=True)
+    if tied:
+        llava.lm_head.weight = llava.model.language_model.embed_tokens.weight
+    # Non-persistent buffers (position ids, rotary frequencies) are not in state dicts.
+    for target, source in (
+        (llava.model.vision_tower, backbone),
+        (llava.model.language_model, base),
+    ):
+        src = dict(source.named_buffers())
+        for name, buf in list(target.named_buffers()):
+            if buf.is_meta:
+                owner, _, attr = name.rpartition(".")
+                mod = target.get_submodule(owner) if owner else target
+                mod._buffers[attr] = src[name].clone() if name in src else None
+    meta = [n for n, t in [*llava.named_parameters(), *llava.named_buffers()] if t.is_meta]
+    if meta:
+        raise ConfigError("model", f"could not fill LLaVA tensors {meta[:3]}")
+    llava.config.dtype = dtype
+    llava.generation_config = copy.deepcopy(model.generation_config)
+    if vocab > old_vocab:
+        llava.generation_config.suppress_tokens = list(range(old_vocab, vocab))
+    return llava.eval()
+
+
+def _clip_image_processor(src: Any, size: tuple[int, int]) -> Any:
+    """The polyvis image processor as a CLIP one (what LLaVA checkpoints ship)."""
+    if "CLIP" in type(src).__name__:
+        proc = copy.deepcopy(src)
+    else:
+        try:
+            from transformers import CLIPImageProcessorPil as CLIPProc
+        except ImportError:  # pragma: no cover - older transformers
+            from transformers import CLIPImageProcessor as CLIPProc
+        d = src.to_dict()
+        kw = {k: d[k] for k in _CLIP_KEYS if d.get(k) is not None}
+        kw.setdefault("do_center_crop", False)
+        kw["do_convert_rgb"] = True
+        proc = CLIPProc(**kw)
+    if not getattr(proc, "crop_size", None) or not getattr(proc, "do_center_crop", False):
+        proc.crop_size = {"height": size[0], "width": size[1]}
+    return proc
+
+
+def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
+    """A LlavaProcessor (CLIP image processor, the tokenizer, an image-aware chat template)."""
+    settings = check_exportable(model.config)
+    entry = model.config.encoders[0]
+    name = processor.encoder_names[0]
+    size = tuple(processor.image_sizes[name])
+    patch = entry["config"].get("patch_size")
+    patch = patch if isinstance(patch, int) else (patch or [None])[0]
+    if not patch or [size[0] // patch, size[1] // patch] != list(entry["grid"]):
+        raise ConfigError(
+            "model.encoders[0]",
+            f"LLaVA counts image tokens as (H / patch_size) x (W / patch_size); {size} with patch "
+            f"{patch} does not give the encoder's {entry['grid']} grid",
+        )
+    src = processor.image_processors[name]
+    image_proc = _clip_image_processor(src, size)
+    if not _same_pixels(src, image_proc):
+        image_proc = copy.deepcopy(src)  # still loads with LlavaProcessor; keeps exact pixels
+        image_proc.crop_size = {"height": size[0], "width": size[1]}
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    from polyvis.data.template import chat_template_of
+
+    template = _TEMPLATE_PREFIX + chat_template_of(processor.tokenizer)
+    tokenizer.chat_template = template
+    return LlavaProcessor(
+        image_processor=image_proc,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy=settings["vision_feature_select_strategy"],
+        chat_template=template,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=settings["num_additional_image_tokens"],
+    )
+
+
+def _probe_images() -> list[Image.Image]:
+    g = torch.Generator().manual_seed(0)
+    arrays = [
+        torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8)
+        for h, w in ((37, 53), (64, 48))
+    ]
+    return [Image.fromarray(a.numpy()) for a in arrays]
+
+
+def _same_pixels(a: Any, b: Any) -> bool:
+    images = _probe_images()
+    pa = a(images=images, return_tensors="pt")["pixel_values"]
+    pb = b(images=images, return_tensors="pt")["pixel_values"]
+    return pa.shape == pb.shape and torch.allclose(pa, pb, atol=1e-5)
+
+
+@torch.no_grad()
+def verify(model: Any, processor: Any, llava: Any, llava_processor: Any) -> None:
+    """Raise ConfigError unless LLaVA sees what polyvis sees: same ids, pixels and image features."""
+    image = _probe_images()[0]
+    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nWhat is shown?"}]
+    text = processor.apply_chat_template(messages)
+    ours = processor(text, images=image, add_special_tokens=False)
+    llava_text = llava_processor.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}],
+            }
+        ],
+        add_generation_prompt=True,
+    )
+    theirs = llava_processor(
+        text=llava_text, images=image, return_tensors="pt", add_special_tokens=False
+    )
+    if ours["input_ids"].tolist() != theirs["input_ids"].tolist():
+        raise ConfigError(
+            "processor", "the LLaVA processor tokenises the sample prompt differently"
+        )
+    pv = ours["pixel_values"][:, 0]
+    if not torch.allclose(pv, theirs["pixel_values"].to(pv.dtype), atol=1e-5):
+        raise ConfigError("processor", "the LLaVA image processor gives different pixels")
+    pv = pv.to(model.device, model.dtype)
+    want = model.get_image_features(pv[:, None])
+    got = torch.stack(list(llava.model.get_image_features(pv).pooler_output))
+    scale = 1e-3 * (1 + want.abs().max().item())
+    if got.shape != want.shape or (got.float() - want.float()).abs().max().item() > scale:
+        raise ConfigError(
+            "model.encoders[0]", "the LLaVA vision path does not reproduce the image features"
+        )
+
+
+def export_llava(model_dir: str | Path, out: str | Path, dtype: str | None = None) -> Path:
+    """Load a polyvis model directory and write it as a LLaVA checkpoint + processor to `out`."""
+    from polyvis.models.build import load_model
+    from polyvis.models.modeling import PolyVisConfig
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError("", f"{model_dir}: not a polyvis model directory (no config.json)")
+    check_exportable(PolyVisConfig.from_pretrained(model_dir))  # fail fast, before loading weights
+    model, processor = load_model(model_dir, dtype=dtype)
+    llava = build_llava(model, processor)
+    llava_processor = build_llava_processor(model, processor)
+    verify(model, processor, llava, llava_processor)
+    out = Path(out)
+    llava.save_pretrained(out)
+    llava_processor.save_pretrained(out)
+    return out
