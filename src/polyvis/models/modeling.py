@@ -242,6 +242,32 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
+    ):
+        """Repeat each prompt's images as a group for beams / num_return_sequences.
+
+        The default repeats pixel_values image by image, which pairs the beams of a two-image
+        prompt with [a, a] and [b, b] instead of [a, b] twice.
+        """
+        pixel_values = model_kwargs.pop("pixel_values", None)
+        input_ids_out, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if pixel_values is not None and expand_size > 1:
+            if input_ids is None:
+                raise ValueError("generate() with images and several beams needs input_ids")
+            per_prompt = (input_ids == self.config.image_start_token_id).sum(1)
+            first = torch.cumsum(per_prompt, 0) - per_prompt  # index of each prompt's first image
+            counts = per_prompt.repeat_interleave(expand_size)  # images per expanded row
+            row = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+            offset = torch.arange(int(counts.sum()), device=counts.device) - (torch.cumsum(counts, 0) - counts)[row]
+            order = first.repeat_interleave(expand_size)[row] + offset
+            pixel_values = pixel_values[order.to(pixel_values.device)]
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        return input_ids_out, model_kwargs
+
     # -- training helpers ------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role: encoders, projector (fusion + adapter + boundary tokens), llm."""
