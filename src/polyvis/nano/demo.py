@@ -1,56 +1,187 @@
-"""The demo: synthetic data -> train the nano-tiny model (align stage) -> answer questions.
+"""`polyvis demo`: the founding research question in miniature, on a CPU, offline.
 
-This is the first version of the nano world (issue 6 grows it into experts, fused models and a
-comparison table). Everything goes through the same code paths as real checkpoints.
+1. Synthetic data for the six families (scene, ocr, latex, chart, table, mixed).
+2. The nano experts (clip-nano: contrastive on scene captions; vary-nano: Vary-tiny on documents),
+   cached by their settings, saved with save_pretrained and loaded by path like real checkpoints.
+3. Models with the same budget: clip-nano alone, vary-nano alone, and both mixed (omnifusion and
+   concat-channel), each a tiny causal LM trained from scratch with the fusion and adapter.
+4. Held-out evaluation per family; DIR/results.json, results.md and results.png side by side.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import time
 from pathlib import Path
+from typing import Any
 
-from polyvis.config import load_config
+from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
 
-PRESET = Path(__file__).resolve().parents[3] / "configs" / "nano-tiny.yaml"
+FAMILIES = ["scene", "ocr", "latex", "chart", "table", "mixed"]
+
+LM = {
+    "model_type": "qwen2", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+    "tie_word_embeddings": True,
+}  # fmt: skip
+QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_key_value_heads": 1}  # fmt: skip
+
+# name, encoders, fusion
+RUNS = [
+    ("clip-nano", ["clip"], "concat-channel"),
+    ("vary-nano", ["vary"], "concat-channel"),
+    ("clip+vary omnifusion", ["clip", "vary"], "omnifusion"),
+    ("clip+vary concat-channel", ["clip", "vary"], "concat-channel"),
+]
+
+BUDGET = {"n": 600, "steps": 600, "batch_size": 32, "lr": 2e-3, "eval_limit": 400, "vocab": 1024}
+QUICK_BUDGET = {"n": 12, "steps": 6, "batch_size": 8, "lr": 3e-3, "eval_limit": 4, "vocab": 400}
 
 
-def preset_path() -> Path:
-    """configs/nano-tiny.yaml from the checkout, or the copy shipped inside the package."""
-    if PRESET.is_file():
-        return PRESET
-    return Path(__file__).resolve().parent / "presets" / "nano-tiny.yaml"
+def _slug(name: str) -> str:
+    return name.replace("+", "-").replace(" ", "-")
 
 
-def run_demo(out: str | Path, quick: bool = False, steps: int | None = None) -> dict:
-    from polyvis.data.records import read_records, record_image_paths
-    from polyvis.models.build import load_model
-    from polyvis.serve.chat import answer
-    from polyvis.train import train
+def write_corpus(data_dir: Path, out: Path) -> Path:
+    """All training text (questions and answers) for the BPE tokenizer."""
+    from polyvis.data.records import read_records
+
+    lines = []
+    for fam in FAMILIES:
+        path = data_dir / fam / "train.jsonl"
+        if path.is_file():
+            for rec in read_records(path, validate=False):
+                lines += [t["value"].replace("<image>", "") for t in rec["conversations"]]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def run_config(
+    encoders: list[str], fusion: str, experts: dict[str, Path], data_dir: Path, corpus: Path, budget: dict, quick: bool, seed: int
+) -> dict[str, Any]:
+    specs = {
+        "clip": {"name": "clip", "path": str(experts["clip-nano"]), "layers": [-2]},
+        "vary": {"name": "vary", "path": str(experts["vary-nano"]), "layers": [-1]},
+    }
+    return {
+        "model": {
+            "encoders": [specs[e] for e in encoders],
+            "fusion": {"type": fusion},
+            "adapter": {"type": "mlp", "depth": 2},
+            "llm": {
+                "config": QUICK_LM if quick else LM,
+                "tokenizer": {"vocab_size": budget["vocab"], "corpus": [str(corpus)]},
+            },
+        },
+        "data": {
+            "train": [str(data_dir / f / "train.jsonl") for f in FAMILIES],
+            "val": [],
+            "max_length": 256,
+        },
+        "train": {
+            "stage": "finetune",
+            "max_steps": budget["steps"],
+            "batch_size": budget["batch_size"],
+            "lr": budget["lr"],
+            "warmup_steps": max(1, budget["steps"] // 20),
+            "seed": seed,
+            "save_every": max(1, budget["steps"] // 4),
+            "cache_features": not quick,
+        },
+    }
+
+
+def run_demo(
+    out: str | Path, quick: bool = False, steps: int | None = None, jobs: int = 2, seed: int = 0, progress: bool = True
+) -> dict[str, Any]:
+    from polyvis.data.synthetic import generate
+    from polyvis.eval.report import compare_table, plot_compare
+    from polyvis.nano.experts import ensure_experts
 
     out = Path(out)
-    t0 = time.perf_counter()
-    steps = steps or (20 if quick else 150)
-    n = 40 if quick else 400
-    cfg = load_config(
-        preset_path(),
-        [
-            f"train.max_steps={steps}",
-            "data.synthetic={families: [scene, ocr], n: %d, seed: 0, size: 64}" % n,
-            f"data.synthetic.dir={out / 'data'}",
-        ],
-    )
-    final = train(cfg, out / "run", progress=True)
-    model, processor = load_model(final)
-    from PIL import Image
+    start = time.perf_counter()
+    budget = dict(QUICK_BUDGET if quick else BUDGET)
+    if steps:
+        budget["steps"] = steps
+    data_dir = out / "data"
+    if not (data_dir / "manifest.json").is_file():
+        print(f"[1/4] generating synthetic data ({budget['n']} images per family) in {data_dir}")
+        generate(FAMILIES, budget["n"], seed, data_dir, image_size=64, progress=progress)
+    print("[2/4] nano experts (cached by their settings)")
+    experts = ensure_experts(quick=quick, progress=progress)
+    corpus = write_corpus(data_dir, out / "corpus.txt")
+    specs = []
+    for name, encoders, fusion in RUNS:
+        cfg = run_config(encoders, fusion, experts, data_dir, corpus, budget, quick, seed)
+        specs.append(
+            RunSpec(
+                name,
+                cfg,
+                out / "runs" / _slug(name),
+                [data_dir / f / "test.jsonl" for f in FAMILIES],
+                budget["eval_limit"],
+                {"encoders": [f"{e}-nano" for e in encoders], "fusion": fusion, "adapter": "mlp"},
+            )
+        )
+    print(f"[3/4] training {len(specs)} models, {budget['steps']} steps each, {jobs} at a time")
+    seconds = train_runs(specs, jobs=jobs, on_done=lambda s, t: print(f"      {s.name}: trained in {t:.0f} s"))
+    print("[4/4] evaluating on held-out test sets")
+    runs = []
+    for spec in specs:
+        res = evaluate_run(spec)
+        scores = family_scores(res)
+        runs.append(
+            {
+                "name": spec.name,
+                **spec.meta,
+                "scores": scores,
+                "mean": sum(scores.values()) / max(1, len(scores)),
+                "train_seconds": seconds.get(spec.name, 0.0),
+            }
+        )
+    results = {
+        "runs": runs,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {_cpus()} cores",
+        "seconds": time.perf_counter() - start,
+        "budget": budget,
+        "quick": quick,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    as_results = [{"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs]
+    table = compare_table([r["name"] for r in runs], as_results)
+    (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
+    plot_compare([r["name"] for r in runs], as_results, out / "results.png")
+    print("\n" + table)
+    _print_examples(specs)
+    print(f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all")
+    return results
 
-    print("\nexample answers (held-out test images):")
-    for fam in ("scene", "ocr"):
-        recs = read_records(out / "data" / fam / "test.jsonl")[:2]
-        for rec in recs:
-            img = record_image_paths(rec, out / "data" / fam)[0]
-            question = rec["conversations"][0]["value"].replace("<image>", "").strip()
-            pred = answer(model, processor, Image.open(img), question, max_new_tokens=16)
-            print(f"  {img}\n    Q: {question}\n    A: {pred!r}  (reference {rec['conversations'][1]['value']!r})")
-    secs = time.perf_counter() - t0
-    print(f"\ndemo finished in {secs:.0f} s; model: {final}")
-    return {"final": str(final), "seconds": secs}
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _markdown(results: dict[str, Any], table: str) -> str:
+    b = results["budget"]
+    return (
+        "# polyvis demo: which encoders, mixed how?\n\n"
+        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, "
+        f"{b['n']} synthetic images per family. Scores are per family on held-out test records "
+        "(exact match, edit similarity, relaxed accuracy or ANLS by family), 0-1.\n\n"
+        f"{table}\n\nMachine: {results['machine']}; {results['seconds']:.0f} s in all.\n"
+    )
+
+
+def _print_examples(specs: list[RunSpec], per_run: int = 2) -> None:
+    print("\nexample answers:")
+    for spec in specs:
+        path = spec.out / "eval" / "answers.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()[:per_run]]
+        for row in rows:
+            print(f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> {row['prediction'][:40]!r} (ref {row['reference'][:40]!r})")
