@@ -165,6 +165,9 @@ def _validate(data: dict[str, Any]) -> Config:
         return Config.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
+        original = first.get("ctx", {}).get("error")
+        if isinstance(original, ConfigError):  # raised by a validator: it already names its field
+            raise original from None
         msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
         msg = msg.removeprefix("Value error, ")
         raise ConfigError(field_name(first["loc"]), msg) from None

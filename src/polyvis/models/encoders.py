@@ -47,6 +47,16 @@ def num_hidden_layers(config: PretrainedConfig) -> int | None:
     return getattr(config, "num_hidden_layers", None)
 
 
+def _truncate_stages(config: PretrainedConfig, keep_layers: int) -> None:
+    """Backbone configs (DINOv2, ViT-like) name one stage per layer; a saved config whose
+    out_features point past the kept layers would not load again."""
+    if getattr(config, "stage_names", None) and hasattr(
+        config, "set_output_features_output_indices"
+    ):
+        config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, keep_layers + 1)]
+        config.set_output_features_output_indices(out_features=None, out_indices=None)
+
+
 def prepare_backbone(backbone: PreTrainedModel, keep_layers: int | None) -> PreTrainedModel:
     """Drop blocks above `keep_layers` and the heads that only read the last layer."""
     total = num_hidden_layers(backbone.config)
@@ -55,6 +65,7 @@ def prepare_backbone(backbone: PreTrainedModel, keep_layers: int | None) -> PreT
         if blocks is not None:
             del blocks[keep_layers:]
             backbone.config.num_hidden_layers = keep_layers
+            _truncate_stages(backbone.config, keep_layers)
     for parent in (backbone, getattr(backbone, "vision_model", None)):
         if parent is None:
             continue

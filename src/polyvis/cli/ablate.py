@@ -1,0 +1,19 @@
+"""`polyvis ablate`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="grid over fusions x adapters x encoder sets x seeds (resumable)")
+    p.add_argument("config", help="ablation YAML (e.g. configs/ablate-nano.yaml)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from polyvis.nano.ablate import run_ablation
+
+    run_ablation(args.config, args.out)
+    return 0

@@ -1,0 +1,174 @@
+"""`polyvis ablate`: a grid over fusion methods x adapters x encoder sets x seeds, same budget.
+
+The ablation file:
+
+    nano: true                  # base = the demo's nano setup (experts, data, tiny LM); or
+    base: configs/x.yaml        # a polyvis config (a path, or the config inline)
+    quick: false                # nano only: the smallest budget
+    grid:
+      fusion: [concat-channel, omnifusion]          # names or {type: ..., options}
+      adapter: [mlp, {type: ldp, pool_grid: 4}]
+      encoders: [[clip], [vary], [clip, vary]]      # subsets of the base's encoders, by name
+      seeds: [0, 1, 2]
+    eval: {files: [...], limit: 200}                # nano: the demo's test sets by default
+    jobs: 2
+
+Every cell trains in its own run directory, so a half-finished grid resumes where it stopped.
+Writes OUT/ablation.json, OUT/ablation.md (mean ± std over seeds per cell and family) and
+OUT/ablation.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from polyvis.config import load_config
+from polyvis.errors import ConfigError
+from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+
+
+def _typed(value: Any, field: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"type": value}
+    if isinstance(value, dict) and "type" in value:
+        return dict(value)
+    raise ConfigError(field, f"expected a name or a mapping with 'type', got {value!r}")
+
+
+def _label(d: dict[str, Any]) -> str:
+    extra = ",".join(f"{k}={v}" for k, v in d.items() if k != "type")
+    return d["type"] + (f"({extra})" if extra else "")
+
+
+def load_ablation(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"{path}: ablation file not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"nano", "base", "quick", "grid", "eval", "jobs"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs")
+    if not spec.get("nano") and "base" not in spec:
+        raise ConfigError("base", "give a base config (path or mapping), or nano: true")
+    grid = spec.get("grid") or {}
+    bad = set(grid) - {"fusion", "adapter", "encoders", "seeds"}
+    if bad:
+        raise ConfigError(f"grid.{sorted(bad)[0]}", "unknown axis; valid: fusion, adapter, encoders, seeds")
+    return spec
+
+
+def _nano_base(spec: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[Path], int | None]:
+    from polyvis.data.synthetic import generate
+    from polyvis.nano import demo
+    from polyvis.nano.experts import ensure_experts
+
+    quick = bool(spec.get("quick"))
+    budget = dict(demo.QUICK_BUDGET if quick else demo.BUDGET)
+    data_dir = out / "data"
+    if not (data_dir / "manifest.json").is_file():
+        generate(demo.FAMILIES, budget["n"], 0, data_dir, image_size=64, progress=False)
+    experts = ensure_experts(quick=quick)
+    corpus = demo.write_corpus(data_dir, out / "corpus.txt")
+    base = demo.run_config(["clip", "vary"], "concat-channel", experts, data_dir, corpus, budget, quick, 0)
+    return base, [data_dir / f / "test.jsonl" for f in demo.FAMILIES], budget["eval_limit"]
+
+
+def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
+    """Every (cell, seed) run of the grid, with its config."""
+    if spec.get("nano"):
+        base, eval_files, limit = _nano_base(spec, out)
+    else:
+        src = spec["base"]
+        base = load_config(src).model_dump(mode="json", exclude_none=True) if isinstance(src, str) else src
+        eval_files, limit = [], None
+    ev = spec.get("eval") or {}
+    eval_files = [Path(f) for f in ev.get("files", eval_files)]
+    if not eval_files:
+        raise ConfigError("eval.files", "no held-out records files to evaluate on")
+    limit = ev.get("limit", limit)
+    grid = spec.get("grid") or {}
+    by_name = {e["name"]: e for e in base["model"]["encoders"]}
+    fusions = [_typed(f, "grid.fusion") for f in grid.get("fusion", [base["model"]["fusion"]])]
+    adapters = [_typed(a, "grid.adapter") for a in grid.get("adapter", [base["model"]["adapter"]])]
+    enc_sets = grid.get("encoders", [list(by_name)])
+    for i, names in enumerate(enc_sets):
+        for n in names:
+            if n not in by_name:
+                raise ConfigError(f"grid.encoders[{i}]", f"unknown encoder {n!r}; the base has {', '.join(by_name)}")
+    seeds = grid.get("seeds", [0])
+    runs = []
+    for fusion, adapter, names, seed in itertools.product(fusions, adapters, enc_sets, seeds):
+        cfg = copy.deepcopy(base)
+        cfg["model"]["fusion"], cfg["model"]["adapter"] = fusion, adapter
+        cfg["model"]["encoders"] = [by_name[n] for n in names]
+        cfg.setdefault("train", {})["seed"] = seed
+        cell = f"{'+'.join(names)} | {_label(fusion)} | {_label(adapter)}"
+        try:
+            load_config(cfg)
+        except ConfigError as err:
+            print(f"skipping {cell}: {err}")
+            continue
+        slug = "_".join([*names, _label(fusion), _label(adapter)]).replace("/", "-").replace(" ", "")
+        runs.append((cell, seed, RunSpec(f"{cell} | seed {seed}", cfg, out / "cells" / slug / f"seed-{seed}", eval_files, limit)))
+    return runs
+
+
+def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
+    out = Path(out)
+    spec = load_ablation(path)
+    runs = plan(spec, out)
+    print(f"{len(runs)} runs ({len({c for c, _, _ in runs})} cells); finished ones are reused")
+    train_runs([r for _, _, r in runs], jobs=int(spec.get("jobs", 2)), on_done=lambda s, t: print(f"  trained {s.name} in {t:.0f} s"))
+    cells: dict[str, list[dict[str, float]]] = {}
+    for cell, _seed, run in runs:
+        scores = family_scores(evaluate_run(run))
+        scores["mean"] = sum(scores.values()) / max(1, len(scores))
+        cells.setdefault(cell, []).append(scores)
+    summary = {cell: _mean_std(rows) for cell, rows in cells.items()}
+    result = {"cells": summary, "runs": len(runs)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(result, indent=1))
+    table = _table(summary)
+    (out / "ablation.md").write_text("# Ablation (points, mean ± std over seeds)\n\n" + table + "\n")
+    _plot(summary, out / "ablation.png")
+    print("\n" + table)
+    return result
+
+
+def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = rows[0].keys()
+    return {
+        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0, "n": len(rows)}
+        for k in keys
+    }
+
+
+def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    cols = list(next(iter(summary.values())))
+    lines = ["| encoders | fusion | adapter | " + " | ".join(cols) + " |", "|---|---|---|" + "---:|" * len(cols)]
+    for cell, stats in sorted(summary.items(), key=lambda kv: -kv[1]["mean"]["mean"]):
+        vals = [f"{stats[c]['mean']:.1f} ± {stats[c]['std']:.1f}" for c in cols]
+        lines.append("| " + " | ".join(p.strip() for p in cell.split("|")) + " | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cells = sorted(summary, key=lambda c: -summary[c]["mean"]["mean"])
+    fig = Figure(figsize=(max(5, 0.6 * len(cells) + 2), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(range(len(cells)), [summary[c]["mean"]["mean"] for c in cells], yerr=[summary[c]["mean"]["std"] for c in cells], capsize=3)
+    ax.set_xticks(range(len(cells)), [c.replace(" | ", "\n") for c in cells], fontsize=6)
+    ax.set_ylabel("mean score (points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
