@@ -1,0 +1,248 @@
+"""The OpenAI-compatible HTTP app: POST /v1/chat/completions, GET /v1/models, GET /health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polyvis.serve.batcher import Batcher, Delta, Event, Failed, Finished, Job, Started
+from polyvis.serve.completions import ResponseBuilder, check_limits, render_messages, sse
+from polyvis.serve.errors import APIError, error_body
+from polyvis.serve.schema import parse_request
+from polyvis.serve.settings import ServeSettings
+
+_DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
+
+
+def create_app(
+    model_dir: str | Path,
+    settings: ServeSettings | None = None,
+    loaded: tuple[Any, Any] | None = None,
+) -> FastAPI:
+    """Load the model (or use `loaded` = (model, processor)) and build the app.
+
+    The batcher thread starts with the app (lifespan) and stops with it.
+    """
+    settings = settings or ServeSettings()
+    if loaded is None:
+        from polyvis.models.build import load_model
+
+        loaded = load_model(model_dir, dtype=settings.dtype, device=settings.device)
+    model, processor = loaded
+    name = settings.model_name or Path(model_dir).resolve().name
+    batcher = Batcher(
+        model,
+        processor,
+        max_batch=settings.max_batch,
+        window_ms=settings.batch_window_ms,
+        max_queue=settings.max_queue,
+        max_tokens_limit=settings.max_tokens_limit,
+    )
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(
+        title="polyvis", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.batcher, app.state.settings, app.state.model_name = batcher, settings, name
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(err.status_code, str(err.detail)), status_code=err.status_code
+        )
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.api_key.encode()
+        ):
+            raise APIError(
+                401,
+                "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                code="invalid_api_key",
+            )
+
+    def model_card() -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "polyvis"}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not batcher.running:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "model": name, "queued": batcher.queued(), **batcher.stats}
+        )
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> dict:
+        authorize(request)
+        if model_id != name:
+            raise APIError(
+                404,
+                f"no model {model_id!r}; this server serves {name!r}",
+                "model",
+                "model_not_found",
+            )
+        return model_card()
+
+    def intake(req: Any) -> tuple[str, Any]:
+        """Prompt and pixel tensor, made in a worker thread so the model's thread only generates."""
+        prompt, images = render_messages(req, processor, settings)
+        return prompt, batcher.preprocess(images)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        authorize(request)
+        with batcher.arriving():  # the worker waits for requests still being received
+            req = parse_request(await _read_body(request, settings.max_body_bytes))
+            if req.model is not None and req.model != name:
+                raise APIError(
+                    404,
+                    f"no model {req.model!r}; this server serves {name!r}",
+                    "model",
+                    "model_not_found",
+                )
+            params = check_limits(req, settings)
+            prompt, pixel_values = await run_in_threadpool(intake, req)
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        sink = _threadsafe_sink(asyncio.get_running_loop(), events)
+        job = batcher.submit(prompt, pixel_values, params, sink)
+        out = ResponseBuilder(name)
+        first = await _next_event(events, request, job)
+        if isinstance(first, Failed):
+            raise _as_api_error(first.error)
+        if not req.stream:
+            return await _complete(events, request, job, out)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(events, job, out, first.prompt_tokens, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "invalid Content-Length header")
+        if int(declared) > limit:
+            raise APIError(
+                413,
+                f"request body of {declared} bytes is over the limit of {limit}",
+                code="body_too_large",
+            )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(
+                413, f"request body is over the limit of {limit} bytes", code="body_too_large"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _threadsafe_sink(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Any:
+    """Events come from the batcher thread; hand them to the request's event loop."""
+
+    def sink(event: Event) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+    return sink
+
+
+async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> Event:
+    """The next event; cancels the job when the client disconnects while it waits."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), _DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancel()
+                raise APIError(400, "the client disconnected", code="client_disconnected") from None
+
+
+def _as_api_error(err: Exception) -> APIError:
+    if isinstance(err, APIError):
+        return err
+    return APIError(500, f"generation failed: {type(err).__name__}: {err}", code="internal_error")
+
+
+async def _complete(
+    events: asyncio.Queue, request: Request, job: Job, out: ResponseBuilder
+) -> JSONResponse:
+    parts = []
+    while True:
+        event = await _next_event(events, request, job)
+        if isinstance(event, Delta):
+            parts.append(event.text)
+        elif isinstance(event, Finished):
+            body = out.completion(
+                "".join(parts), event.finish_reason, event.prompt_tokens, event.completion_tokens
+            )
+            return JSONResponse(body)
+        elif isinstance(event, Failed):
+            raise _as_api_error(event.error)
+
+
+async def _stream(
+    events: asyncio.Queue, job: Job, out: ResponseBuilder, prompt_tokens: int, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    try:
+        yield out.chunk({"role": "assistant", "content": ""})
+        while True:
+            event = await events.get()
+            if isinstance(event, Delta):
+                yield out.chunk({"content": event.text})
+            elif isinstance(event, Finished):
+                yield out.chunk({}, event.finish_reason)
+                if include_usage:
+                    yield out.chunk(
+                        {}, usage=out.usage(event.prompt_tokens, event.completion_tokens)
+                    )
+                break
+            elif isinstance(event, Failed):
+                yield sse(_as_api_error(event.error).body())
+                break
+            elif isinstance(event, Started):  # pragma: no cover - only ever the first event
+                continue
+        yield sse("[DONE]")
+    finally:
+        job.cancel()  # a no-op once finished; stops the row when the client went away

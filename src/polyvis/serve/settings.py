@@ -1,0 +1,62 @@
+"""ServeSettings: every limit and option of the HTTP server, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class ServeSettings:
+    """Options of `create_app` / `polyvis serve` (defaults are safe for a local server).
+
+    model_name: the id reported by /v1/models and in responses (default: the directory name).
+    api_key: when set, /v1/* needs `Authorization: Bearer <api_key>`.
+    max_batch / batch_window_ms: the dynamic batcher collects up to max_batch requests, waiting
+        at most batch_window_ms after the first one; max_batch=1 disables batching.
+    max_queue: requests waiting beyond this are refused with 503.
+    max_tokens_limit: the largest max_tokens a request may ask for (and the default).
+    allow_local_files: a directory whose files requests may name as images (None: refused).
+    """
+
+    model_name: str | None = None
+    api_key: str | None = None
+    max_batch: int = 32
+    batch_window_ms: float = 5.0
+    max_queue: int = 256
+    max_tokens_limit: int = 512
+    max_body_bytes: int = 32 * MiB
+    max_image_bytes: int = 10 * MiB
+    max_image_pixels: int = 4096 * 4096
+    max_images: int = 8
+    max_stop: int = 4
+    allow_local_files: Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        from polyvis.errors import ConfigError
+
+        for name in (
+            "max_batch",
+            "max_queue",
+            "max_tokens_limit",
+            "max_body_bytes",
+            "max_image_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("max_image_pixels", "max_images", "max_stop"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
+        if self.batch_window_ms < 0:
+            raise ConfigError(
+                "batch_window_ms", f"must not be negative, got {self.batch_window_ms}"
+            )
+        if self.allow_local_files is not None:
+            root = Path(self.allow_local_files).expanduser().resolve()
+            if not root.is_dir():
+                raise ConfigError("allow_local_files", f"{root} is not a directory")
+            self.allow_local_files = root
