@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from polyvis.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image_and_hash
+from polyvis.data.images import DEFAULT_MAX_PIXELS, ImageError, image_hash, load_image_and_hash
 from polyvis.data.records import read_records, record_image_paths
 from polyvis.data.template import encode_conversation
 from polyvis.errors import DataError
@@ -41,6 +41,8 @@ class ConversationDataset(Dataset):
         answer token survives, else skipped as "too_long".
     max_pixels: images declaring more pixels are refused ("too_large", decompression bombs).
     template: a chat template (jinja text) instead of the tokenizer's own.
+    decode_images: False reads and hashes image files but neither decodes nor preprocesses them
+        (items then carry no pixels: training from the feature cache needs only the hashes).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class ConversationDataset(Dataset):
         image_root: str | Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         template: str | None = None,
+        decode_images: bool = True,
     ):
         files = [files] if isinstance(files, str | Path) else list(files)
         if not files:
@@ -59,6 +62,7 @@ class ConversationDataset(Dataset):
         self.max_length = int(max_length)
         self.max_pixels = int(max_pixels)
         self.template = template
+        self.decode_images = bool(decode_images)
         self.records: list[dict[str, Any]] = []
         self._roots: list[Path] = []  # one per file; _file_of[i] points into it
         self._file_of: list[int] = []
@@ -98,12 +102,16 @@ class ConversationDataset(Dataset):
         images, hashes = [], []
         for path in self.image_paths(i):
             try:
-                image, digest = load_image_and_hash(path, self.max_pixels)
+                if self.decode_images:
+                    image, digest = load_image_and_hash(path, self.max_pixels)
+                else:
+                    image, digest = None, image_hash(path)
             except ImageError as err:
                 return self._skip(i, err.reason, str(err))
             images.append(image)
             hashes.append(digest)
-        pixel_values = self.processor.preprocess_images(images) if images else self._empty_pixels
+        pixels = bool(images) and self.decode_images
+        pixel_values = self.processor.preprocess_images(images) if pixels else self._empty_pixels
         if enc["truncated"]:
             self._status[i] = _TRUNCATED
         return {

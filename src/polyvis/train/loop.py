@@ -21,6 +21,7 @@ from polyvis.config import Config, config_to_dict, dump_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from polyvis.train.data import EpochSampler, data_files
+from polyvis.train.feature_cache import prepare_feature_cache
 from polyvis.train.stages import configure_stage, parameter_groups
 
 # Config parts that must match for a run directory to be resumed.
@@ -60,14 +61,18 @@ def _start_model(cfg: Config):
     return build_model(cfg)
 
 
-def _make_loader(cfg: Config, processor, split: str, shuffle: bool):
+def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
     from polyvis.data.collate import Collator
     from polyvis.data.dataset import ConversationDataset
 
     files = data_files(cfg, split)
     if not files:
         return None, None
-    ds = ConversationDataset(files, processor, max_length=cfg.data.max_length, image_root=cfg.data.image_root)
+    ds = ConversationDataset(
+        files, processor, max_length=cfg.data.max_length, image_root=cfg.data.image_root, decode_images=cache is None
+    )
+    if cache is not None:  # items carry image hashes only; features come from the cache
+        ds = cache.wrap(ds)
     if len(ds) == 0:
         return None, None
     sampler = EpochSampler(len(ds), cfg.train.seed, shuffle=shuffle)
@@ -82,9 +87,12 @@ def _make_loader(cfg: Config, processor, split: str, shuffle: bool):
     return loader, sampler
 
 
-def _model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _model_inputs(batch: dict[str, Any], device: torch.device, cache=None) -> dict[str, Any]:
     keys = ("input_ids", "attention_mask", "labels", "pixel_values")
-    return {k: batch[k].to(device) for k in keys if k in batch}
+    inputs = {k: batch[k].to(device) for k in keys if k in batch}
+    if cache is not None and batch["image_hashes"]:  # the feature cache replaces the encoders
+        inputs["encoder_features"] = cache.lookup(batch["image_hashes"], device)
+    return inputs
 
 
 def _answer_tokens(batch: dict[str, Any]) -> int:
@@ -116,7 +124,7 @@ class _MetricsLog:
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, accelerator) -> float:
+def evaluate_loss(model, loader, accelerator, cache=None) -> float:
     """Mean answer-token loss over a validation loader."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
@@ -124,7 +132,7 @@ def evaluate_loss(model, loader, accelerator) -> float:
         n = _answer_tokens(batch)
         if n == 0:
             continue
-        out = model(**_model_inputs(batch, accelerator.device), num_items_in_batch=1)
+        out = model(**_model_inputs(batch, accelerator.device, cache), num_items_in_batch=1)
         total += out.loss.double().cpu()  # sum over tokens (num_items_in_batch=1)
         count += n
     model.train()
@@ -168,10 +176,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     model, processor = _start_model(cfg)
     configure_stage(model, tc)
     model.train()
-    loader, sampler = _make_loader(cfg, processor, "train", shuffle=True)
+    cache = prepare_feature_cache(cfg, model, processor, accelerator, progress)
+    loader, sampler = _make_loader(cfg, processor, "train", shuffle=True, cache=cache)
     if loader is None:
         raise ConfigError("data.train", "no training records: name records files or data.synthetic families")
-    val_loader, _ = _make_loader(cfg, processor, "val", shuffle=False) if tc.eval_every else (None, None)
+    val_loader, _ = _make_loader(cfg, processor, "val", shuffle=False, cache=cache) if tc.eval_every else (None, None)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
@@ -217,7 +226,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             sync = i == len(group) - 1
             ctx = accelerator.no_sync(model) if not sync else _nullcontext()
             with ctx:
-                out = model(**_model_inputs(batch, accelerator.device), num_items_in_batch=norm)
+                out = model(**_model_inputs(batch, accelerator.device, cache), num_items_in_batch=norm)
                 accelerator.backward(out.loss)
             loss_sum += out.loss.detach()
             tokens_seen += int(batch["attention_mask"].sum())
@@ -247,7 +256,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             "skipped": skipped,
         }
         if val_loader is not None and step % tc.eval_every == 0:
-            row["val_loss"] = evaluate_loss(model, val_loader, accelerator)
+            row["val_loss"] = evaluate_loss(model, val_loader, accelerator, cache)
         log.write(row)
         bar.update(step, loss)
         if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:

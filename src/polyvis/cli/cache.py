@@ -1,0 +1,42 @@
+"""`polyvis cache-features`: compute the frozen encoders' features of the train and val images once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cache-features",
+        help="fill the feature cache for a config (what train.cache_features: true uses)",
+    )
+    p.add_argument("config", help="YAML config, e.g. configs/nano-tiny.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument(
+        "--device", default=None, help="where the encoders run (default: cuda if present)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cache_features)
+
+
+def cmd_cache_features(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate.utils import set_seed
+
+    from polyvis.config import load_config
+    from polyvis.train.feature_cache import check_cacheable, fill_for_config
+    from polyvis.train.loop import _start_model
+
+    cfg = load_config(args.config, args.set)
+    check_cacheable(cfg)  # before building anything
+    set_seed(cfg.train.seed)  # as train() does: randomly initialised encoders get the same weights
+    model, processor = _start_model(cfg)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cache, stats = fill_for_config(cfg, model, processor, device, progress=not args.no_progress)
+    for entry, store, fp in zip(model.config.encoders, cache.stores, cache.fingerprints):
+        print(f"{entry['name']}: fingerprint {fp}, {len(store)} image(s) in {store.dir}")
+    print(
+        f"{stats['images']} distinct image(s); computed {stats['computed']} encoder feature set(s), "
+        f"{stats['unreadable']} unreadable"
+    )
+    return 0

@@ -1,0 +1,411 @@
+"""The feature cache: frozen encoders' outputs computed once per image and kept on disk.
+
+With frozen encoders, every epoch recomputes the same features; the cache computes them once.
+Each encoder has its own fingerprint (a hash of its config entry, checkpoint source, image
+processor settings and weights), so changing one encoder's layers, image size or weights misses
+its cache and never reuses stale features, while the other encoders' features are kept:
+
+    <cache_root()>/features/<fingerprint>/
+        meta.json                     what the fingerprint describes (for people)
+        index.json                    image content hash -> shard number (written atomically)
+        shard-00000.safetensors       tensors "<image hash>.<i>": the i-th selected layer, (N, D)
+
+Features are computed with the encoder in eval mode, in its own dtype (no autocast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from polyvis.config import Config
+from polyvis.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from polyvis.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the layout or the way features are computed changes
+SHARD_BYTES = 256 * 2**20
+_OPEN_SHARDS = 64  # safetensors handles kept open (memory-mapped) per encoder
+
+
+def features_root() -> Path:
+    """`<cache_root()>/features` (POLYVIS_CACHE moves the whole cache)."""
+    from polyvis.train.data import cache_root
+
+    return cache_root() / "features"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over every tensor of a module's state dict: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update((t.to(torch.uint8) if t.dtype == torch.bool else t).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def encoder_fingerprint(
+    model: Any, processor: Any, k: int, source: dict[str, Any] | None = None
+) -> str:
+    """Fingerprint of encoder k: what decides its features, hashed (20 hex digits).
+
+    source: where the checkpoint came from (path, revision), when known.
+    """
+    entry = model.config.encoders[k]
+    desc = {
+        "format": FORMAT,
+        "entry": entry,  # backbone config, layers, num_prefix_tokens, grid, image size, ...
+        "source": source or {},
+        "image_processor": processor.image_processors[entry["name"]].to_dict(),
+        "weights": weights_digest(model.encoders[k]),
+    }
+    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (two runs filling one cache never write the same shard)."""
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FeatureStore:
+    """One encoder's cached features: a directory of safetensors shards and their index."""
+
+    def __init__(self, directory: str | Path, num_layers: int, meta: dict[str, Any] | None = None):
+        self.dir = Path(directory)
+        self.num_layers = int(num_layers)
+        self.meta = meta or {}
+        self.index: dict[str, int] = {}
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._pending: set[str] = set()
+        self._bytes = 0
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+        self.reload()
+
+    def reload(self) -> None:
+        """Re-read the index (another process may have added shards)."""
+        path = self.dir / "index.json"
+        self.index = (
+            json.loads(path.read_text(encoding="utf-8"))["images"] if path.is_file() else {}
+        )
+
+    def __contains__(self, image_hash: str) -> bool:
+        return image_hash in self.index or image_hash in self._pending
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def put(
+        self, image_hash: str, features: list[torch.Tensor], shard_bytes: int = SHARD_BYTES
+    ) -> None:
+        """Queue one image's features (one (N, D) tensor per layer); full shards are written."""
+        if len(features) != self.num_layers:
+            raise ValueError(
+                f"expected {self.num_layers} layer(s) of features, got {len(features)}"
+            )
+        for i, f in enumerate(features):
+            t = f.detach().to("cpu").contiguous().clone()  # own storage: safetensors refuses views
+            self._buffer[f"{image_hash}.{i}"] = t
+            self._bytes += t.numel() * t.element_size()
+        self._pending.add(image_hash)
+        if self._bytes >= shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued features as one new shard, then add them to the index."""
+        if not self._buffer:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.dir / ".lock"):
+            self.reload()
+            used = [int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.safetensors")]
+            n = max(used, default=-1) + 1
+            tmp = self.dir / f".shard-{n:05d}.{os.getpid()}.tmp"
+            save_file(self._buffer, str(tmp), metadata={"format": str(FORMAT)})
+            os.replace(tmp, self.dir / f"shard-{n:05d}.safetensors")
+            self.index.update({h: n for h in self._pending})
+            if not (self.dir / "meta.json").is_file():
+                _write_json_atomic(self.dir / "meta.json", self.meta)
+            _write_json_atomic(self.dir / "index.json", {"format": FORMAT, "images": self.index})
+        self._buffer, self._pending, self._bytes = {}, set(), 0
+
+    def _shard(self, n: int) -> Any:
+        if n in self._handles:
+            self._handles.move_to_end(n)
+            return self._handles[n]
+        handle = safe_open(str(self.dir / f"shard-{n:05d}.safetensors"), framework="pt")
+        self._handles[n] = handle
+        if len(self._handles) > _OPEN_SHARDS:
+            self._handles.popitem(last=False)
+        return handle
+
+    def get(self, image_hash: str) -> list[torch.Tensor]:
+        """One image's features: one (N, D) tensor per selected layer."""
+        shard = self._shard(self.index[image_hash])
+        return [shard.get_tensor(f"{image_hash}.{i}") for i in range(self.num_layers)]
+
+
+class FeatureCache:
+    """The cached features of all encoders of a model (one FeatureStore each)."""
+
+    def __init__(self, stores: list[FeatureStore], fingerprints: list[str]):
+        self.stores = stores
+        self.fingerprints = fingerprints
+
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        processor: Any,
+        root: str | Path | None = None,
+        sources: dict[str, dict[str, Any]] | None = None,
+    ) -> FeatureCache:
+        """The cache of this model's encoders under `root` (default: features_root()).
+
+        sources: encoder name -> {path, revision} of its checkpoint, part of the fingerprint.
+        """
+        root = Path(root) if root is not None else features_root()
+        stores, fps = [], []
+        for k, entry in enumerate(model.config.encoders):
+            fp = encoder_fingerprint(model, processor, k, (sources or {}).get(entry["name"]))
+            meta = {"format": FORMAT, "encoder": entry["name"], "layers": entry["layers"], "grid": entry["grid"],
+                    "dim": entry["dim"], "image_size": entry["image_size"]}  # fmt: skip
+            stores.append(FeatureStore(root / fp, len(entry["layers"]), meta))
+            fps.append(fp)
+        return cls(stores, fps)
+
+    def reload(self) -> None:
+        for s in self.stores:
+            s.reload()
+
+    def covers(self, image_hash: str) -> bool:
+        return all(image_hash in s for s in self.stores)
+
+    def covered(self) -> frozenset[str]:
+        """Hashes of the images whose features every encoder has."""
+        sets = [set(s.index) for s in self.stores]
+        return frozenset(set.intersection(*sets)) if sets else frozenset()
+
+    def lookup(
+        self, image_hashes: list[str], device: torch.device | str | None = None
+    ) -> list[list[torch.Tensor]]:
+        """Features of these images, in order: per encoder, per layer, (n, N, D) on `device`."""
+        out = []
+        for store in self.stores:
+            per_image = [store.get(h) for h in image_hashes]
+            out.append(
+                [torch.stack([f[i] for f in per_image]).to(device) for i in range(store.num_layers)]
+            )
+        return out
+
+    @torch.no_grad()
+    def fill(
+        self,
+        model: Any,
+        processor: Any,
+        image_paths: Iterable[str | Path],
+        batch_size: int = 32,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: bool = False,
+    ) -> dict[str, int]:
+        """Compute and store the features every encoder still lacks for these images.
+
+        Each file is read once (its bytes give the hash and, on a miss, the image). Unreadable
+        images are left out (training skips their records). Returns counts: images (distinct),
+        computed (encoder runs, per image and encoder), unreadable.
+        """
+        seen: set[str] = set()
+        todo: list[tuple[str, Any]] = []
+        stats = {"images": 0, "computed": 0, "unreadable": 0}
+        paths = list(dict.fromkeys(Path(p) for p in image_paths))
+        for path in _track(paths, "caching features", progress):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                stats["unreadable"] += 1
+                continue
+            # The key the dataset gives the image (polyvis.data.images.image_hash).
+            digest = hashlib.sha1(data).hexdigest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            if not self.covers(digest):
+                try:
+                    todo.append((digest, decode_image(data, path, max_pixels)))
+                except ImageError:
+                    stats["unreadable"] += 1
+                    seen.discard(digest)
+                    continue
+            if len(todo) >= batch_size:
+                stats["computed"] += self._compute(model, processor, todo)
+                todo = []
+        if todo:
+            stats["computed"] += self._compute(model, processor, todo)
+        for s in self.stores:
+            s.flush()
+        stats["images"] = len(seen)
+        return stats
+
+    def _compute(self, model: Any, processor: Any, todo: list[tuple[str, Any]]) -> int:
+        hashes = [h for h, _ in todo]
+        pixels = processor.preprocess_images([im for _, im in todo])
+        done = 0
+        for k, (store, enc) in enumerate(zip(self.stores, model.encoders)):
+            need = [i for i, h in enumerate(hashes) if h not in store]
+            if not need:
+                continue
+            param = next(enc.parameters())
+            h, w = enc.image_size  # each encoder's slot is zero-padded to the largest size
+            x = pixels[need, k, :, :h, :w].to(param.device)
+            was_training = enc.training
+            enc.eval()  # features of the encoder as inference sees it (no dropout)
+            feats = enc(x)
+            enc.train(was_training)
+            for j, i in enumerate(need):
+                store.put(hashes[i], [f[j] for f in feats])
+            done += len(need)
+        return done
+
+    def wrap(self, dataset: Dataset) -> CoveredDataset:
+        """The dataset, with records whose images the cache lacks skipped (None)."""
+        return CoveredDataset(dataset, self.covered())
+
+
+class CoveredDataset(Dataset):
+    """Items of a (decode_images=False) ConversationDataset whose images are all cached.
+
+    An image missing from the cache was unreadable when the cache was filled (or is new): its
+    record becomes None, which the Collator drops and the training loop counts as skipped.
+    """
+
+    def __init__(self, dataset: Dataset, covered: frozenset[str]):
+        self.dataset = dataset
+        self.covered = covered
+        self._warned: set[Any] = set()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        item = self.dataset[i]
+        if item is None:
+            return None
+        missing = [h for h in item["image_hashes"] if h not in self.covered]
+        if missing:
+            if item["id"] not in self._warned:
+                self._warned.add(item["id"])
+                logger.warning(
+                    "skipping record %s: image %s is not in the feature cache",
+                    item["id"],
+                    missing[0],
+                )
+            return None
+        return item
+
+
+def _track(items: list, what: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=what)
+
+
+# -- from a config ---------------------------------------------------------------------------------
+def check_cacheable(cfg: Config, model: Any | None = None) -> None:
+    """The cache needs frozen encoders: their features must not change while training."""
+    trained = cfg.train.unfreeze_encoders
+    if model is not None and any(p.requires_grad for p in model.encoders.parameters()):
+        trained = True
+    if trained:
+        raise ConfigError(
+            "train.cache_features",
+            "needs frozen encoders, but train.unfreeze_encoders is true (trained encoders' features change every step)",
+        )
+
+
+def encoder_sources(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Encoder name -> its checkpoint (path, revision) as the config names it."""
+    if cfg.train.init_from:
+        # The encoders come from that model (the weights digest identifies them), so a finetune
+        # run started from an align run reuses the align run's cache.
+        return {}
+    return {e.name: {"path": e.path, "revision": e.revision} for e in cfg.model.encoders if e.path}
+
+
+def config_image_paths(cfg: Config, processor: Any) -> list[Path]:
+    """Every image of the train and val records files (synthetic families included)."""
+    from polyvis.data.dataset import ConversationDataset
+    from polyvis.train.data import data_files
+
+    paths: list[Path] = []
+    for split in ("train", "val"):
+        files = data_files(cfg, split)
+        if files:
+            ds = ConversationDataset(
+                files, processor, cfg.data.max_length, image_root=cfg.data.image_root
+            )
+            paths += [p for i in range(len(ds)) for p in ds.image_paths(i)]
+    return paths
+
+
+def fill_for_config(
+    cfg: Config,
+    model: Any,
+    processor: Any,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> tuple[FeatureCache, dict[str, int]]:
+    """Fill the cache of this model's encoders with every train and val image of the config."""
+    check_cacheable(cfg)
+    cache = FeatureCache.for_model(model, processor, sources=encoder_sources(cfg))
+    if device is not None:
+        model.encoders.to(device)
+    stats = cache.fill(model, processor, config_image_paths(cfg, processor), progress=progress)
+    return cache, stats
+
+
+def prepare_feature_cache(
+    cfg: Config, model: Any, processor: Any, accelerator: Any, progress: bool = True
+):
+    """For train(): None without train.cache_features; else the filled cache (the main process
+    fills it, the others wait and read it)."""
+    if not cfg.train.cache_features:
+        return None
+    check_cacheable(cfg, model)
+    if accelerator.is_main_process:
+        cache, stats = fill_for_config(cfg, model, processor, accelerator.device, progress)
+        if progress and stats["computed"]:
+            print(
+                f"feature cache: computed {stats['computed']} encoder feature set(s) for {stats['images']} images"
+            )
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        cache = FeatureCache.for_model(model, processor, sources=encoder_sources(cfg))
+    return cache
