@@ -1,0 +1,194 @@
+"""`polyvis vocab | clip | experts`: train the nano experts (vision encoders built here).
+
+polyvis vocab train --images-from DATA[,DATA] --out DIR [--init PATH | --config JSON] --steps N
+polyvis clip train --images-from DATA[,DATA] --out DIR --steps N
+polyvis experts build [--data DIR[,DIR]] [--quick] [--set vary-nano.steps=300]
+polyvis experts list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `vocab`, `clip` and `experts` commands."""
+    v = subparsers.add_parser("vocab", help="vary-nano: a document vision encoder, Vary-tiny style")
+    v.set_defaults(func=lambda a: _usage(v))
+    vt = v.add_subparsers(dest="action", metavar="ACTION").add_parser(
+        "train", help="train an encoder + small decoder to transcribe images; save the encoder"
+    )
+    _common_args(vt, "ocr,latex,table,chart")
+    src = vt.add_mutually_exclusive_group()
+    src.add_argument("--init", help="start from this checkpoint dir (CLIP: its vision tower)")
+    src.add_argument("--config", help="a transformers vision config as JSON / YAML (or a file)")
+    vt.add_argument("--decoder", help="the decoder's causal-LM config as JSON / YAML (or a file)")
+    vt.add_argument("--tokenizer", choices=["chars", "bpe"], help="decoder vocabulary")
+    vt.add_argument("--aux-ctc", type=float, help="weight of the per-column CTC loss (0 = off)")
+    vt.add_argument("--max-target-len", type=int, help="transcript tokens kept")
+    vt.set_defaults(func=_vocab_train)
+
+    c = subparsers.add_parser("clip", help="clip-nano: a tiny CLIP trained on scene captions")
+    c.set_defaults(func=lambda a: _usage(c))
+    ct = c.add_subparsers(dest="action", metavar="ACTION").add_parser(
+        "train", help="train a CLIPModel contrastively; save model + tokenizer + processor"
+    )
+    _common_args(ct, "scene")
+    ct.add_argument("--vision", help="CLIP vision config overrides as JSON / YAML")
+    ct.add_argument("--text", help="CLIP text config overrides as JSON / YAML")
+    ct.add_argument("--qa-texts", type=float, help="chance a step shows 'question answer' text")
+    ct.set_defaults(func=_clip_train)
+
+    e = subparsers.add_parser("experts", help="build (or reuse) both nano experts, cached")
+    e.set_defaults(func=lambda a: _usage(e))
+    esub = e.add_subparsers(dest="action", metavar="ACTION")
+    eb = esub.add_parser("build", help="train the experts not cached yet (in parallel)")
+    eb.add_argument("--data", help="data folder(s), comma-separated (default: generate synthetic)")
+    eb.add_argument("--quick", action="store_true", help="tiny experts in seconds (tests, smoke)")
+    eb.add_argument("--set", action="append", default=[], metavar="EXPERT.KEY=VALUE",
+                    help="a setting, e.g. vary-nano.steps=300 (repeatable; values are YAML)")  # fmt: skip
+    eb.add_argument("--sequential", action="store_true", help="one after the other, in-process")
+    eb.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    eb.set_defaults(func=_experts_build)
+    el = esub.add_parser("list", help="the cached experts with their measured numbers")
+    el.set_defaults(func=_experts_list)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 1
+
+
+def _common_args(p: argparse.ArgumentParser, families: str) -> None:
+    p.add_argument("--images-from", required=True, help="data folder(s) with FAMILY/SPLIT.jsonl")
+    p.add_argument("--families", default=families, help=f"comma-separated (default {families})")
+    p.add_argument("--eval-from", help="held-out data folder(s) (default: --images-from)")
+    p.add_argument("--out", type=Path, required=True, help="output checkpoint dir")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--size", type=int, help="image side in pixels")
+    p.add_argument("--eval-samples", type=int, help="held-out samples measured at the end")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _given(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
+    """The options the user gave (others keep the trainer's defaults)."""
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    out["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
+    return out
+
+
+_KEYS = ["steps", "batch_size", "lr", "size", "eval_samples", "seed", "threads"]
+
+
+def _vocab_train(args: argparse.Namespace) -> int:
+    from polyvis.nano._common import read_mapping
+    from polyvis.nano.vocab import train_vary
+
+    settings = _given(args, _KEYS + ["init", "tokenizer", "aux_ctc", "max_target_len"])
+    if args.config is not None:
+        settings["encoder"] = read_mapping(args.config, "--config")
+    if args.decoder is not None:
+        settings["decoder"] = read_mapping(args.decoder, "--decoder")
+    log = train_vary(
+        _dirs(args.images_from, "--images-from"),
+        args.out,
+        settings,
+        progress=not args.no_progress,
+        eval_dirs=_dirs(args.eval_from, "--eval-from") if args.eval_from else None,
+    )
+    _summary(log, args.out)
+    return 0
+
+
+def _clip_train(args: argparse.Namespace) -> int:
+    from polyvis.nano._common import read_mapping
+    from polyvis.nano.clip import train_clip
+
+    settings = _given(args, _KEYS + ["qa_texts"])
+    for key in ("vision", "text"):
+        if getattr(args, key) is not None:
+            settings[key] = read_mapping(getattr(args, key), f"--{key}")
+    log = train_clip(
+        _dirs(args.images_from, "--images-from"),
+        args.out,
+        settings,
+        progress=not args.no_progress,
+        eval_dirs=_dirs(args.eval_from, "--eval-from") if args.eval_from else None,
+    )
+    _summary(log, args.out)
+    return 0
+
+
+def _dirs(text: str, flag: str) -> list[Path]:
+    from polyvis.errors import ConfigError
+
+    dirs = [Path(d.strip()) for d in text.split(",") if d.strip()]
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(flag, f"{d}: folder not found")
+    return dirs
+
+
+def _summary(log: dict[str, Any], out: Path | None) -> None:
+    secs = log.get("train_seconds", 0.0)
+    print(f"{log['expert']}: final loss {log['final_loss']:.4f} after {secs:.0f} s of training")
+    for key, value in log["eval"].items():
+        if isinstance(value, dict) and value:
+            shown = {k: round(v, 3) for k, v in value.items() if isinstance(v, (int, float))}
+            print(f"  {key}: {json.dumps(shown)}")
+    if out is not None:
+        print(f"saved to {out} (training log: {Path(out) / 'training_log.json'})")
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    from polyvis.errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        name, dot, field = key.strip().partition(".")
+        if not sep or not dot or not field:
+            raise ConfigError("--set", f"{item!r} must look like EXPERT.KEY=VALUE")
+        out.setdefault(name, {})[field] = yaml.safe_load(raw)
+    return out
+
+
+def _experts_build(args: argparse.Namespace) -> int:
+    from polyvis.nano.experts import ensure_experts
+
+    data = [d.strip() for d in args.data.split(",") if d.strip()] if args.data else None
+    paths = ensure_experts(
+        data,
+        _parse_sets(args.set),
+        quick=args.quick,
+        progress=not args.no_progress,
+        parallel=not args.sequential,
+    )
+    for path in paths.values():
+        log = json.loads((path / "training_log.json").read_text(encoding="utf-8"))
+        _summary(log, None)
+        print(f"  path: {path}")
+    return 0
+
+
+def _experts_list(args: argparse.Namespace) -> int:
+    from polyvis.train.data import cache_root
+
+    root = cache_root() / "experts"
+    found = sorted(root.glob("*/expert.json")) if root.is_dir() else []
+    if not found:
+        print(f"no experts cached under {root} (build them: polyvis experts build)")
+        return 0
+    for info in found:
+        _summary(json.loads((info.parent / "training_log.json").read_text(encoding="utf-8")), None)
+        print(f"  path: {info.parent}")
+    return 0

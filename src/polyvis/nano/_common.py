@@ -1,0 +1,204 @@
+"""Pieces both nano expert trainers share: settings, records -> pixels, schedule, progress, logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from polyvis.errors import ConfigError, DataError
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Settings(BaseModel):
+    """Base of the trainers' settings: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_settings(cls: type[S], data: dict[str, Any] | None, prefix: str = "") -> S:
+    """Validate a settings dict; the first problem becomes a ConfigError naming its field."""
+    from polyvis.config import field_name
+
+    try:
+        return cls.model_validate(dict(data or {}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        name = field_name(first["loc"])
+        raise ConfigError(f"{prefix}{name}" if prefix else name, msg) from None
+
+
+def read_mapping(text: str | None, field: str) -> dict[str, Any] | None:
+    """A JSON / YAML mapping given inline or as a file path (the CLI's --config / --decoder)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix in (".json", ".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(field, f"{path}: file not found")
+        text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as err:
+        raise ConfigError(field, f"not valid JSON / YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(field, "must be a mapping (e.g. {model_type: vit, hidden_size: 128})")
+    return data
+
+
+@dataclass
+class Sample:
+    """One training example: an image file, the text that goes with it, and where it came from."""
+
+    image: Path
+    text: str
+    family: str
+    rid: str
+
+
+def collect_samples(
+    dirs: Sequence[str | Path],
+    families: Sequence[str],
+    split: str,
+    keep: Callable[[dict[str, Any], str], bool],
+) -> list[Sample]:
+    """Records of `families` from DIR/{family}/{split}.jsonl in each data dir, filtered by `keep`."""
+    from polyvis.data.records import read_records, record_image_paths
+
+    out = []
+    for d in dirs:
+        for fam in families:
+            path = Path(d) / fam / f"{split}.jsonl"
+            if not path.is_file():
+                continue
+            for rec in read_records(path):
+                family = rec.get("family", fam)
+                images = record_image_paths(rec, path.parent)
+                if len(images) != 1 or not keep(rec, family):
+                    continue
+                out.append(Sample(images[0], answer_of(rec), family, str(rec["id"])))
+    return out
+
+
+def answer_of(rec: dict[str, Any]) -> str:
+    """The first answer of a record's conversation."""
+    return rec["conversations"][1]["value"]
+
+
+def question_of(rec: dict[str, Any]) -> str:
+    """The first question without the image marker."""
+    return rec["conversations"][0]["value"].replace("<image>", "").strip()
+
+
+def require_samples(samples: list[Sample], dirs: Sequence[str | Path], what: str) -> None:
+    if not samples:
+        where = ", ".join(str(d) for d in dirs)
+        raise DataError(f"{where}: no {what} found (looked for FAMILY/train.jsonl in each folder)")
+
+
+def load_pixels(paths: Sequence[Path], processor: Any, progress: bool = False) -> torch.Tensor:
+    """Every image once through the encoder's own processor: (N, 3, H, W) float32."""
+    from polyvis.data.images import load_image
+
+    chunks = []
+    with make_progress(progress, "images") as bar:
+        task = bar.add_task("loading images", total=len(paths), loss=float("nan"))
+        for i in range(0, len(paths), 256):
+            images = [load_image(p) for p in paths[i : i + 256]]
+            chunks.append(processor(images=images, return_tensors="pt")["pixel_values"].float())
+            bar.advance(task, len(images))
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+def unique_images(samples: Sequence[Sample]) -> tuple[list[Path], list[int]]:
+    """The distinct image files and, per sample, the index of its image among them."""
+    index: dict[Path, int] = {}
+    where = [index.setdefault(s.image, len(index)) for s in samples]
+    return list(index), where
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up then cosine decay to a tenth of the peak."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batches(
+    n: int, batch_size: int, steps: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """`steps` index batches drawn epoch by epoch from seeded permutations of range(n)."""
+    perm = torch.randperm(n, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=generator), 0
+        yield perm[pos : pos + min(batch_size, n)]
+        pos += batch_size
+
+
+def make_progress(enabled: bool, what: str = "train"):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}" if what == "train" else ""),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op threads, then restore the caller's setting."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def smooth(values: Iterable[float], k: int = 20) -> list[float]:
+    """Running mean over the last k values (the log's readable loss curve)."""
+    out, window = [], []
+    for v in values:
+        window = (window + [v])[-k:]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write JSON atomically (a reader never sees half a file)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

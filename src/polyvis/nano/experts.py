@@ -1,0 +1,356 @@
+"""The two pretrained nano experts, built once and cached by their settings.
+
+    from polyvis.nano.experts import ensure_experts
+    paths = ensure_experts()          # {"clip-nano": Path, "vary-nano": Path}
+
+Each expert lives in cache_root()/experts/<name>-<hash of its settings and data>/ as a
+save_pretrained checkpoint with its image processor, so a config lists it as an encoder `path:`
+(clip-nano: layers [-2]; vary-nano: layers [-1]). Experts that are not cached yet are trained in
+parallel worker processes with one thread each: on small models two threads are only 1.3-1.8x
+faster than one, so two independent one-thread jobs finish sooner than two jobs in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from polyvis.errors import ConfigError, DataError, PolyVisError
+
+EXPERTS = ("clip-nano", "vary-nano")
+# Bump when a trainer changes what it produces for the same settings (invalidates the cache).
+RECIPE_VERSION = 1
+
+# What each expert trains on when no data folder is given: ensure_synthetic options (seed 0 and
+# 64 px unless set; "eval": false keeps a set out of the held-out measurement, "train": false
+# makes it a held-out set only). Easy OCR (large dark words on white) is where a ViT trained from
+# scratch first learns glyphs; the medium set is what the nano world's models see. Few latex,
+# table and chart images: their long transcripts cost the most and teach mostly layout.
+DATA: dict[str, list[dict[str, Any]]] = {
+    "clip-nano": [{"families": ["scene"], "n": 3000}],
+    "vary-nano": [
+        {"families": ["ocr"], "n": 2500, "difficulty": "easy"},
+        {"families": ["ocr"], "n": 2500},
+        {"families": ["latex", "table", "chart"], "n": 200},
+    ],
+}
+QUICK_DATA: dict[str, list[dict[str, Any]]] = {
+    "clip-nano": [{"families": ["scene"], "n": 40}],
+    "vary-nano": [{"families": ["ocr", "table"], "n": 40}],
+}
+_SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
+
+SETTINGS: dict[str, dict[str, Any]] = {"clip-nano": {}, "vary-nano": {}}
+_QUICK_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "patch_size": 8}  # fmt: skip
+_QUICK_DEC = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+              "tie_word_embeddings": True}  # fmt: skip
+QUICK_SETTINGS: dict[str, dict[str, Any]] = {
+    "clip-nano": {
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "patch_size": 8},
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "max_position_embeddings": 64},
+        "projection_dim": 16, "vocab_size": 300, "steps": 12, "batch_size": 8, "lr": 3e-3,
+        "eval_samples": 4,
+    },
+    "vary-nano": {
+        "families": ["ocr", "table"], "encoder": _QUICK_VIT, "decoder": _QUICK_DEC, "steps": 12,
+        "batch_size": 8, "lr": 3e-3, "max_target_len": 48, "eval_samples": 2,
+    },
+}  # fmt: skip
+
+
+def _settings_class(name: str) -> type:
+    if name == "clip-nano":
+        from polyvis.nano.clip import ClipSettings
+
+        return ClipSettings
+    from polyvis.nano.vocab import VarySettings
+
+    return VarySettings
+
+
+def resolve_settings(name: str, settings: dict[str, Any] | None, quick: bool) -> dict[str, Any]:
+    """Defaults (full or quick) with the caller's top-level keys on top, validated and complete."""
+    from polyvis.nano._common import parse_settings
+
+    base = copy.deepcopy((QUICK_SETTINGS if quick else SETTINGS)[name])
+    base.update(copy.deepcopy((settings or {}).get(name) or {}))
+    return parse_settings(_settings_class(name), base, f"settings.{name}.").model_dump()
+
+
+def resolve_data(data: str | Path | list | dict | None, name: str, quick: bool) -> dict[str, Any]:
+    """One expert's data: {"dirs": [...]} (existing folders) or {"synthetic": [options, ...]}.
+
+    data: None (the defaults), folder(s) for every expert, or {expert: folder(s) | [options]}.
+    """
+    field = "data"
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - set(EXPERTS))
+        if unknown:
+            raise ConfigError(f"data.{unknown[0]}", f"unknown expert; valid: {', '.join(EXPERTS)}")
+        field, data = f"data.{name}", data.get(name)
+    if data is None:
+        data = copy.deepcopy((QUICK_DATA if quick else DATA)[name])
+    items = [data] if isinstance(data, (str, Path)) else list(data)
+    if items and all(isinstance(x, dict) for x in items):
+        sets = []
+        for i, opts in enumerate(items):
+            bad = sorted(set(opts) - _SYNTH_KEYS)
+            if bad or "families" not in opts or "n" not in opts:
+                what = f"unknown option {bad[0]!r}" if bad else "needs 'families' and 'n'"
+                raise ConfigError(
+                    f"{field}[{i}]", f"{what} (options: {', '.join(sorted(_SYNTH_KEYS))})"
+                )
+            sets.append({"seed": 0, "size": 64, **opts})
+        return {"synthetic": sets}
+    for d in items:
+        if not isinstance(d, (str, Path)) or not Path(d).is_dir():
+            raise ConfigError(field, f"{d}: data folder not found")
+    return {"dirs": [str(Path(d).resolve()) for d in items]}
+
+
+def _data_identity(spec: dict[str, Any], families: list[str]) -> Any:
+    """What the cache key sees of the data: the options, or the records files' sizes and times."""
+    if "synthetic" in spec:
+        return spec["synthetic"]
+    files = []
+    for d in spec["dirs"]:
+        for f in families:
+            for split in ("train", "test"):
+                p = Path(d) / f / f"{split}.jsonl"
+                if p.is_file():
+                    st = p.stat()
+                    files.append([str(p), st.st_size, st.st_mtime_ns])
+    return files
+
+
+def expert_key(name: str, settings: dict[str, Any], data: dict[str, Any]) -> str:
+    blob = {"expert": name, "recipe": RECIPE_VERSION, "settings": settings,
+            "data": _data_identity(data, settings["families"])}  # fmt: skip
+    return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def expert_dir(name: str, settings: dict[str, Any], data: dict[str, Any]) -> Path:
+    from polyvis.train.data import cache_root
+
+    return cache_root() / "experts" / f"{name}-{expert_key(name, settings, data)}"
+
+
+def is_built(path: Path) -> bool:
+    return (path / "expert.json").is_file()
+
+
+def data_dirs(spec: dict[str, Any]) -> tuple[list[Path], list[Path]]:
+    """(training folders, held-out folders) of a data spec; synthetic sets are generated once."""
+    if "dirs" in spec:
+        dirs = [Path(d) for d in spec["dirs"]]
+        return dirs, dirs
+    from polyvis.train.data import ensure_synthetic
+
+    train, held_out = [], []
+    for opts in spec["synthetic"]:
+        gen = {k: v for k, v in opts.items() if k not in ("train", "eval")}
+        folder = ensure_synthetic(gen, progress=False)
+        if opts.get("train", True):
+            train.append(folder)
+        if opts.get("eval", True):
+            held_out.append(folder)
+    return train, held_out
+
+
+def build_expert(
+    name: str,
+    settings: dict[str, Any],
+    data: dict[str, Any],
+    out: Path,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one expert into `out` (via a temporary folder, so `out` is complete or absent).
+
+    report gets {"event": "stage", "stage": "data"} and {"event": "step", "step", "total", "loss"}.
+    """
+    report = report or (lambda event: None)
+    report({"event": "stage", "stage": "data"})
+    dirs, held_out = data_dirs(data)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if name == "clip-nano":
+        from polyvis.nano.clip import train_clip as train
+    else:
+        from polyvis.nano.vocab import train_vary as train
+
+    def step(i: int, total: int, loss: float) -> None:
+        report({"event": "step", "step": i, "total": total, "loss": loss})
+
+    log = train(dirs, tmp, settings, progress=False, callback=step, eval_dirs=held_out)
+    info = {"expert": name, "settings": settings, "data": data, "data_dirs": [str(d) for d in dirs],
+            "final_loss": log["final_loss"], "eval": log["eval"]}  # fmt: skip
+    (tmp / "expert.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process built it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return log
+
+
+def ensure_experts(
+    data: str | Path | list | dict | None = None,
+    settings: dict[str, dict[str, Any]] | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    parallel: bool | None = None,
+    names: tuple[str, ...] | list[str] = EXPERTS,
+) -> dict[str, Path]:
+    """Build the experts that are not cached yet; return {name: checkpoint dir}.
+
+    data: None (generate the default synthetic sets, DATA), a data folder or list of folders
+    (FAMILY/SPLIT.jsonl inside) for both, or {expert: folder(s) | [ensure_synthetic options]}.
+    settings: {expert name: top-level settings that replace the defaults}.
+    parallel: train in one-thread worker processes at once (default: when 2+ CPUs and 2+ to build).
+    """
+    for field, given in (("names", list(names)), ("settings", list(settings or {}))):
+        for name in given:
+            if name not in EXPERTS:
+                raise ConfigError(field, f"unknown expert {name!r}; valid: {', '.join(EXPERTS)}")
+    plan, specs = {}, {}
+    for name in names:
+        resolved = resolve_settings(name, settings, quick)
+        specs[name] = resolve_data(data, name, quick)
+        plan[name] = (resolved, expert_dir(name, resolved, specs[name]))
+    todo = [n for n in names if not is_built(plan[n][1])]
+    if parallel is None:
+        parallel = (os.cpu_count() or 1) >= 2
+    if todo:
+        with _Bars(progress) as bars:
+            if parallel and len(todo) >= 2:
+                _build_parallel({n: (*plan[n], specs[n]) for n in todo}, bars)
+            else:
+                for n in todo:
+                    build_expert(n, plan[n][0], specs[n], plan[n][1], bars.reporter(n))
+    return {n: plan[n][1] for n in names}
+
+
+class _Bars:
+    """One rich progress bar per expert, fed by reports from this process or from workers."""
+
+    def __init__(self, enabled: bool):
+        from polyvis.nano._common import make_progress
+
+        self.progress = make_progress(enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, name: str, event: dict[str, Any]) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=None, loss=float("nan"))
+        task = self.tasks[name]
+        if event["event"] == "stage":
+            self.progress.update(task, description=f"{name} ({event['stage']})")
+        elif event["event"] == "step":
+            self.progress.update(task, description=name, total=event["total"],
+                                 completed=event["step"], loss=event["loss"])  # fmt: skip
+
+    def reporter(self, name: str) -> Callable[[dict[str, Any]], None]:
+        return lambda event: self.update(name, event)
+
+
+def _build_parallel(plan: dict[str, tuple[dict, Path, dict]], bars: _Bars) -> None:
+    """One `python -m polyvis.nano.experts JOB` worker per expert, one thread each; they report
+    progress and errors as JSON lines on stdout (stderr goes to a temporary file)."""
+    events: queue.Queue = queue.Queue()
+    procs: dict[str, subprocess.Popen] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with contextlib.ExitStack() as stack:
+        logs = {
+            n: stack.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8")) for n in plan
+        }
+        for name, (resolved, out, spec) in plan.items():
+            job = json.dumps({"name": name, "settings": resolved, "data": spec, "out": str(out)})
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "polyvis.nano.experts", job],
+                stdout=subprocess.PIPE, stderr=logs[name], text=True, env=env,
+            )  # fmt: skip
+            threading.Thread(target=_pump, args=(name, procs[name], events), daemon=True).start()
+        errors = _follow(procs, events, bars)
+        for name, proc in procs.items():
+            if name in errors:
+                kind, message = errors[name]["kind"], errors[name]["message"]
+                raise ConfigError("", message) if kind == "ConfigError" else DataError(message)
+            if proc.returncode != 0:
+                logs[name].seek(0)
+                tail = "\n".join(logs[name].read().strip().splitlines()[-15:])
+                raise RuntimeError(f"building {name} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _follow(
+    procs: dict[str, subprocess.Popen], events: queue.Queue, bars: _Bars
+) -> dict[str, dict]:
+    """Show the workers' progress until all have ended; returns the errors they reported."""
+    errors: dict[str, dict] = {}
+    running = set(procs)
+    try:
+        while running:
+            name, msg = events.get()
+            if msg is None:  # the worker closed its stdout: it has ended
+                running.discard(name)
+                procs[name].wait()
+            elif msg.get("event") == "error":
+                errors[name] = msg
+            else:
+                bars.update(name, msg)
+    finally:
+        for proc in procs.values():  # still running only after an interrupt
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    return errors
+
+
+def _pump(name: str, proc: subprocess.Popen, events: queue.Queue) -> None:
+    for line in proc.stdout:
+        try:
+            events.put((name, json.loads(line)))
+        except json.JSONDecodeError:
+            continue  # stray output of a library
+    events.put((name, None))
+
+
+def _worker(job_text: str) -> int:
+    """Worker entry: train one expert, report stages, steps and errors as JSON lines."""
+    job = json.loads(job_text)
+
+    def report(event: dict[str, Any]) -> None:
+        print(json.dumps(event), flush=True)
+
+    try:
+        build_expert(job["name"], job["settings"], job["data"], Path(job["out"]), report)
+    except PolyVisError as err:
+        report({"event": "error", "kind": type(err).__name__, "message": str(err)})
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

@@ -1,0 +1,57 @@
+"""`polyvis demo --quick` end to end (data, experts, four runs, evaluation, report), and ablate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from polyvis.cli import main
+from polyvis.nano.demo import FAMILIES, RUNS
+
+
+def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in results["runs"]] == [name for name, _, _ in RUNS]
+    for run, (_, encoders, fusion) in zip(results["runs"], RUNS):
+        assert run["encoders"] == [f"{e}-nano" for e in encoders] and run["fusion"] == fusion
+        assert set(run["scores"]) == set(FAMILIES)
+        assert all(0.0 <= v <= 100.0 for v in run["scores"].values())
+        assert abs(run["mean"] - sum(run["scores"].values()) / len(FAMILIES)) < 1e-9
+        assert run["train_seconds"] > 0
+    assert results["machine"] and results["seconds"] > 0
+    assert (out / "results.md").read_text().count("\n|") >= len(RUNS) + 1
+    assert (out / "results.png").stat().st_size > 1000
+    done = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")}
+    assert len(done) == len(RUNS)
+    # A second run reuses data, experts, trained runs and evaluations.
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")} == done
+    again = json.loads((out / "results.json").read_text())
+    assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in results["runs"]]
+
+
+def test_ablate_grid_resumes_and_reports_mean_and_std(tmp_path: Path):
+    spec = tmp_path / "ab.yaml"
+    spec.write_text(
+        "nano: true\nquick: true\ngrid:\n  fusion: [concat-channel, add]\n  encoders: [[clip, vary]]\n"
+        "  seeds: [0, 1]\njobs: 2\n"
+    )
+    out = tmp_path / "ab"
+    assert main(["ablate", str(spec), "--out", str(out)]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["runs"] == 4 and len(result["cells"]) == 2
+    for stats in result["cells"].values():
+        assert stats["mean"]["n"] == 2 and stats["mean"]["std"] >= 0
+    assert "±" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")}
+    assert main(["ablate", str(spec), "--out", str(out)]) == 0  # resumes: nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")} == stamps
+
+
+def test_ablate_rejects_an_unknown_axis(tmp_path: Path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("nano: true\ngrid:\n  fusions: [add]\n")
+    assert main(["ablate", str(spec), "--out", str(tmp_path / "o")]) == 2
+    assert "grid.fusions" in capsys.readouterr().err

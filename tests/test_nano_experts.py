@@ -1,0 +1,233 @@
+"""The nano experts: vary-nano and clip-nano train end to end, load by path, and are cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polyvis.errors import ConfigError, DataError
+
+TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "patch_size": 8}  # fmt: skip
+TINY_DEC = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256}  # fmt: skip
+VARY = {"families": ["ocr", "table"], "encoder": TINY_VIT, "decoder": TINY_DEC, "steps": 16,
+        "batch_size": 8, "lr": 3e-3, "max_target_len": 40, "eval_samples": 2, "threads": 2}  # fmt: skip
+CLIP = {"vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "patch_size": 8},
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "max_position_embeddings": 64},
+        "projection_dim": 16, "vocab_size": 300, "steps": 16, "batch_size": 8, "lr": 3e-3,
+        "eval_samples": 6, "qa_texts": 0.25, "threads": 2}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from polyvis.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("nano-data")
+    generate(["scene", "ocr", "table"], n=30, seed=0, out=out, image_size=64, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vary(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from polyvis.nano.vocab import train_vary
+
+    out = tmp_path_factory.mktemp("vary") / "vary-nano"
+    return out, train_vary([data_dir], out, VARY, progress=False)
+
+
+@pytest.fixture(scope="module")
+def clip(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from polyvis.nano.clip import train_clip
+
+    out = tmp_path_factory.mktemp("clip") / "clip-nano"
+    return out, train_clip([data_dir], out, CLIP, progress=False)
+
+
+def _falls(curve: list[float | None]) -> bool:
+    """The mean of the last 4 logged values is below the mean of the first 4."""
+    values = [v for v in curve if v is not None]
+    return sum(values[-4:]) / 4 < sum(values[:4]) / 4
+
+
+def _polyvis_encoder(path: Path, layers: list[int]):
+    """The expert as polyvis builds it from a config that lists it by path."""
+    from tests.conftest import NANO_TINY
+
+    from polyvis.config import load_config
+    from polyvis.models.build import build_model
+
+    cfg = load_config(NANO_TINY, [f"model.encoders=[{{name: e, path: '{path}', layers: {layers}}}]",
+                                  "model.fusion={type: concat-channel}"])  # fmt: skip
+    model, processor = build_model(cfg)
+    return model.encoders[0], processor.image_processors["e"]
+
+
+def test_vary_trains_and_saves_the_encoder_alone(vary: tuple[Path, dict], data_dir: Path) -> None:
+    from transformers import AutoModel
+
+    out, log = vary
+    assert _falls(log["decode_loss_curve"]) and _falls(log["ctc_loss_curve"])
+    assert log["train_samples"] == 24 + 24  # ocr read + table markdown, train split (80 %)
+    assert set(log["eval"]) == {"ocr", "table"} and 0 <= log["eval"]["ocr"]["char_accuracy"] <= 1
+    saved = json.loads((out / "training_log.json").read_text())
+    assert saved["loss_curve"] == log["loss_curve"] and len(saved["loss_curve"]) == VARY["steps"]
+    # Only the vision encoder is in the checkpoint: it reloads with no missing or extra weights.
+    keys = set(load_file(out / "model.safetensors"))
+    encoder, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    trainer_only = ("decoder.", "proj.", "col_score.", "col_head.", "encoder.embeddings.")
+    assert len(keys) == len(encoder.state_dict()) and not any(
+        k.startswith(trainer_only) for k in keys
+    )
+    enc, proc = _polyvis_encoder(out, [-1])
+    pv = proc(images=[torch.zeros(64, 64, 3, dtype=torch.uint8).numpy()], return_tensors="pt")[
+        "pixel_values"
+    ]
+    assert tuple(pv.shape[-2:]) == (64, 64) and torch.allclose(
+        pv, torch.zeros_like(pv) - 1
+    )  # mean/std 0.5
+    pv = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = enc(pv)[0]
+        ref = encoder(pixel_values=pv, output_hidden_states=True).hidden_states[-1][:, 1:]
+    assert ours.shape == (2, 64, 32) and torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_clip_trains_and_loads_its_vision_tower(clip: tuple[Path, dict]) -> None:
+    from transformers import AutoTokenizer, CLIPModel
+
+    out, log = clip
+    assert _falls(log["loss_curve"])
+    assert {"image_to_text_top1", "chance_top1"} <= set(log["eval"]["retrieval"])
+    model = CLIPModel.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    # The end-of-text token has the largest id and ends every encoding, so CLIP's legacy argmax
+    # pooling and its eos pooling pick the same position.
+    assert model.config.text_config.eos_token_id == tok.eos_token_id == len(tok) - 1 != 2
+    enc = tok(["a red circle in the centre", "two blue squares"], padding=True, return_tensors="pt")
+    ids = enc["input_ids"]
+    assert [row[m.bool()][-1].item() for row, m in zip(ids, enc["attention_mask"])] == [
+        len(tok) - 1
+    ] * 2
+    with torch.no_grad():
+        text = model.text_model(**enc)
+    at_argmax = text.last_hidden_state[torch.arange(2), ids.argmax(-1)]
+    assert torch.allclose(text.pooler_output, at_argmax)
+    # polyvis reads the penultimate layer of the vision tower, loaded by path.
+    enc_, _ = _polyvis_encoder(out, [-2])
+    pv = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = enc_(pv)[0]
+        ref = model.vision_model(pixel_values=pv, output_hidden_states=True).hidden_states[-2][
+            :, 1:
+        ]
+    assert ours.shape == (2, 64, 32) and torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_contrastive_loss_leaves_last_layer_patches_without_gradient(
+    clip: tuple[Path, dict],
+) -> None:
+    """Why polyvis reads layer -2 of clip-nano: the last layer's patch tokens are never trained."""
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(clip[0])
+    out = model.vision_model(pixel_values=torch.randn(2, 3, 64, 64), output_hidden_states=True)
+    last, prev = out.hidden_states[-1], out.hidden_states[-2]
+    g_last, g_prev = torch.autograd.grad(
+        model.visual_projection(out.pooler_output).sum(), [last, prev]
+    )
+    assert g_last[:, 1:].abs().max() == 0 and g_prev[:, 1:].abs().max() > 0
+
+
+def test_transcription_selection_and_vocabularies() -> None:
+    from polyvis.nano.vocab import BpeVocab, CharVocab, _ctc_target, is_transcription
+
+    def rec(q: str, task: str | None = None) -> dict:
+        r = {
+            "conversations": [
+                {"from": "human", "value": f"<image>\n{q}"},
+                {"from": "gpt", "value": "x"},
+            ]
+        }
+        return {**r, "task": task} if task else r
+
+    assert is_transcription(rec("Transcribe the table as markdown.", "markdown"), "table")
+    assert not is_transcription(rec("What is the Age of fox?", "lookup"), "table")
+    assert is_transcription(rec("Write the LaTeX for the formula."), "latex")  # converters: no task
+    assert not is_transcription(rec("What does the red sign say?", "read"), "mixed")
+    v = CharVocab(["ab\ncd", "| 1 |"])
+    assert v.decode(v.encode("a|1\nd") + [v.eos_id, 5]) == "a|1\nd"
+    assert v.encode("z") == [v.unk_id]
+    assert _ctc_target("book", 5, True, CharVocab(["book"])) is not None  # 4 chars + 1 repeat
+    assert _ctc_target("book", 4, True, CharVocab(["book"])) is None
+    assert _ctc_target("a\nb", 8, True, v) is None and _ctc_target("ab", 8, False, v) is None
+    b = BpeVocab(["| Item | Size |\n| --- | --- |"] * 8, 300)
+    assert b.decode(b.encode("| Size |\n| --- |") + [b.eos_id]) == "| Size |\n| --- |"
+
+
+def test_errors_name_the_field_or_folder(tmp_path: Path, data_dir: Path) -> None:
+    from polyvis.nano.experts import ensure_experts
+    from polyvis.nano.vocab import train_vary
+
+    with pytest.raises(ConfigError, match=r"^settings\.vary-nano\.stepz: unknown field"):
+        ensure_experts(data_dir, {"vary-nano": {"stepz": 3}}, quick=True)
+    with pytest.raises(ConfigError, match=r"^settings: unknown expert 'dino-nano'"):
+        ensure_experts(data_dir, {"dino-nano": {}}, quick=True)
+    with pytest.raises(DataError, match=str(tmp_path)):
+        train_vary([tmp_path], tmp_path / "out", {"steps": 1})
+    with pytest.raises(ConfigError, match=r"^encoder: give either init"):
+        train_vary([data_dir], tmp_path / "out", {"init": str(tmp_path), "encoder": TINY_VIT})
+
+
+def test_ensure_experts_builds_once_then_reuses(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polyvis.nano import experts
+
+    paths = experts.ensure_experts(data_dir, quick=True, progress=False, parallel=False)
+    assert set(paths) == {"clip-nano", "vary-nano"}
+    stamps = {n: (p / "expert.json").stat().st_mtime_ns for n, p in paths.items()}
+    for name, path in paths.items():
+        assert path.parent.name == "experts" and path.name.startswith(f"{name}-")
+        assert (path / "preprocessor_config.json").is_file() and (
+            path / "model.safetensors"
+        ).is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a cached expert was trained again")
+
+    monkeypatch.setattr(experts, "build_expert", fail)
+    assert experts.ensure_experts(data_dir, quick=True, progress=False) == paths
+    assert {n: (p / "expert.json").stat().st_mtime_ns for n, p in paths.items()} == stamps
+    # Another setting is another expert (a new cache entry), and only that one is built.
+    built = []
+    monkeypatch.setattr(experts, "build_expert", lambda name, *a, **k: built.append(name))
+    other = experts.ensure_experts(data_dir, {"vary-nano": {"seed": 1}}, quick=True, progress=False)
+    assert built == ["vary-nano"] and other["clip-nano"] == paths["clip-nano"]
+    assert other["vary-nano"] != paths["vary-nano"]
+
+
+def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """`polyvis experts build` trains both in worker processes; `experts list` shows them."""
+    from polyvis.cli import main
+
+    sets = ["--set", "clip-nano.steps=3", "--set", "vary-nano.steps=3"]
+    assert (
+        main(["experts", "build", "--quick", "--data", str(data_dir), "--no-progress", *sets]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "clip-nano: final loss" in out and "vary-nano: final loss" in out
+    paths = [Path(line.split("path: ")[1]) for line in out.splitlines() if "path: " in line]
+    logs = [json.loads((p / "training_log.json").read_text()) for p in paths]
+    assert sorted(len(x["loss_curve"]) for x in logs) == [3, 3]
+    assert all(x["settings"]["threads"] == 1 for x in logs)
+    assert main(["experts", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(str(p) in listed for p in paths)
