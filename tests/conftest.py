@@ -40,9 +40,12 @@ def tiny_single_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     cfg = load_config(
         NANO_TINY,
-        ["model.encoders=[{name: clip, config: {model_type: clip_vision_model, hidden_size: 64, "
-         "intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, "
-         "patch_size: 8}, layers: [-2]}]", "model.fusion={type: concat-channel}"],
+        [
+            "model.encoders=[{name: clip, config: {model_type: clip_vision_model, hidden_size: 64, "
+            "intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, "
+            "patch_size: 8}, layers: [-2]}]",
+            "model.fusion={type: concat-channel}",
+        ],
     )
     model, processor = build_model(cfg)
     return save_model(model, processor, tmp_path_factory.mktemp("tiny1") / "model")

@@ -36,7 +36,7 @@ def overrides(synth_dir: Path, *extra: str) -> list[str]:
     return [
         "train.stage=finetune",
         "train.batch_size=4",
-        "data.synthetic={families: [scene, ocr], n: 24, seed: 0, size: 64, dir: %s}" % synth_dir,
+        f"data.synthetic={{families: [scene, ocr], n: 24, seed: 0, size: 64, dir: {synth_dir}}}",
         *extra,
     ]
 
@@ -47,7 +47,9 @@ def losses(run: Path) -> list[float]:
 
 def test_loss_falls_and_run_layout(tmp_path, synth_dir):
     run = tmp_path / "run"
-    cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=25", "train.lr=3e-3", "train.save_every=10"))
+    cfg = load_config(
+        CFG, overrides(synth_dir, "train.max_steps=25", "train.lr=3e-3", "train.save_every=10")
+    )
     final = train(cfg, run, progress=False)
     ls = losses(run)
     assert len(ls) == 25
@@ -59,9 +61,14 @@ def test_loss_falls_and_run_layout(tmp_path, synth_dir):
 
 def test_gradient_accumulation_equals_big_batch(tmp_path, synth_dir):
     runs = {}
-    for name, extra in {"big": ["train.batch_size=4"], "accum": ["train.batch_size=2", "train.grad_accum=2"]}.items():
+    for name, extra in {
+        "big": ["train.batch_size=4"],
+        "accum": ["train.batch_size=2", "train.grad_accum=2"],
+    }.items():
         cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=3", *extra))
-        runs[name] = load_file(str(train(cfg, tmp_path / name, progress=False) / "model.safetensors"))
+        runs[name] = load_file(
+            str(train(cfg, tmp_path / name, progress=False) / "model.safetensors")
+        )
     for key, value in runs["big"].items():
         torch.testing.assert_close(runs["accum"][key], value, atol=2e-5, rtol=1e-4)
 
@@ -76,10 +83,14 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, synth_dir):
     env = dict(os.environ)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_cli(ref, synth_dir, 12), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_cli(killed, synth_dir, 12), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(killed, synth_dir, 12), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "step-4" / "state.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        assert proc.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -98,23 +109,36 @@ def test_two_process_ddp_matches_one_process(tmp_path, synth_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one, two = tmp_path / "one", tmp_path / "two"
     accelerate = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "configs" / "accelerate" / "cpu-ddp.yaml"),
-        "--main_process_port", str(29500 + os.getpid() % 1000), "-m", "polyvis",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "cpu-ddp.yaml"),
+        "--main_process_port",
+        str(29500 + os.getpid() % 1000),
+        "-m",
+        "polyvis",
     ]
     subprocess.run(_cli(one, synth_dir, 4), check=True, env=env, capture_output=True)
-    res = subprocess.run(_cli(two, synth_dir, 4, accelerate), env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        _cli(two, synth_dir, 4, accelerate), env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((two / "done.json").read_text())["processes"] == 2
     assert json.loads((one / "done.json").read_text())["processes"] == 1
-    torch.testing.assert_close(torch.tensor(losses(two)), torch.tensor(losses(one)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(losses(two)), torch.tensor(losses(one)), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_lora_final_and_merge(tmp_path, synth_dir):
     from polyvis.models.build import load_model
 
     run = tmp_path / "lora"
-    cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=3", "train.lora={r: 4, alpha: 8}", "train.lr=1e-2"))
+    cfg = load_config(
+        CFG,
+        overrides(synth_dir, "train.max_steps=3", "train.lora={r: 4, alpha: 8}", "train.lr=1e-2"),
+    )
     final = train(cfg, run, progress=False)
     assert (final / "lora" / "adapter_config.json").is_file()
     model, processor = load_model(final)
@@ -124,7 +148,9 @@ def test_lora_final_and_merge(tmp_path, synth_dir):
     assert not (merged_dir / "lora").exists()
     ids = processor(["USER: hello\nASSISTANT: "])["input_ids"]
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, synth_dir, monkeypatch):

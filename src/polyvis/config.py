@@ -153,7 +153,9 @@ def field_name(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("list[int]", "literal['all']") or str(part).startswith(("function-", "literal")):
+        elif part in ("list[int]", "literal['all']") or str(part).startswith(
+            ("function-", "literal")
+        ):
             continue  # pydantic's union-branch labels are not fields
         else:
             out += f".{part}" if out else str(part)
@@ -178,7 +180,9 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if "=" not in text:
         raise ConfigError(text, "an override must look like key.path=value")
     key, raw = text.split("=", 1)
-    parts: list[str | int] = [int(p) if p.lstrip("-").isdigit() else p for p in key.strip().split(".")]
+    parts: list[str | int] = [
+        int(p) if p.lstrip("-").isdigit() else p for p in key.strip().split(".")
+    ]
     return parts, yaml.safe_load(raw) if raw.strip() else ""
 
 
@@ -197,9 +201,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = [] if isinstance(nxt, int) else {}
             node = node[part]
         last = parts[-1]
-        if isinstance(node, list):
-            if not isinstance(last, int) or not -len(node) <= last < len(node):
-                raise ConfigError(".".join(map(str, parts)), "no such list item")
+        if isinstance(node, list) and (not isinstance(last, int) or not -len(node) <= last < len(node)):
+            raise ConfigError(".".join(map(str, parts)), "no such list item")
         node[last] = value
     return data
 

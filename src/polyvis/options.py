@@ -29,7 +29,9 @@ def resolve_typed(reg: Registry, cfg: dict[str, Any] | BaseModel, field: str) ->
         raise ConfigError(f"{field}.type", f"missing; valid: {', '.join(reg.names())}")
     name = cfg["type"]
     if name not in reg:
-        raise ConfigError(f"{field}.type", f"unknown {reg.kind} {name!r}; valid: {', '.join(reg.names())}")
+        raise ConfigError(
+            f"{field}.type", f"unknown {reg.kind} {name!r}; valid: {', '.join(reg.names())}"
+        )
     cls = reg.get(name)
     try:
         params = cls.Params(**cfg)

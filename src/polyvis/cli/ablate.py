@@ -6,7 +6,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="grid over fusions x adapters x encoder sets x seeds (resumable)")
+    p = sub.add_parser(
+        "ablate", help="grid over fusions x adapters x encoder sets x seeds (resumable)"
+    )
     p.add_argument("config", help="ablation YAML (e.g. configs/ablate-nano.yaml)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_ablate)

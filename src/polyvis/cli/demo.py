@@ -6,9 +6,13 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="nano world: experts, single vs fused models, a comparison table")
+    p = sub.add_parser(
+        "demo", help="nano world: experts, single vs fused models, a comparison table"
+    )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="the smallest version (a minute; used by the tests)")
+    p.add_argument(
+        "--quick", action="store_true", help="the smallest version (a minute; used by the tests)"
+    )
     p.add_argument("--steps", type=int, default=None, help="training steps per model")
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one thread each)")
     p.add_argument("--seed", type=int, default=0)
@@ -19,5 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from polyvis.nano.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, steps=args.steps, jobs=args.jobs, seed=args.seed, progress=not args.no_progress)
+    run_demo(
+        args.out,
+        quick=args.quick,
+        steps=args.steps,
+        jobs=args.jobs,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0

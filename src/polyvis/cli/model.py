@@ -49,5 +49,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     out = save_model(model, processor, args.out)
     dump_config(cfg, Path(out) / "polyvis.yaml")
     n = sum(p.numel() for p in model.parameters())
-    print(f"saved untrained model ({n / 1e6:.2f}M parameters, {model.image_seq_length} visual tokens) to {out}")
+    print(
+        f"saved untrained model ({n / 1e6:.2f}M parameters, {model.image_seq_length} visual tokens) to {out}"
+    )
     return 0

@@ -98,9 +98,7 @@ def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{"):
-            records = [
-                json.loads(line) for line in text.splitlines() if line.strip()
-            ]
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             records = json.loads(text)
     except json.JSONDecodeError as err:

@@ -52,7 +52,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _load_error(field: str, path: str, err: Exception) -> ConfigError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = "local directory" if Path(path).exists() else "local directory or reachable hub checkpoint"
+    where = (
+        "local directory" if Path(path).exists() else "local directory or reachable hub checkpoint"
+    )
     return ConfigError(field, f"cannot load {path!r} (not a usable {where}): {first}")
 
 
@@ -72,7 +74,7 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
     try:
         config = AutoConfig.from_pretrained(spec.path, **kw)
         vcfg = vision_config_of(config)
-        cls = MODEL_MAPPING[type(vcfg)] if type(vcfg) in MODEL_MAPPING else AutoModel
+        cls = MODEL_MAPPING.get(type(vcfg), AutoModel)
         if vcfg is config:
             return AutoModel.from_pretrained(spec.path, dtype=dtype, **kw)
         return cls.from_pretrained(spec.path, dtype=dtype, **kw)
@@ -139,7 +141,11 @@ def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[An
     layers = resolve_layers(spec.layers, total, f"{field}.layers")
     prepare_backbone(backbone, max(layers))
     entry = describe(backbone, layers, image_size, f"{field}.layers")
-    entry = {"name": spec.name, **entry, "config": json.loads(backbone.config.to_json_string(use_diff=False))}
+    entry = {
+        "name": spec.name,
+        **entry,
+        "config": json.loads(backbone.config.to_json_string(use_diff=False)),
+    }
     return backbone, proc, entry
 
 
@@ -166,7 +172,10 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     if spec.path is not None:
         try:
             lm = AutoModelForCausalLM.from_pretrained(
-                spec.path, dtype=dtype, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+                spec.path,
+                dtype=dtype,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
             )
         except (OSError, ValueError) as err:
             raise _load_error(f"{field}.path", spec.path, err) from None
@@ -175,7 +184,8 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
         cfg.setdefault("vocab_size", len(tokenizer))
         if cfg["vocab_size"] < len(tokenizer):
             raise ConfigError(
-                f"{field}.config.vocab_size", f"{cfg['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}"
+                f"{field}.config.vocab_size",
+                f"{cfg['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}",
             )
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             tid = getattr(tokenizer, key)
@@ -188,7 +198,9 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     return lm, tokenizer
 
 
-def build_model(cfg: Config | ModelSection) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
+def build_model(
+    cfg: Config | ModelSection,
+) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
     """Build the (untrained) model and its processor from a config's model section."""
     section = cfg.model if isinstance(cfg, Config) else cfg
     dtype = DTYPES[section.dtype]
@@ -220,7 +232,9 @@ def build_model(cfg: Config | ModelSection) -> tuple[PolyVisForConditionalGenera
     # Boundary tokens start where ordinary words live, so the frozen LM sees familiar inputs.
     with torch.no_grad():
         emb = lm.get_input_embeddings().weight
-        model.image_boundary_embeds.copy_(emb.mean(0, keepdim=True).expand(2, -1) + 0.02 * torch.randn(2, emb.shape[1]))
+        model.image_boundary_embeds.copy_(
+            emb.mean(0, keepdim=True).expand(2, -1) + 0.02 * torch.randn(2, emb.shape[1])
+        )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to(dtype)
@@ -230,7 +244,9 @@ def build_model(cfg: Config | ModelSection) -> tuple[PolyVisForConditionalGenera
     return model, processor
 
 
-def save_model(model: PolyVisForConditionalGeneration, processor: PolyVisProcessor, out: str | Path) -> Path:
+def save_model(
+    model: PolyVisForConditionalGeneration, processor: PolyVisProcessor, out: str | Path
+) -> Path:
     """Write model, tokenizer and processors to one directory (safetensors)."""
     out = Path(out)
     model.save_pretrained(out)

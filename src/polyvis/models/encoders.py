@@ -149,7 +149,9 @@ def patch_size_of(config: PretrainedConfig) -> tuple[int, int] | None:
 
 
 @torch.no_grad()
-def describe(backbone: PreTrainedModel, layers: list[int], image_size: tuple[int, int], field: str) -> dict:
+def describe(
+    backbone: PreTrainedModel, layers: list[int], image_size: tuple[int, int], field: str
+) -> dict:
     """Probe the backbone once to learn each selected layer's grid, width and prefix tokens."""
     from polyvis.errors import ConfigError
 
@@ -159,16 +161,27 @@ def describe(backbone: PreTrainedModel, layers: list[int], image_size: tuple[int
     interpolate = cfg_size is not None and tuple(image_size) != (
         (cfg_size, cfg_size) if isinstance(cfg_size, int) else tuple(cfg_size)
     )
-    kwargs = {"interpolate_pos_encoding": True} if interpolate and "interpolate_pos_encoding" in params else {}
+    kwargs = (
+        {"interpolate_pos_encoding": True}
+        if interpolate and "interpolate_pos_encoding" in params
+        else {}
+    )
     param = next(backbone.parameters())
-    dummy = torch.zeros(1, getattr(config, "num_channels", 3), *image_size, dtype=param.dtype, device=param.device)
+    dummy = torch.zeros(
+        1, getattr(config, "num_channels", 3), *image_size, dtype=param.dtype, device=param.device
+    )
     was_training = backbone.training
     backbone.eval()
-    hidden = backbone(pixel_values=dummy, output_hidden_states=True, return_dict=True, **kwargs).hidden_states
+    hidden = backbone(
+        pixel_values=dummy, output_hidden_states=True, return_dict=True, **kwargs
+    ).hidden_states
     backbone.train(was_training)
     shapes = {tuple(hidden[i].shape[1:]) for i in layers}
     if len(shapes) != 1:
-        raise ConfigError(field, f"selected layers have different shapes {sorted(shapes)}; pick layers of one stage")
+        raise ConfigError(
+            field,
+            f"selected layers have different shapes {sorted(shapes)}; pick layers of one stage",
+        )
     shape = shapes.pop()
     if len(shape) == 3:  # (C, H, W)
         dim, grid, prefix = shape[0], (shape[1], shape[2]), 0
@@ -180,7 +193,9 @@ def describe(backbone: PreTrainedModel, layers: list[int], image_size: tuple[int
         else:
             side = int(round(n**0.5))
             if side * side != n:
-                raise ConfigError(field, f"cannot tell the patch grid of {n} tokens (no patch_size in the config)")
+                raise ConfigError(
+                    field, f"cannot tell the patch grid of {n} tokens (no patch_size in the config)"
+                )
             grid = (side, side)
         prefix = n - grid[0] * grid[1]
         if prefix < 0:

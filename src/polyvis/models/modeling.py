@@ -103,7 +103,9 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
     ):
         super().__init__(config)
         if not config.encoders:
-            raise ValueError("PolyVisConfig.encoders is empty: build models with polyvis.build_model")
+            raise ValueError(
+                "PolyVisConfig.encoders is empty: build models with polyvis.build_model"
+            )
         encoders = []
         for k, entry in enumerate(config.encoders):
             if backbones is not None:
@@ -115,12 +117,17 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             encoders.append(VisionEncoder(backbone, entry))
         self.encoders = nn.ModuleList(encoders)
         infos = [
-            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"])) for e in config.encoders
+            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"]))
+            for e in config.encoders
         ]
         self.fusion = build_fusion(config.fusion, infos)
         text_config = config.text_config
         self.adapter = build_adapter(
-            config.adapter, self.fusion.out_dim, text_config.hidden_size, self.fusion.grid, self.fusion.num_tokens
+            config.adapter,
+            self.fusion.out_dim,
+            text_config.hidden_size,
+            self.fusion.grid,
+            self.fusion.num_tokens,
         )
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(text_config)
@@ -175,7 +182,9 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
 
         encoder_features: precomputed encoder outputs (the feature cache), instead of pixels.
         """
-        feats = encoder_features if encoder_features is not None else self.encode_images(pixel_values)
+        feats = (
+            encoder_features if encoder_features is not None else self.encode_images(pixel_values)
+        )
         return self.adapter(self.fusion(feats))
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -231,7 +240,9 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
                 features = self.get_image_features(pixel_values, encoder_features)
                 inputs_embeds = self.splice_image_features(input_ids, inputs_embeds, features)
             elif bool((input_ids == self.config.image_token_id).any()):
-                raise DataError("input_ids hold <image> placeholders but no pixel_values were given")
+                raise DataError(
+                    "input_ids hold <image> placeholders but no pixel_values were given"
+                )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -261,7 +272,10 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             first = torch.cumsum(per_prompt, 0) - per_prompt  # index of each prompt's first image
             counts = per_prompt.repeat_interleave(expand_size)  # images per expanded row
             row = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-            offset = torch.arange(int(counts.sum()), device=counts.device) - (torch.cumsum(counts, 0) - counts)[row]
+            offset = (
+                torch.arange(int(counts.sum()), device=counts.device)
+                - (torch.cumsum(counts, 0) - counts)[row]
+            )
             order = first.repeat_interleave(expand_size)[row] + offset
             pixel_values = pixel_values[order.to(pixel_values.device)]
         if pixel_values is not None:
@@ -279,7 +293,9 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             "llm": list(self.language_model.parameters()),
         }
 
-    def set_trainable(self, encoders: bool = False, projector: bool = True, llm: bool = False) -> None:
+    def set_trainable(
+        self, encoders: bool = False, projector: bool = True, llm: bool = False
+    ) -> None:
         """Freeze or unfreeze by role (align stage: projector only; finetune: + llm)."""
         flags = {"encoders": encoders, "projector": projector, "llm": llm}
         for role, params in self.parameter_groups().items():

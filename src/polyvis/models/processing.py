@@ -44,7 +44,9 @@ class PolyVisProcessor:
         block = IMAGE_START_TOKEN + IMAGE_TOKEN * self.image_seq_length + IMAGE_END_TOKEN
         return text.replace(IMAGE_TOKEN, block)
 
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True, **kw) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True, **kw
+    ) -> str:
         """Render messages ({role, content} with `<image>` markers in content) as prompt text."""
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw
@@ -92,7 +94,9 @@ class PolyVisProcessor:
         for i, (t, imgs) in enumerate(zip(texts, per_prompt)):
             n = t.count(IMAGE_TOKEN)
             if n != len(imgs):
-                raise DataError(f"prompt {i} has {n} {IMAGE_TOKEN} marker(s) but {len(imgs)} image(s)")
+                raise DataError(
+                    f"prompt {i} has {n} {IMAGE_TOKEN} marker(s) but {len(imgs)} image(s)"
+                )
             flat.extend(imgs)
         expanded = [self.expand_image_tokens(t) for t in texts]
         enc = self.tokenizer(
@@ -152,5 +156,7 @@ def _images_per_prompt(images: Any, n_prompts: int) -> list[list[Image.Image]]:
     if n_prompts == 1 and all(isinstance(im, Image.Image) for im in images):
         return [images]
     if len(images) != n_prompts:
-        raise DataError(f"{n_prompts} prompts but {len(images)} image entries; give one entry per prompt")
+        raise DataError(
+            f"{n_prompts} prompts but {len(images)} image entries; give one entry per prompt"
+        )
     return [[im] if isinstance(im, Image.Image) else list(im or []) for im in images]

@@ -33,7 +33,9 @@ _BUILTIN_TEXT = (
 )
 
 
-def train_bpe_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    texts: Iterable[str] | None = None, vocab_size: int = 512
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained with `tokenizers` (no download), plus a chat template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -54,13 +54,17 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - {"nano", "base", "quick", "grid", "eval", "jobs"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs")
+        raise ConfigError(
+            sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs"
+        )
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
     grid = spec.get("grid") or {}
     bad = set(grid) - {"fusion", "adapter", "encoders", "seeds"}
     if bad:
-        raise ConfigError(f"grid.{sorted(bad)[0]}", "unknown axis; valid: fusion, adapter, encoders, seeds")
+        raise ConfigError(
+            f"grid.{sorted(bad)[0]}", "unknown axis; valid: fusion, adapter, encoders, seeds"
+        )
     return spec
 
 
@@ -76,7 +80,9 @@ def _nano_base(spec: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[Pa
         generate(demo.FAMILIES, budget["n"], 0, data_dir, image_size=64, progress=False)
     experts = ensure_experts(quick=quick)
     corpus = demo.write_corpus(data_dir, out / "corpus.txt")
-    base = demo.run_config(["clip", "vary"], "concat-channel", experts, data_dir, corpus, budget, quick, 0)
+    base = demo.run_config(
+        ["clip", "vary"], "concat-channel", experts, data_dir, corpus, budget, quick, 0
+    )
     return base, [data_dir / f / "test.jsonl" for f in demo.FAMILIES], budget["eval_limit"]
 
 
@@ -86,7 +92,11 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         base, eval_files, limit = _nano_base(spec, out)
     else:
         src = spec["base"]
-        base = load_config(src).model_dump(mode="json", exclude_none=True) if isinstance(src, str) else src
+        base = (
+            load_config(src).model_dump(mode="json", exclude_none=True)
+            if isinstance(src, str)
+            else src
+        )
         eval_files, limit = [], None
     ev = spec.get("eval") or {}
     eval_files = [Path(f) for f in ev.get("files", eval_files)]
@@ -101,7 +111,10 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     for i, names in enumerate(enc_sets):
         for n in names:
             if n not in by_name:
-                raise ConfigError(f"grid.encoders[{i}]", f"unknown encoder {n!r}; the base has {', '.join(by_name)}")
+                raise ConfigError(
+                    f"grid.encoders[{i}]",
+                    f"unknown encoder {n!r}; the base has {', '.join(by_name)}",
+                )
     seeds = grid.get("seeds", [0])
     runs = []
     for fusion, adapter, names, seed in itertools.product(fusions, adapters, enc_sets, seeds):
@@ -115,8 +128,22 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         except ConfigError as err:
             print(f"skipping {cell}: {err}")
             continue
-        slug = "_".join([*names, _label(fusion), _label(adapter)]).replace("/", "-").replace(" ", "")
-        runs.append((cell, seed, RunSpec(f"{cell} | seed {seed}", cfg, out / "cells" / slug / f"seed-{seed}", eval_files, limit)))
+        slug = (
+            "_".join([*names, _label(fusion), _label(adapter)]).replace("/", "-").replace(" ", "")
+        )
+        runs.append(
+            (
+                cell,
+                seed,
+                RunSpec(
+                    f"{cell} | seed {seed}",
+                    cfg,
+                    out / "cells" / slug / f"seed-{seed}",
+                    eval_files,
+                    limit,
+                ),
+            )
+        )
     return runs
 
 
@@ -125,7 +152,11 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
     spec = load_ablation(path)
     runs = plan(spec, out)
     print(f"{len(runs)} runs ({len({c for c, _, _ in runs})} cells); finished ones are reused")
-    train_runs([r for _, _, r in runs], jobs=int(spec.get("jobs", 2)), on_done=lambda s, t: print(f"  trained {s.name} in {t:.0f} s"))
+    train_runs(
+        [r for _, _, r in runs],
+        jobs=int(spec.get("jobs", 2)),
+        on_done=lambda s, t: print(f"  trained {s.name} in {t:.0f} s"),
+    )
     cells: dict[str, list[dict[str, float]]] = {}
     for cell, _seed, run in runs:
         scores = family_scores(evaluate_run(run))
@@ -136,7 +167,9 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     table = _table(summary)
-    (out / "ablation.md").write_text("# Ablation (points, mean ± std over seeds)\n\n" + table + "\n")
+    (out / "ablation.md").write_text(
+        "# Ablation (points, mean ± std over seeds)\n\n" + table + "\n"
+    )
     _plot(summary, out / "ablation.png")
     print("\n" + table)
     return result
@@ -145,17 +178,26 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = rows[0].keys()
     return {
-        k: {"mean": statistics.fmean(r[k] for r in rows), "std": statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0, "n": len(rows)}
+        k: {
+            "mean": statistics.fmean(r[k] for r in rows),
+            "std": statistics.stdev([r[k] for r in rows]) if len(rows) > 1 else 0.0,
+            "n": len(rows),
+        }
         for k in keys
     }
 
 
 def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     cols = list(next(iter(summary.values())))
-    lines = ["| encoders | fusion | adapter | " + " | ".join(cols) + " |", "|---|---|---|" + "---:|" * len(cols)]
+    lines = [
+        "| encoders | fusion | adapter | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---:|" * len(cols),
+    ]
     for cell, stats in sorted(summary.items(), key=lambda kv: -kv[1]["mean"]["mean"]):
         vals = [f"{stats[c]['mean']:.1f} ± {stats[c]['std']:.1f}" for c in cols]
-        lines.append("| " + " | ".join(p.strip() for p in cell.split("|")) + " | " + " | ".join(vals) + " |")
+        lines.append(
+            "| " + " | ".join(p.strip() for p in cell.split("|")) + " | " + " | ".join(vals) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -167,7 +209,12 @@ def _plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     fig = Figure(figsize=(max(5, 0.6 * len(cells) + 2), 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.bar(range(len(cells)), [summary[c]["mean"]["mean"] for c in cells], yerr=[summary[c]["mean"]["std"] for c in cells], capsize=3)
+    ax.bar(
+        range(len(cells)),
+        [summary[c]["mean"]["mean"] for c in cells],
+        yerr=[summary[c]["mean"]["std"] for c in cells],
+        capsize=3,
+    )
     ax.set_xticks(range(len(cells)), [c.replace(" | ", "\n") for c in cells], fontsize=6)
     ax.set_ylabel("mean score (points)")
     fig.tight_layout()

@@ -59,7 +59,14 @@ def write_corpus(data_dir: Path, out: Path) -> Path:
 
 
 def run_config(
-    encoders: list[str], fusion: str, experts: dict[str, Path], data_dir: Path, corpus: Path, budget: dict, quick: bool, seed: int
+    encoders: list[str],
+    fusion: str,
+    experts: dict[str, Path],
+    data_dir: Path,
+    corpus: Path,
+    budget: dict,
+    quick: bool,
+    seed: int,
 ) -> dict[str, Any]:
     specs = {
         "clip": {"name": "clip", "path": str(experts["clip-nano"]), "layers": [-2]},
@@ -94,7 +101,12 @@ def run_config(
 
 
 def run_demo(
-    out: str | Path, quick: bool = False, steps: int | None = None, jobs: int = 2, seed: int = 0, progress: bool = True
+    out: str | Path,
+    quick: bool = False,
+    steps: int | None = None,
+    jobs: int = 2,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     from polyvis.data.synthetic import generate
     from polyvis.eval.report import compare_table, plot_compare
@@ -126,7 +138,9 @@ def run_demo(
             )
         )
     print(f"[3/4] training {len(specs)} models, {budget['steps']} steps each, {jobs} at a time")
-    seconds = train_runs(specs, jobs=jobs, on_done=lambda s, t: print(f"      {s.name}: trained in {t:.0f} s"))
+    seconds = train_runs(
+        specs, jobs=jobs, on_done=lambda s, t: print(f"      {s.name}: trained in {t:.0f} s")
+    )
     print("[4/4] evaluating on held-out test sets")
     runs = []
     for spec in specs:
@@ -149,13 +163,17 @@ def run_demo(
         "quick": quick,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    as_results = [{"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs]
+    as_results = [
+        {"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs
+    ]
     table = compare_table([r["name"] for r in runs], as_results)
     (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
     plot_compare([r["name"] for r in runs], as_results, out / "results.png")
     print("\n" + table)
     _print_examples(specs)
-    print(f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all")
+    print(
+        f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all"
+    )
     return results
 
 
@@ -184,4 +202,6 @@ def _print_examples(specs: list[RunSpec], per_run: int = 2) -> None:
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines()[:per_run]]
         for row in rows:
-            print(f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> {row['prediction'][:40]!r} (ref {row['reference'][:40]!r})")
+            print(
+                f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> {row['prediction'][:40]!r} (ref {row['reference'][:40]!r})"
+            )

@@ -39,24 +39,40 @@ class RunSpec:
 
 def _train_cmd(spec: RunSpec) -> list[str]:
     cfg_path = spec.out / "run-config.yaml"
-    return [sys.executable, "-m", "polyvis", "train", str(cfg_path), "--out", str(spec.out), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "polyvis",
+        "train",
+        str(cfg_path),
+        "--out",
+        str(spec.out),
+        "--no-progress",
+    ]
 
 
 def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    env.update(
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false"
+    )
     return env
 
 
 def train_runs(
-    specs: list[RunSpec], jobs: int = 2, threads: int = 1, on_done: Callable[[RunSpec, float], None] | None = None
+    specs: list[RunSpec],
+    jobs: int = 2,
+    threads: int = 1,
+    on_done: Callable[[RunSpec, float], None] | None = None,
 ) -> dict[str, float]:
     """Train every run that has no final model yet, `jobs` processes at a time; returns seconds."""
     pending = [s for s in specs if not (s.out / "done.json").is_file()]
     seconds: dict[str, float] = {}
     for s in specs:
         if s not in pending:
-            seconds[s.name] = float(json.loads((s.out / "done.json").read_text()).get("seconds", 0.0))
+            seconds[s.name] = float(
+                json.loads((s.out / "done.json").read_text()).get("seconds", 0.0)
+            )
     running: list[tuple[RunSpec, subprocess.Popen, float, Any]] = []
     while pending or running:
         while pending and len(running) < jobs:
@@ -64,7 +80,9 @@ def train_runs(
             spec.out.mkdir(parents=True, exist_ok=True)
             (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
             log = (spec.out / "train.log").open("a")
-            proc = subprocess.Popen(_train_cmd(spec), stdout=log, stderr=subprocess.STDOUT, env=_env(threads))
+            proc = subprocess.Popen(
+                _train_cmd(spec), stdout=log, stderr=subprocess.STDOUT, env=_env(threads)
+            )
             running.append((spec, proc, time.perf_counter(), log))
         time.sleep(0.2)
         for item in list(running):
@@ -77,9 +95,15 @@ def train_runs(
                 for _, other, _, other_log in running:
                     other.kill()
                     other_log.close()
-                tail = (spec.out / "train.log").read_text(errors="replace").strip().splitlines()[-3:]
-                raise PolyVisError(f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}")
-            seconds[spec.name] = float(json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0))
+                tail = (
+                    (spec.out / "train.log").read_text(errors="replace").strip().splitlines()[-3:]
+                )
+                raise PolyVisError(
+                    f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}"
+                )
+            seconds[spec.name] = float(
+                json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0)
+            )
             if on_done:
                 on_done(spec, time.perf_counter() - start)
     return seconds

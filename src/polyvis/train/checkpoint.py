@@ -32,7 +32,11 @@ def list_checkpoints(run: Path) -> list[Path]:
     root = checkpoint_dir(run)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -79,7 +83,11 @@ def save_checkpoint(
     (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        tensors = {n: p.detach().cpu().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        tensors = {
+            n: p.detach().cpu().contiguous()
+            for n, p in unwrapped.named_parameters()
+            if p.requires_grad
+        }
         save_file(tensors, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -112,7 +120,9 @@ def load_checkpoint(
     params = dict(unwrapped.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
-        raise PolyVisError(f"{path}: checkpoint lacks trainable parameter {missing[0]} (changed config?)")
+        raise PolyVisError(
+            f"{path}: checkpoint lacks trainable parameter {missing[0]} (changed config?)"
+        )
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)

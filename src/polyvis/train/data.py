@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,10 +53,8 @@ def ensure_synthetic(options: dict[str, Any], progress: bool = True) -> Path:
         progress=progress,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(OSError):  # another process generated it first
         os.replace(tmp, out)
-    except OSError:  # another process generated it first
-        pass
     return out
 
 
@@ -68,7 +67,11 @@ def data_files(cfg: Config, split: str) -> list[Path]:
     if cfg.data.synthetic is not None:
         root = ensure_synthetic(cfg.data.synthetic)
         fams = cfg.data.synthetic.get("families", SYNTH_DEFAULTS["families"])
-        files += [root / fam / f"{split}.jsonl" for fam in fams if (root / fam / f"{split}.jsonl").is_file()]
+        files += [
+            root / fam / f"{split}.jsonl"
+            for fam in fams
+            if (root / fam / f"{split}.jsonl").is_file()
+        ]
     return files
 
 

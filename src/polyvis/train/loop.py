@@ -42,10 +42,14 @@ def _check_resumable(run: Path, cfg: Config) -> None:
     new = config_to_dict(cfg)
     for key in _RESUME_KEYS:
         if old.get(key) != new.get(key):
-            raise ConfigError(key, f"differs from the config of the run in {run}; use a new --out to start over")
+            raise ConfigError(
+                key, f"differs from the config of the run in {run}; use a new --out to start over"
+            )
     for key in ("stage", "lora", "batch_size", "grad_accum", "seed"):
         if old.get("train", {}).get(key) != new["train"].get(key):
-            raise ConfigError(f"train.{key}", f"differs from the run in {run}; use a new --out to start over")
+            raise ConfigError(
+                f"train.{key}", f"differs from the run in {run}; use a new --out to start over"
+            )
 
 
 def _start_model(cfg: Config):
@@ -56,7 +60,9 @@ def _start_model(cfg: Config):
         if (src / "final").is_dir():  # a run directory: start from its final model
             src = src / "final"
         if not (src / "config.json").is_file():
-            raise ConfigError("train.init_from", f"{src} is neither a model directory nor a finished run")
+            raise ConfigError(
+                "train.init_from", f"{src} is neither a model directory nor a finished run"
+            )
         return load_model(src)
     return build_model(cfg)
 
@@ -69,7 +75,11 @@ def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
     if not files:
         return None, None
     ds = ConversationDataset(
-        files, processor, max_length=cfg.data.max_length, image_root=cfg.data.image_root, decode_images=cache is None
+        files,
+        processor,
+        max_length=cfg.data.max_length,
+        image_root=cfg.data.image_root,
+        decode_images=cache is None,
     )
     if cache is not None:  # items carry image hashes only; features come from the cache
         ds = cache.wrap(ds)
@@ -161,12 +171,17 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     if tc.batch_size % accelerator.num_processes:
-        raise ConfigError("train.batch_size", f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes")
+        raise ConfigError(
+            "train.batch_size",
+            f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes",
+        )
     main = accelerator.is_main_process
     _check_resumable(run, cfg)
     if (run / "done.json").is_file() and (run / "final" / "config.json").is_file():
         if main:
-            print(f"{run} is already finished; its model is {run / 'final'} (a new --out starts over)")
+            print(
+                f"{run} is already finished; its model is {run / 'final'} (a new --out starts over)"
+            )
         return run / "final"
     accelerator.wait_for_everyone()
     if main:
@@ -179,9 +194,17 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     cache = prepare_feature_cache(cfg, model, processor, accelerator, progress)
     loader, sampler = _make_loader(cfg, processor, "train", shuffle=True, cache=cache)
     if loader is None:
-        raise ConfigError("data.train", "no training records: name records files or data.synthetic families")
-    val_loader, _ = _make_loader(cfg, processor, "val", shuffle=False, cache=cache) if tc.eval_every else (None, None)
-    optimizer = torch.optim.AdamW(parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+        raise ConfigError(
+            "data.train", "no training records: name records files or data.synthetic families"
+        )
+    val_loader, _ = (
+        _make_loader(cfg, processor, "val", shuffle=False, cache=cache)
+        if tc.eval_every
+        else (None, None)
+    )
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     if val_loader is not None:
@@ -216,7 +239,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     while step < tc.max_steps:
         group = [next(stream) for _ in range(tc.grad_accum)]
         skipped += sum(int(b.get("skipped", 0)) for b in group)
-        n_local = torch.tensor(float(sum(_answer_tokens(b) for b in group)), device=accelerator.device)
+        n_local = torch.tensor(
+            float(sum(_answer_tokens(b) for b in group)), device=accelerator.device
+        )
         n_global = accelerator.reduce(n_local, "sum")
         if float(n_global) == 0:
             continue
@@ -226,7 +251,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             sync = i == len(group) - 1
             ctx = accelerator.no_sync(model) if not sync else _nullcontext()
             with ctx:
-                out = model(**_model_inputs(batch, accelerator.device, cache), num_items_in_batch=norm)
+                out = model(
+                    **_model_inputs(batch, accelerator.device, cache), num_items_in_batch=norm
+                )
                 accelerator.backward(out.loss)
             loss_sum += out.loss.detach()
             tokens_seen += int(batch["attention_mask"].sum())
@@ -260,7 +287,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         log.write(row)
         bar.update(step, loss)
         if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:
-            save_checkpoint(run, step, model, optimizer, scheduler, {"micro": micro}, tc.keep_last, accelerator)
+            save_checkpoint(
+                run, step, model, optimizer, scheduler, {"micro": micro}, tc.keep_last, accelerator
+            )
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -272,11 +301,18 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             from polyvis.train.stages import LORA_DIR
 
             lm = unwrapped.language_model
-            lm.save_pretrained(final / LORA_DIR)  # the adapter alone; merge with `polyvis merge-lora`
+            lm.save_pretrained(
+                final / LORA_DIR
+            )  # the adapter alone; merge with `polyvis merge-lora`
             unwrapped.language_model = lm.unload()
         save_model(unwrapped, processor, final)
         dump_config(cfg, final / "polyvis.yaml")
-        summary = {"steps": step, "processes": accelerator.num_processes, "skipped_records": skipped, "seconds": time.perf_counter() - t_start}
+        summary = {
+            "steps": step,
+            "processes": accelerator.num_processes,
+            "skipped_records": skipped,
+            "seconds": time.perf_counter() - t_start,
+        }
         (run / "done.json").write_text(json.dumps(summary, indent=1))
         if skipped:
             print(f"skipped {skipped} unusable record(s) (see the warnings above)")

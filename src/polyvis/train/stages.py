@@ -22,7 +22,9 @@ def apply_lora(model: PolyVisForConditionalGeneration, options: dict[str, Any]) 
     opts = {**DEFAULT_LORA, **options}
     unknown = set(opts) - set(DEFAULT_LORA)
     if unknown:
-        raise ConfigError(f"train.lora.{sorted(unknown)[0]}", f"unknown option; valid: {', '.join(DEFAULT_LORA)}")
+        raise ConfigError(
+            f"train.lora.{sorted(unknown)[0]}", f"unknown option; valid: {', '.join(DEFAULT_LORA)}"
+        )
     config = LoraConfig(
         r=int(opts["r"]),
         lora_alpha=int(opts["alpha"]),
@@ -41,7 +43,10 @@ def configure_stage(model: PolyVisForConditionalGeneration, train: TrainSection)
     """Freeze / unfreeze by stage; LoRA (finetune only) leaves the LLM's base weights frozen."""
     if train.stage == "align":
         if train.lora:
-            raise ConfigError("train.lora", "LoRA trains the LLM, which the align stage keeps frozen; use stage: finetune")
+            raise ConfigError(
+                "train.lora",
+                "LoRA trains the LLM, which the align stage keeps frozen; use stage: finetune",
+            )
         model.set_trainable(encoders=train.unfreeze_encoders, projector=True, llm=False)
         return
     model.set_trainable(encoders=train.unfreeze_encoders, projector=True, llm=not train.lora)
@@ -53,7 +58,9 @@ def configure_stage(model: PolyVisForConditionalGeneration, train: TrainSection)
             model.language_model.enable_input_require_grads()
 
 
-def parameter_groups(model: PolyVisForConditionalGeneration, train: TrainSection) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: PolyVisForConditionalGeneration, train: TrainSection
+) -> list[dict[str, Any]]:
     """Trainable parameters in groups with their own learning rates (no decay on norms, biases)."""
     lrs = {
         "projector": train.lr,
@@ -85,4 +92,6 @@ def parameter_groups(model: PolyVisForConditionalGeneration, train: TrainSection
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that training changes (what a checkpoint must hold)."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
