@@ -201,7 +201,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = [] if isinstance(nxt, int) else {}
             node = node[part]
         last = parts[-1]
-        if isinstance(node, list) and (not isinstance(last, int) or not -len(node) <= last < len(node)):
+        if isinstance(node, list) and (
+            not isinstance(last, int) or not -len(node) <= last < len(node)
+        ):
             raise ConfigError(".".join(map(str, parts)), "no such list item")
         node[last] = value
     return data
