@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/polyvis demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
