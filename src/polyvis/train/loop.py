@@ -7,6 +7,7 @@ compute the same update, and gradient accumulation changes nothing but memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -249,7 +250,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         loss_sum = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(group):
             sync = i == len(group) - 1
-            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 out = model(
                     **_model_inputs(batch, accelerator.device, cache), num_items_in_batch=norm
@@ -319,14 +320,6 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _progress:
