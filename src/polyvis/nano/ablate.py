@@ -69,21 +69,16 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
 
 
 def _nano_base(spec: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[Path], int | None]:
-    from polyvis.data.synthetic import generate
     from polyvis.nano import demo
-    from polyvis.nano.experts import ensure_experts
 
     quick = bool(spec.get("quick"))
     budget = dict(demo.QUICK_BUDGET if quick else demo.BUDGET)
-    data_dir = out / "data"
-    if not (data_dir / "manifest.json").is_file():
-        generate(demo.FAMILIES, budget["n"], 0, data_dir, image_size=64, progress=False)
-    experts = ensure_experts(quick=quick)
-    corpus = demo.write_corpus(data_dir, out / "corpus.txt")
+    world = demo.prepare_world(out, budget, quick, workers=int(spec.get("jobs", 2)), progress=False)
     base = demo.run_config(
-        ["clip", "vary"], "concat-channel", experts, data_dir, corpus, budget, quick, 0
-    )
-    return base, [data_dir / f / "test.jsonl" for f in demo.FAMILIES], budget["eval_limit"]
+        ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
+        quick, 0,
+    )  # fmt: skip
+    return base, world.test, budget["eval_limit"]
 
 
 def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:

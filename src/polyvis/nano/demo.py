@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+from polyvis.nano.tasks import select_split
 
 FAMILIES = ["scene", "ocr", "latex", "chart", "table", "mixed"]
 
@@ -36,8 +39,24 @@ RUNS = [
     ("clip+vary concat-channel", ["clip", "vary"], "concat-channel"),
 ]
 
-BUDGET = {"n": 600, "steps": 600, "batch_size": 32, "lr": 2e-3, "eval_limit": 400, "vocab": 1024}
-QUICK_BUDGET = {"n": 12, "steps": 6, "batch_size": 8, "lr": 3e-3, "eval_limit": 4, "vocab": 400}
+BUDGET = {
+    "n": 1500,
+    "per_family": 1500,
+    "steps": 600,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "eval_limit": 400,
+    "vocab": 1024,
+}
+QUICK_BUDGET = {
+    "n": 12,
+    "per_family": 16,
+    "steps": 6,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "eval_limit": 4,
+    "vocab": 400,
+}
 
 
 def _slug(name: str) -> str:
@@ -58,11 +77,52 @@ def write_corpus(data_dir: Path, out: Path) -> Path:
     return out
 
 
+@dataclass
+class World:
+    """What every nano run trains and is scored on."""
+
+    experts: dict[str, Path]
+    train: list[Path]  # per family: its scored questions, the same number of records each
+    test: list[Path]  # per family: every scored held-out question
+    corpus: Path  # the text the runs' BPE tokenizer is trained on
+
+
+def prepare_world(
+    out: Path,
+    budget: dict[str, Any],
+    quick: bool,
+    seed: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+    log: Callable[[str], Any] = lambda _: None,
+) -> World:
+    """Synthetic data (generated once into OUT/data), the experts (cached), the training and
+    test selections and the tokenizer corpus."""
+    from polyvis.data.synthetic import generate
+    from polyvis.nano.experts import ensure_experts
+
+    data_dir = out / "data"
+    if not (data_dir / "manifest.json").is_file():
+        log(f"[1/4] generating synthetic data ({budget['n']} images per family) in {data_dir}")
+        generate(
+            FAMILIES, budget["n"], seed, data_dir, image_size=64, workers=workers,
+            progress=progress,
+        )  # fmt: skip
+    log("[2/4] nano experts (cached by their settings)")
+    experts = ensure_experts(quick=quick, progress=progress)
+    return World(
+        experts,
+        select_split(data_dir, FAMILIES, "train", budget["per_family"], seed),
+        select_split(data_dir, FAMILIES, "test"),
+        write_corpus(data_dir, out / "corpus.txt"),
+    )
+
+
 def run_config(
     encoders: list[str],
     fusion: str,
     experts: dict[str, Path],
-    data_dir: Path,
+    train_files: list[Path],
     corpus: Path,
     budget: dict,
     quick: bool,
@@ -83,7 +143,7 @@ def run_config(
             },
         },
         "data": {
-            "train": [str(data_dir / f / "train.jsonl") for f in FAMILIES],
+            "train": [str(p) for p in train_files],
             "val": [],
             "max_length": 256,
         },
@@ -108,31 +168,25 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from polyvis.data.synthetic import generate
     from polyvis.eval.report import compare_table, plot_compare
-    from polyvis.nano.experts import ensure_experts
 
     out = Path(out)
     start = time.perf_counter()
     budget = dict(QUICK_BUDGET if quick else BUDGET)
     if steps:
         budget["steps"] = steps
-    data_dir = out / "data"
-    if not (data_dir / "manifest.json").is_file():
-        print(f"[1/4] generating synthetic data ({budget['n']} images per family) in {data_dir}")
-        generate(FAMILIES, budget["n"], seed, data_dir, image_size=64, progress=progress)
-    print("[2/4] nano experts (cached by their settings)")
-    experts = ensure_experts(quick=quick, progress=progress)
-    corpus = write_corpus(data_dir, out / "corpus.txt")
+    world = prepare_world(out, budget, quick, seed, jobs, progress, log=print)
     specs = []
     for name, encoders, fusion in RUNS:
-        cfg = run_config(encoders, fusion, experts, data_dir, corpus, budget, quick, seed)
+        cfg = run_config(
+            encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
+        )
         specs.append(
             RunSpec(
                 name,
                 cfg,
                 out / "runs" / _slug(name),
-                [data_dir / f / "test.jsonl" for f in FAMILIES],
+                world.test,
                 budget["eval_limit"],
                 {"encoders": [f"{e}-nano" for e in encoders], "fusion": fusion, "adapter": "mlp"},
             )

@@ -30,8 +30,9 @@ from typing import Any
 from polyvis.errors import ConfigError, DataError, PolyVisError
 
 EXPERTS = ("clip-nano", "vary-nano")
-# Bump when a trainer changes what it produces for the same settings (invalidates the cache).
-RECIPE_VERSION = 1
+# Bump an expert's version when its trainer changes what it produces for the same settings
+# (invalidates its cache entries). vary-nano 2: a ResNet encoder by default instead of a ViT.
+RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2}
 
 # What each expert trains on when no data folder is given: ensure_synthetic options (seed 0 and
 # 64 px unless set; "eval": false keeps a set out of the held-out measurement, "train": false
@@ -140,7 +141,7 @@ def _data_identity(spec: dict[str, Any], families: list[str]) -> Any:
 
 
 def expert_key(name: str, settings: dict[str, Any], data: dict[str, Any]) -> str:
-    blob = {"expert": name, "recipe": RECIPE_VERSION, "settings": settings,
+    blob = {"expert": name, "recipe": RECIPE_VERSION[name], "settings": settings,
             "data": _data_identity(data, settings["families"])}  # fmt: skip
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
 

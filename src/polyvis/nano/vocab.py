@@ -43,8 +43,12 @@ from polyvis.nano._common import (
 )
 from polyvis.nano._tokens import BpeVocab, CharVocab
 
-VIT_NANO = {"model_type": "vit", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-            "intermediate_size": 512, "patch_size": 8}  # fmt: skip
+# The default encoder: a small ResNet (stem /4, a 64-channel stage, a 128-channel stage /2), an
+# 8x8 grid of 128-d tokens at 64 px. On the same budget a from-scratch ViT of the same size barely
+# learned to read (greedy char accuracy 0.24 on easy OCR after 1000 steps); this convnet reads
+# easy OCR at 0.97 exact after 450 (docs/nano.md).
+RESNET_NANO = {"model_type": "resnet", "embedding_size": 32, "hidden_sizes": [64, 128], "depths": [1, 2],
+               "layer_type": "basic", "downsample_in_first_stage": False}  # fmt: skip
 DECODER_NANO = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 256,
                 "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "max_position_embeddings": 512, "tie_word_embeddings": True}  # fmt: skip
@@ -64,7 +68,7 @@ class VarySettings(Settings):
 
     families: list[str] = Field(default_factory=lambda: ["ocr", "latex", "table", "chart"])
     init: str | None = None  # a checkpoint dir (CLIP: its vision tower) ...
-    encoder: dict[str, Any] | None = None  # ... or a transformers vision config (default ViT-nano)
+    encoder: dict[str, Any] | None = None  # ... or a transformers vision config (default RESNET_NANO)
     decoder: dict[str, Any] = Field(default_factory=lambda: dict(DECODER_NANO))
     tokenizer: Literal["chars", "bpe"] = "chars"
     bpe_vocab_size: int = Field(default=512, gt=260)
@@ -134,7 +138,7 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
 
     from polyvis.config import EncoderSpec
     from polyvis.models.build import load_vision_backbone, make_image_processor
-    from polyvis.models.encoders import describe, num_hidden_layers
+    from polyvis.models.encoders import describe
 
     if settings.init is not None and settings.encoder is not None:
         from polyvis.errors import ConfigError
@@ -145,7 +149,7 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
     if settings.init is not None:
         spec = EncoderSpec(name="vary-nano", path=settings.init, image_size=settings.size)
     else:
-        cfg = dict(settings.encoder or VIT_NANO)
+        cfg = dict(settings.encoder or RESNET_NANO)
         cfg["image_size"] = settings.size
         spec = EncoderSpec(name="vary-nano", config=cfg, image_size=settings.size)
     encoder = load_vision_backbone(spec, "encoder", torch.float32)
@@ -153,8 +157,9 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
         processor = _plain_processor(settings.size)
     else:  # a checkpoint keeps its own normalisation
         processor = make_image_processor(spec, encoder.config, "encoder")
-    total = num_hidden_layers(encoder.config) or 1
-    entry = describe(encoder, [total], (settings.size, settings.size), "encoder")
+    # The last hidden state, as patches() reads it (num_hidden_layers means blocks for a ViT but
+    # stages, or nothing, for convolutional backbones).
+    entry = describe(encoder, [-1], (settings.size, settings.size), "encoder")
     dcfg = dict(settings.decoder)
     dcfg.update(vocab_size=vocab_size, pad_token_id=0)
     try:
