@@ -12,6 +12,7 @@ Image paths are relative to the records file's folder (or absolute). Other field
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,8 @@ def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    tmp = path.with_name(path.name + ".tmp")
+    # A per-process temporary name: two writers of one file never rename each other's half-file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         if path.suffix == ".json":
             json.dump(records, f, ensure_ascii=False, indent=1)
