@@ -1,0 +1,70 @@
+"""One nano-world training run with recipe knobs the demo fixes: families, batch, steps, lr,
+tokenizer size, adapter, a pretrained LM. Prints per-family scores (points) and the time taken.
+
+    python benchmarks/nano_recipe.py --name ocr-b8 --encoders vary --families ocr \
+        --steps 2400 --batch-size 8 --vocab 300 --out /tmp/nano-recipe
+
+Data (OUT/data, `--n` images per family) and the experts ($POLYVIS_CACHE) are made once and
+reused; each run trains in OUT/runs/NAME with the feature cache, one thread, and is scored on
+the held-out scored questions (at most --eval-limit per family). Used for the "what we tried"
+table in docs/nano.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from polyvis.nano import demo
+from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", default="/tmp/nano-recipe")
+    p.add_argument("--encoders", default="clip,vary", help="clip, vary or clip,vary")
+    p.add_argument("--fusion", default="concat-channel")
+    p.add_argument("--adapter", default='{"type": "mlp", "depth": 2}', help="JSON")
+    p.add_argument("--families", default=",".join(demo.FAMILIES))
+    p.add_argument("--n", type=int, default=demo.BUDGET["n"])
+    p.add_argument("--per-family", type=int, default=demo.BUDGET["per_family"])
+    p.add_argument("--steps", type=int, default=demo.BUDGET["steps"])
+    p.add_argument("--batch-size", type=int, default=demo.BUDGET["batch_size"])
+    p.add_argument("--lr", type=float, default=demo.BUDGET["lr"])
+    p.add_argument("--vocab", type=int, default=demo.BUDGET["vocab"])
+    p.add_argument("--lm", default=None, help="a pretrained causal-LM dir (with its tokenizer)")
+    p.add_argument("--eval-limit", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+
+    out = Path(a.out)
+    budget = dict(demo.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
+    budget.update(batch_size=a.batch_size, vocab=a.vocab)
+    world = demo.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
+    families = a.families.split(",")
+    pick = [i for i, f in enumerate(demo.FAMILIES) if f in families]
+    cfg = demo.run_config(
+        a.encoders.split(","), a.fusion, world.experts, [world.train[i] for i in pick],
+        world.corpus, budget, False, a.seed,
+    )  # fmt: skip
+    cfg["model"]["adapter"] = json.loads(a.adapter)
+    if a.lm:
+        cfg["model"]["llm"] = {"path": a.lm}
+    spec = RunSpec(a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit)
+    t0 = time.perf_counter()
+    train_runs([spec], jobs=1)
+    t1 = time.perf_counter()
+    scores = family_scores(evaluate_run(spec))
+    t2 = time.perf_counter()
+    mean = sum(scores.values()) / max(1, len(scores))
+    print("| run | " + " | ".join(scores) + " | mean | train s | eval s |")
+    print("|---|" + "---:|" * (len(scores) + 3))
+    cells = " | ".join(f"{v:.1f}" for v in scores.values())
+    print(f"| {a.name} | {cells} | {mean:.1f} | {t1 - t0:.0f} | {t2 - t1:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
