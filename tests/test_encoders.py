@@ -4,6 +4,7 @@ the untruncated backbone's), vision-only loading of CLIP / SigLIP checkpoints, i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,17 @@ def test_layer_selection_matches_hidden_states(checkpoints, layers, want):
 )
 def test_full_checkpoint_loads_only_the_vision_tower(checkpoints, name, cls):
     path, vision = checkpoints[name]
-    enc, proc, entry = load(path, [-1])
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        enc, proc, entry = load(path, [-1])
+    finally:
+        hf_logger.removeHandler(handler)
+    # The text half is an expected leftover: no load report listing it as UNEXPECTED.
+    assert not [r for r in seen if "UNEXPECTED" in r.getMessage()]
     assert type(enc.backbone) is cls
     assert entry["config"]["model_type"].endswith("_vision_model")
     names = [n for n, _ in enc.backbone.named_parameters()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +79,28 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
         cls = MODEL_MAPPING.get(type(vcfg), AutoModel)
         if vcfg is config:
             return AutoModel.from_pretrained(spec.path, dtype=dtype, **kw)
-        return cls.from_pretrained(spec.path, dtype=dtype, **kw)
+        # The text half's weights are expected leftovers here: without this, transformers prints
+        # a load report listing every one of them as UNEXPECTED on each load.
+        with _quiet_transformers():
+            return cls.from_pretrained(spec.path, dtype=dtype, **kw)
     except (OSError, ValueError) as err:
         raise _load_error(f"{field}.path", spec.path, err) from None
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off for a block, restored after it."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
