@@ -81,14 +81,14 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
             return AutoModel.from_pretrained(spec.path, dtype=dtype, **kw)
         # The text half's weights are expected leftovers here: without this, transformers prints
         # a load report listing every one of them as UNEXPECTED on each load.
-        with _quiet_transformers():
+        with quiet_transformers():
             return cls.from_pretrained(spec.path, dtype=dtype, **kw)
     except (OSError, ValueError) as err:
         raise _load_error(f"{field}.path", spec.path, err) from None
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers' warnings and progress bars off for a block, restored after it."""
     from transformers.utils import logging as hf_logging
 

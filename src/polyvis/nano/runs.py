@@ -116,10 +116,11 @@ def evaluate_run(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 24) 
     import torch
 
     from polyvis.eval.runner import evaluate
-    from polyvis.models.build import load_model
+    from polyvis.models.build import load_model, quiet_transformers
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model, processor = load_model(spec.out / "final")
+    with quiet_transformers():  # a demo or ablation loads many tiny models: no bar per load
+        model, processor = load_model(spec.out / "final")
     return evaluate(
         model,
         processor,
