@@ -68,9 +68,7 @@ class VarySettings(Settings):
 
     families: list[str] = Field(default_factory=lambda: ["ocr", "latex", "table", "chart"])
     init: str | None = None  # a checkpoint dir (CLIP: its vision tower) ...
-    encoder: dict[str, Any] | None = (
-        None  # ... or a transformers vision config (default RESNET_NANO)
-    )
+    encoder: dict[str, Any] | None = None  # ... or a vision config (default RESNET_NANO)
     decoder: dict[str, Any] = Field(default_factory=lambda: dict(DECODER_NANO))
     tokenizer: Literal["chars", "bpe"] = "chars"
     bpe_vocab_size: int = Field(default=512, gt=260)
