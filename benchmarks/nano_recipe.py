@@ -38,11 +38,19 @@ def main() -> None:
     p.add_argument("--lm", default=None, help="a pretrained causal-LM dir (with its tokenizer)")
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=JSON",
+        help="override a config field, e.g. train.lr_llm=2e-3 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--difficulty", default='"medium"', help='JSON: "easy" or {"ocr": "easy"}')
+    p.add_argument("--per-image", action="store_true", help="one multi-turn record per image")
+    p.add_argument("--lm-config", default=None, help="JSON overrides of the LM config")
     a = p.parse_args()
 
     out = Path(a.out)
     budget = dict(demo.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
-    budget.update(batch_size=a.batch_size, vocab=a.vocab)
+    budget.update(batch_size=a.batch_size, vocab=a.vocab, per_image=a.per_image)
+    budget["difficulty"] = json.loads(a.difficulty)
     world = demo.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
     families = a.families.split(",")
     pick = [i for i, f in enumerate(demo.FAMILIES) if f in families]
@@ -51,6 +59,15 @@ def main() -> None:
         world.corpus, budget, False, a.seed,
     )  # fmt: skip
     cfg["model"]["adapter"] = json.loads(a.adapter)
+    if a.lm_config:
+        cfg["model"]["llm"]["config"] = {**cfg["model"]["llm"]["config"], **json.loads(a.lm_config)}
+    for item in a.set:
+        key, _, value = item.partition("=")
+        *parents, last = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = json.loads(value)
     if a.lm:
         cfg["model"]["llm"] = {"path": a.lm}
     spec = RunSpec(a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit)

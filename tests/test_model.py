@@ -175,6 +175,26 @@ def test_loss_is_mean_cross_entropy_over_labelled_tokens(base):
     torch.testing.assert_close(out.loss, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_answer_logits_only_gives_the_same_loss_and_gradients(base):
+    model, proc = variant(base, {"type": "concat-channel"}, {"type": "mlp", "depth": 2})
+    model.set_trainable(projector=True, llm=True)
+    batch = training_batch(proc)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    full = step(model, {**batch, "num_items_in_batch": n})
+    ref = [None if g is None else g.clone() for g in grads(model.parameters())]
+    for p in model.parameters():
+        p.grad = None
+    out = model(**batch, num_items_in_batch=n, answer_logits_only=True)
+    out.loss.backward()
+    # Only the rows that predict a label were projected onto the vocabulary.
+    assert out.logits.shape == (n, model.config.text_config.vocab_size)
+    torch.testing.assert_close(out.loss, full, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads(model.parameters()), ref):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
 def test_sequence_fusion_with_grid_adapter_is_a_config_error():
     cfg = load_config(
         NANO_TINY, ["model.fusion={type: interleave}", "model.adapter={type: pixel-shuffle}"]

@@ -228,9 +228,16 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         encoder_features: list[list[torch.Tensor]] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        answer_logits_only: bool = False,
         **kwargs: Any,
     ):
-        """Causal-LM forward; loss (when labels are given) only where labels != -100."""
+        """Causal-LM forward; loss (when labels are given) only where labels != -100.
+
+        answer_logits_only: with labels, project only the positions that predict an answer
+        token onto the vocabulary (the same loss; `logits` then holds just those rows, flat).
+        Training uses it: with a large vocabulary the LM head over every image and prompt
+        position is a big share of a step's compute and memory.
+        """
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
@@ -243,6 +250,10 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
                 raise DataError(
                     "input_ids hold <image> placeholders but no pixel_values were given"
                 )
+        if answer_logits_only and labels is not None and isinstance(logits_to_keep, int):
+            return self._answer_only_forward(
+                inputs_embeds, attention_mask, position_ids, labels, **kwargs
+            )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -252,6 +263,28 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _answer_only_forward(self, inputs_embeds, attention_mask, position_ids, labels, **kwargs):
+        # Position t predicts token t + 1: keep the positions whose next label is an answer token.
+        targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        keep = targets != -100
+        num_items = kwargs.pop("num_items_in_batch", None)
+        kwargs.setdefault("use_cache", False)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=keep,
+            **kwargs,
+        )
+        out.loss = self.language_model.loss_function(
+            logits=out.logits,
+            labels=None,
+            shift_labels=targets[keep],
+            vocab_size=out.logits.shape[-1],
+            num_items_in_batch=num_items,
+        )
+        return out
 
     def _expand_inputs_for_generation(
         self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs

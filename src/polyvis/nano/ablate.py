@@ -150,7 +150,7 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
     train_runs(
         [r for _, _, r in runs],
         jobs=int(spec.get("jobs", 2)),
-        on_done=lambda s, t: print(f"  trained {s.name} in {t:.0f} s"),
+        on_done=lambda s, t: print(f"  trained and scored {s.name} in {t:.0f} s"),
     )
     cells: dict[str, list[dict[str, float]]] = {}
     for cell, _seed, run in runs:

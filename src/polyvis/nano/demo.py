@@ -109,13 +109,17 @@ def prepare_world(
         log(f"[1/4] generating synthetic data ({budget['n']} images per family) in {data_dir}")
         generate(
             FAMILIES, budget["n"], seed, data_dir, image_size=64, workers=workers,
-            progress=progress,
+            difficulty=budget.get("difficulty", "medium"), progress=progress,
         )  # fmt: skip
     log("[2/4] nano experts (cached by their settings)")
     experts = ensure_experts(quick=quick, progress=progress)
     return World(
         experts,
-        select_split(data_dir, FAMILIES, "train", budget["per_family"], seed),
+        select_split(
+            data_dir, FAMILIES, "train", budget["per_family"], seed,
+            suffix="nano-img" if budget.get("per_image") else "nano",
+            per_image=bool(budget.get("per_image")),
+        ),  # fmt: skip
         select_split(data_dir, FAMILIES, "test"),
         write_corpus(data_dir, out / "corpus.txt"),
     )
@@ -194,11 +198,16 @@ def run_demo(
                 {"encoders": [f"{e}-nano" for e in encoders], "fusion": fusion, "adapter": "mlp"},
             )
         )
-    print(f"[3/4] training {len(specs)} models, {budget['steps']} steps each, {jobs} at a time")
-    seconds = train_runs(
-        specs, jobs=jobs, on_done=lambda s, t: print(f"      {s.name}: trained in {t:.0f} s")
+    print(
+        f"[3/4] training {len(specs)} models, {budget['steps']} steps each, {jobs} at a time, "
+        "each scored on the held-out test sets when it is trained"
     )
-    print("[4/4] evaluating on held-out test sets")
+    seconds = train_runs(
+        specs,
+        jobs=jobs,
+        on_done=lambda s, t: print(f"      {s.name}: trained and scored in {t:.0f} s"),
+    )
+    print("[4/4] results")
     runs = []
     for spec in specs:
         res = evaluate_run(spec)

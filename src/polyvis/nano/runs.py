@@ -40,15 +40,26 @@ class RunSpec:
 def _train_cmd(spec: RunSpec) -> list[str]:
     cfg_path = spec.out / "run-config.yaml"
     return [
-        sys.executable,
-        "-m",
-        "polyvis",
-        "train",
-        str(cfg_path),
-        "--out",
-        str(spec.out),
+        sys.executable, "-m", "polyvis", "train", str(cfg_path), "--out", str(spec.out),
         "--no-progress",
-    ]
+    ]  # fmt: skip
+
+
+def _eval_cmd(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 24) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "polyvis", "eval", str(spec.out / "final"), "--data",
+        *map(str, spec.eval_files), "--out", str(spec.out / "eval"), "--batch-size",
+        str(batch_size), "--max-new-tokens", str(max_new_tokens), "--name", spec.name,
+        "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    return cmd + (["--limit", str(spec.eval_limit)] if spec.eval_limit else [])
+
+
+def _stages(spec: RunSpec, evaluate: bool) -> list[list[str]]:
+    stages = [] if (spec.out / "done.json").is_file() else [_train_cmd(spec)]
+    if evaluate and spec.eval_files and not spec.results_path.is_file():
+        stages.append(_eval_cmd(spec))
+    return stages
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -64,35 +75,34 @@ def train_runs(
     jobs: int = 2,
     threads: int = 1,
     on_done: Callable[[RunSpec, float], None] | None = None,
+    evaluate: bool = True,
 ) -> dict[str, float]:
-    """Train every run that has no final model yet, `jobs` processes at a time; returns seconds."""
-    pending = [s for s in specs if not (s.out / "done.json").is_file()]
-    seconds: dict[str, float] = {}
-    for s in specs:
-        if s not in pending:
-            seconds[s.name] = float(
-                json.loads((s.out / "done.json").read_text()).get("seconds", 0.0)
-            )
-    running: list[tuple[RunSpec, subprocess.Popen, float, Any]] = []
+    """Train (then, with `evaluate`, score on its held-out files) every run not done yet, `jobs`
+    one-thread processes at a time; returns each run's training seconds. Evaluating in the
+    run's own job keeps both cores busy: the evaluations of a pair run side by side too."""
+    pending = [(s, _stages(s, evaluate)) for s in specs]
+    pending = [(s, st) for s, st in pending if st]
+    running: list[tuple[RunSpec, list[list[str]], subprocess.Popen, float, Any]] = []
+
+    def launch(spec: RunSpec, stages: list[list[str]], start: float) -> None:
+        spec.out.mkdir(parents=True, exist_ok=True)
+        (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
+        log = (spec.out / "train.log").open("a")
+        proc = subprocess.Popen(stages[0], stdout=log, stderr=subprocess.STDOUT, env=_env(threads))
+        running.append((spec, stages[1:], proc, start, log))
+
     while pending or running:
         while pending and len(running) < jobs:
-            spec = pending.pop(0)
-            spec.out.mkdir(parents=True, exist_ok=True)
-            (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
-            log = (spec.out / "train.log").open("a")
-            proc = subprocess.Popen(
-                _train_cmd(spec), stdout=log, stderr=subprocess.STDOUT, env=_env(threads)
-            )
-            running.append((spec, proc, time.perf_counter(), log))
+            launch(*pending.pop(0), time.perf_counter())
         time.sleep(0.2)
         for item in list(running):
-            spec, proc, start, log = item
+            spec, rest, proc, start, log = item
             if proc.poll() is None:
                 continue
             log.close()
             running.remove(item)
             if proc.returncode != 0:
-                for _, other, _, other_log in running:
+                for _, _, other, _, other_log in running:
                     other.kill()
                     other_log.close()
                 tail = (
@@ -101,12 +111,15 @@ def train_runs(
                 raise PolyVisError(
                     f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}"
                 )
-            seconds[spec.name] = float(
-                json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0)
-            )
-            if on_done:
+            if rest:
+                launch(spec, rest, start)
+            elif on_done:
                 on_done(spec, time.perf_counter() - start)
-    return seconds
+    return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
+
+
+def train_seconds(spec: RunSpec) -> float:
+    return float(json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0))
 
 
 def evaluate_run(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 24) -> dict[str, Any]:

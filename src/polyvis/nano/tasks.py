@@ -33,11 +33,15 @@ def select_split(
     per_family: int | None = None,
     seed: int = 0,
     suffix: str = "nano",
+    per_image: bool = False,
 ) -> list[Path]:
     """Write `FAMILY/{split}.{suffix}.jsonl` with the family's scored questions; returns the paths.
 
     per_family: exactly this many records per family (shuffled, cycled when there are fewer);
     None keeps every scored record in file order.
+    per_image: one multi-turn record per image holding all of its scored questions (in a
+    shuffled order), as LLaVA's instruction data does: the image's tokens are paid for once and
+    every answer is trained on.
     """
     paths = []
     for fam in families:
@@ -46,6 +50,8 @@ def select_split(
         records = [
             r for r in read_records(src, validate=False) if keep is None or r.get("task") in keep
         ]
+        if per_image:
+            records = group_by_image(records, random.Random(f"{seed}-{fam}-{split}-turns"))
         if per_family is not None and records:
             rng = random.Random(f"{seed}-{fam}-{split}")
             pool: list[dict] = []
@@ -57,3 +63,30 @@ def select_split(
             records = pool[:per_family]
         paths.append(write_records(data_dir / fam / f"{split}.{suffix}.jsonl", records))
     return paths
+
+
+def group_by_image(records: list[dict], rng: random.Random) -> list[dict]:
+    """One record per image: its questions as turns of one conversation, the image marker in
+    the first; the id is the first question's id plus `+N` for N more turns."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(str(r.get("image")), []).append(r)
+    out = []
+    for group in groups.values():
+        group = list(group)
+        rng.shuffle(group)
+        turns = []
+        for i, r in enumerate(group):
+            question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+            question = question.replace("<image>\n", "").replace("<image>", "")
+            turns += [
+                {"from": "human", "value": ("<image>\n" if i == 0 else "") + question},
+                {"from": "gpt", "value": answer},
+            ]
+        first = group[0]
+        rid = first["id"] if len(group) == 1 else f"{first['id']}+{len(group) - 1}"
+        extra = {k: v for k, v in first.items() if k not in ("id", "conversations", "task")}
+        out.append(
+            {"id": rid, **extra, "conversations": turns, "task": "+".join(r["task"] for r in group)}
+        )
+    return out

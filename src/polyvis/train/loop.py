@@ -143,7 +143,11 @@ def evaluate_loss(model, loader, accelerator, cache=None) -> float:
         n = _answer_tokens(batch)
         if n == 0:
             continue
-        out = model(**_model_inputs(batch, accelerator.device, cache), num_items_in_batch=1)
+        out = model(
+            **_model_inputs(batch, accelerator.device, cache),
+            num_items_in_batch=1,
+            answer_logits_only=True,
+        )
         total += out.loss.double().cpu()  # sum over tokens (num_items_in_batch=1)
         count += n
     model.train()
@@ -253,7 +257,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 out = model(
-                    **_model_inputs(batch, accelerator.device, cache), num_items_in_batch=norm
+                    **_model_inputs(batch, accelerator.device, cache),
+                    num_items_in_batch=norm,
+                    answer_logits_only=True,
                 )
                 accelerator.backward(out.loss)
             loss_sum += out.loss.detach()
