@@ -35,7 +35,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=demo.BUDGET["batch_size"])
     p.add_argument("--lr", type=float, default=demo.BUDGET["lr"])
     p.add_argument("--vocab", type=int, default=demo.BUDGET["vocab"])
-    p.add_argument("--lm", default=None, help="a pretrained causal-LM dir (with its tokenizer)")
+    p.add_argument(
+        "--lm", default=None,
+        help="'scratch' (a random LM, BPE of --vocab), or a causal-LM dir (with its tokenizer); "
+        "default: the demo's (vary-nano's decoder)",
+    )  # fmt: skip
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -44,7 +48,6 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--difficulty", default='"medium"', help='JSON: "easy" or {"ocr": "easy"}')
     p.add_argument("--per-image", action="store_true", help="one multi-turn record per image")
-    p.add_argument("--lm-config", default=None, help="JSON overrides of the LM config")
     a = p.parse_args()
 
     out = Path(a.out)
@@ -59,8 +62,6 @@ def main() -> None:
         world.corpus, budget, False, a.seed,
     )  # fmt: skip
     cfg["model"]["adapter"] = json.loads(a.adapter)
-    if a.lm_config:
-        cfg["model"]["llm"]["config"] = {**cfg["model"]["llm"]["config"], **json.loads(a.lm_config)}
     for item in a.set:
         key, _, value = item.partition("=")
         *parents, last = key.split(".")
@@ -68,7 +69,10 @@ def main() -> None:
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = json.loads(value)
-    if a.lm:
+    if a.lm == "scratch":
+        budget["lm"] = "scratch"
+        cfg["model"]["llm"] = demo.nano_lm(world.experts, world.corpus, budget, False)
+    elif a.lm:
         cfg["model"]["llm"] = {"path": a.lm}
     spec = RunSpec(a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit)
     t0 = time.perf_counter()

@@ -100,6 +100,41 @@ def test_vary_trains_and_saves_the_encoder_alone(vary: tuple[Path, dict], data_d
     assert ours.shape == (2, 64, 32) and torch.allclose(ours, ref, atol=1e-5)
 
 
+def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(data_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import NANO_TINY
+
+    from polyvis.config import load_config
+    from polyvis.models.build import build_model
+    from polyvis.nano.vocab import train_vary
+
+    out = tmp_path / "vary-bpe"
+    settings = {**VARY, "steps": 4, "tokenizer": "bpe", "bpe_vocab_size": 300, "eval_samples": 0}
+    train_vary([data_dir], out, settings, progress=False)
+    assert not (tmp_path / "vary-nano" / "decoder").exists()
+    dec = out / "decoder"
+    cfg = load_config(NANO_TINY, [
+        f"model.encoders=[{{name: vary, path: '{out}', layers: [-1]}}]",
+        "model.fusion={type: concat-channel}", f"model.llm={{path: '{dec}'}}",
+    ])  # fmt: skip
+    model, processor = build_model(cfg)
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(dec)
+    # The LM starts as the decoder: same weights for every token the decoder knew.
+    ours = model.language_model.get_input_embeddings().weight
+    theirs = saved.get_input_embeddings().weight
+    assert torch.equal(ours[: theirs.shape[0]], theirs)
+    layer = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(model.language_model.state_dict()[layer], saved.state_dict()[layer])
+    assert processor.tokenizer("lamp")["input_ids"] == _token_ids(dec, "lamp")
+
+
+def _token_ids(path: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)(text)["input_ids"]
+
+
 def test_clip_trains_and_loads_its_vision_tower(clip: tuple[Path, dict]) -> None:
     from transformers import AutoTokenizer, CLIPModel
 

@@ -45,7 +45,7 @@ def _train_cmd(spec: RunSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _eval_cmd(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 24) -> list[str]:
+def _eval_cmd(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 48) -> list[str]:
     cmd = [
         sys.executable, "-m", "polyvis", "eval", str(spec.out / "final"), "--data",
         *map(str, spec.eval_files), "--out", str(spec.out / "eval"), "--batch-size",
@@ -122,7 +122,7 @@ def train_seconds(spec: RunSpec) -> float:
     return float(json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0))
 
 
-def evaluate_run(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 24) -> dict[str, Any]:
+def evaluate_run(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 48) -> dict[str, Any]:
     """Evaluate a trained run on its held-out files (cached in RUN/eval/results.json)."""
     if spec.results_path.is_file():
         return json.loads(spec.results_path.read_text())

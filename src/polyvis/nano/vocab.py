@@ -8,8 +8,10 @@ and with the decoding loss alone the encoder takes hundreds of steps to start lo
 characters; an auxiliary CTC loss over the patch-grid columns (each column pooled over rows by a
 learned attention) on single-line text gets it learning within a small budget.
 
-Only the encoder is saved (save_pretrained + its image processor), so a polyvis config lists it
-as an encoder `path:` (layers: [-1], the layer the decoder read).
+The encoder is saved (save_pretrained + its image processor), so a polyvis config lists it
+as an encoder `path:` (layers: [-1], the layer the decoder read). With the BPE tokenizer the
+decoder is saved too, with its tokenizer, in OUT/decoder: a causal LM that already reads the
+encoder's tokens, which a config can name as its `llm: {path: ...}`.
 """
 
 from __future__ import annotations
@@ -346,6 +348,14 @@ def train_vary(
         out.mkdir(parents=True, exist_ok=True)
         model.encoder.save_pretrained(out)
         processor.save_pretrained(out)
+        if isinstance(vocab, BpeVocab):
+            # The decoder with its tokenizer is a causal LM that already reads this encoder's
+            # tokens: a starting LM for models that list the encoder (`llm: {path: .../decoder}`).
+            model.decoder.config.update(
+                {"bos_token_id": vocab.bos_id, "eos_token_id": vocab.eos_id}
+            )
+            model.decoder.save_pretrained(out / "decoder")
+            vocab.tok.save_pretrained(out / "decoder")
     result = {
         "expert": "vary-nano",
         "settings": s.model_dump(),
