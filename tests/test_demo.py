@@ -7,6 +7,7 @@ from pathlib import Path
 
 from polyvis.cli import main
 from polyvis.nano.demo import FAMILIES, RUNS
+from polyvis.train.data import cache_root
 
 
 def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
@@ -25,9 +26,16 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
     assert (out / "results.png").stat().st_size > 1000
     done = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")}
     assert len(done) == len(RUNS)
+    # The synthetic data lives in the cache, keyed by its settings, not in OUT.
+    manifests = list((cache_root() / "data").glob("synth-*/manifest.json"))
+    families = [json.loads(m.read_text())["families"] for m in manifests]
+    (manifest,) = [m for m, f in zip(manifests, families) if set(f) == set(FAMILIES)]
+    stamp = manifest.stat().st_mtime_ns
+    assert not (out / "data").exists()
     # A second run reuses data, experts, trained runs and evaluations.
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")} == done
+    assert manifest.stat().st_mtime_ns == stamp
     again = json.loads((out / "results.json").read_text())
     assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in results["runs"]]
 

@@ -105,20 +105,30 @@ def prepare_world(
     progress: bool = True,
     log: Callable[[str], Any] = lambda _: None,
 ) -> World:
-    """Synthetic data (generated once into OUT/data), the experts (cached), the training and
-    test selections and the tokenizer corpus."""
-    from polyvis.data.synthetic import generate
-    from polyvis.nano.experts import ensure_experts
+    """Synthetic data (generated once per setting into the cache), the experts (cached), the
+    training and test selections and the tokenizer corpus (OUT/corpus.txt)."""
+    import hashlib
 
-    data_dir = out / "data"
-    if not (data_dir / "manifest.json").is_file():
-        log(f"[1/4] generating synthetic data ({budget['n']} images per family) in {data_dir}")
-        generate(
-            FAMILIES, budget["n"], seed, data_dir, image_size=64, workers=workers,
-            difficulty=budget.get("difficulty", "medium"), progress=progress,
-        )  # fmt: skip
+    from polyvis.nano.experts import ensure_experts
+    from polyvis.train.data import ensure_synthetic, synthetic_dir
+
+    options = {
+        "families": FAMILIES, "n": budget["n"], "seed": seed, "size": 64,
+        "difficulty": budget.get("difficulty", "medium"),
+    }  # fmt: skip
+    if not (synthetic_dir(options) / "manifest.json").is_file():
+        log(f"[1/4] generating synthetic data ({budget['n']} images per family)")
+    else:
+        log(f"[1/4] synthetic data: reusing {synthetic_dir(options)}")
+    data_dir = ensure_synthetic(options, progress=progress, workers=workers)
     log("[2/4] nano experts (cached by their settings)")
     experts = ensure_experts(quick=quick, progress=progress)
+    # The selection files sit beside the cached records (image paths stay relative); the name
+    # says which selection it is, so runs with other selections never overwrite it.
+    per_image = bool(budget.get("per_image"))
+    key = json.dumps([budget["per_family"], seed, per_image])
+    suffix = "nano-" + hashlib.sha1(key.encode()).hexdigest()[:8]
+    out.mkdir(parents=True, exist_ok=True)
     return World(
         experts,
         select_split(
@@ -127,8 +137,8 @@ def prepare_world(
             "train",
             budget["per_family"],
             seed,
-            suffix="nano-img" if budget.get("per_image") else "nano",
-            per_image=bool(budget.get("per_image")),
+            suffix=suffix,
+            per_image=per_image,
         ),  # fmt: skip
         select_split(data_dir, FAMILIES, "test"),
         write_corpus(data_dir, out / "corpus.txt"),

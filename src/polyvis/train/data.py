@@ -31,7 +31,7 @@ def synthetic_dir(options: dict[str, Any]) -> Path:
     return cache_root() / "data" / f"synth-{key}"
 
 
-def ensure_synthetic(options: dict[str, Any], progress: bool = True) -> Path:
+def ensure_synthetic(options: dict[str, Any], progress: bool = True, workers: int = 1) -> Path:
     """Generate the synthetic families once; later runs with the same settings reuse them."""
     from polyvis.data.synthetic import generate
 
@@ -50,6 +50,7 @@ def ensure_synthetic(options: dict[str, Any], progress: bool = True) -> Path:
         tmp,
         image_size=int(opts["size"]),
         difficulty=opts.get("difficulty", "medium"),
+        workers=workers,
         progress=progress,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
