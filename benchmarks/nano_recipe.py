@@ -1,11 +1,12 @@
 """One nano-world training run with recipe knobs the demo fixes: families, batch, steps, lr,
-tokenizer size, adapter, a pretrained LM. Prints per-family scores (points) and the time taken.
+the starting LM, adapter, data. Prints per-family scores (points) and the time taken.
 
     python benchmarks/nano_recipe.py --name ocr-b8 --encoders vary --families ocr \
-        --steps 2400 --batch-size 8 --vocab 300 --out /tmp/nano-recipe
+        --steps 800 --out /tmp/nano-recipe
+    python benchmarks/nano_recipe.py --name scratch --lm scratch --vocab 1024 --steps 1600
 
-Data (OUT/data, `--n` images per family) and the experts ($POLYVIS_CACHE) are made once and
-reused; each run trains in OUT/runs/NAME with the feature cache, one thread, and is scored on
+The data (`--n` images per family, `--difficulty`) and the experts are made once in
+$POLYVIS_CACHE and reused; each run trains in OUT/runs/NAME with the feature cache, one thread, and is scored on
 the held-out scored questions (at most --eval-limit per family). Used for the "what we tried"
 table in docs/nano.md.
 """

@@ -106,6 +106,16 @@ def _model_inputs(batch: dict[str, Any], device: torch.device, cache=None) -> di
     return inputs
 
 
+def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA): one kernel per step instead of a loop of small
+    ops per parameter, which on small models is a visible share of the step. Falls back to the
+    default implementation where the fused one does not apply (e.g. a parameter dtype)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
 def _answer_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
@@ -207,9 +217,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         if tc.eval_every
         else (None, None)
     )
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay
-    )
+    optimizer = _adamw(parameter_groups(model, tc), tc.lr, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     if val_loader is not None:
