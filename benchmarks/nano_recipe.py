@@ -55,6 +55,8 @@ def main() -> None:
     budget = dict(demo.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
     budget.update(batch_size=a.batch_size, vocab=a.vocab, per_image=a.per_image)
     budget["difficulty"] = json.loads(a.difficulty)
+    if a.lm == "scratch":
+        budget["lm"] = "scratch"
     world = demo.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
     families = a.families.split(",")
     pick = [i for i, f in enumerate(demo.FAMILIES) if f in families]
@@ -70,10 +72,7 @@ def main() -> None:
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = json.loads(value)
-    if a.lm == "scratch":
-        budget["lm"] = "scratch"
-        cfg["model"]["llm"] = demo.nano_lm(world.experts, world.corpus, budget, False)
-    elif a.lm:
+    if a.lm and a.lm != "scratch":
         cfg["model"]["llm"] = {"path": a.lm}
     spec = RunSpec(a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit)
     t0 = time.perf_counter()

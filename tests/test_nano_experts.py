@@ -100,7 +100,9 @@ def test_vary_trains_and_saves_the_encoder_alone(vary: tuple[Path, dict], data_d
     assert ours.shape == (2, 64, 32) and torch.allclose(ours, ref, atol=1e-5)
 
 
-def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(data_dir: Path, tmp_path: Path) -> None:
+def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(
+    vary: tuple[Path, dict], data_dir: Path, tmp_path: Path
+) -> None:
     from tests.conftest import NANO_TINY
 
     from polyvis.config import load_config
@@ -110,7 +112,7 @@ def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(data_dir: Path, tmp_pa
     out = tmp_path / "vary-bpe"
     settings = {**VARY, "steps": 4, "tokenizer": "bpe", "bpe_vocab_size": 300, "eval_samples": 0}
     train_vary([data_dir], out, settings, progress=False)
-    assert not (tmp_path / "vary-nano" / "decoder").exists()
+    assert not (vary[0] / "decoder").exists()  # the character vocabulary saves no decoder
     dec = out / "decoder"
     cfg = load_config(NANO_TINY, [
         f"model.encoders=[{{name: vary, path: '{out}', layers: [-1]}}]",
@@ -127,6 +129,16 @@ def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(data_dir: Path, tmp_pa
     layer = "model.layers.0.mlp.up_proj.weight"
     assert torch.equal(model.language_model.state_dict()[layer], saved.state_dict()[layer])
     assert processor.tokenizer("lamp")["input_ids"] == _token_ids(dec, "lamp")
+
+
+def test_nano_lm_without_a_saved_decoder_names_the_setting(tmp_path: Path) -> None:
+    from polyvis.nano.demo import BUDGET, nano_lm
+
+    experts = {"vary-nano": tmp_path / "vary-nano-old"}
+    with pytest.raises(ConfigError, match=r"vary-nano\.tokenizer.*decoder is missing"):
+        nano_lm(experts, tmp_path / "corpus.txt", BUDGET, quick=False)
+    scratch = nano_lm(experts, tmp_path / "corpus.txt", {**BUDGET, "lm": "scratch"}, quick=False)
+    assert scratch["tokenizer"]["vocab_size"] == BUDGET["vocab"] and "path" not in scratch
 
 
 def _token_ids(path: Path, text: str) -> list[int]:

@@ -116,11 +116,12 @@ def prepare_world(
         "families": FAMILIES, "n": budget["n"], "seed": seed, "size": 64,
         "difficulty": budget.get("difficulty", "medium"),
     }  # fmt: skip
-    if not (synthetic_dir(options) / "manifest.json").is_file():
-        log(f"[1/4] generating synthetic data ({budget['n']} images per family)")
+    data_dir = synthetic_dir(options)
+    if (data_dir / "manifest.json").is_file():
+        log(f"[1/4] synthetic data: reusing {data_dir}")
     else:
-        log(f"[1/4] synthetic data: reusing {synthetic_dir(options)}")
-    data_dir = ensure_synthetic(options, progress=progress, workers=workers)
+        log(f"[1/4] generating synthetic data ({budget['n']} images per family)")
+    ensure_synthetic(options, progress=progress, workers=workers)
     log("[2/4] nano experts (cached by their settings)")
     experts = ensure_experts(quick=quick, progress=progress)
     # The selection files sit beside the cached records (image paths stay relative); the name

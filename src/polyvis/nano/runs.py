@@ -45,7 +45,13 @@ def _train_cmd(spec: RunSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _eval_cmd(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 48) -> list[str]:
+# Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
+EVAL_BATCH_SIZE, EVAL_MAX_NEW_TOKENS = 32, 48
+
+
+def _eval_cmd(
+    spec: RunSpec, batch_size: int = EVAL_BATCH_SIZE, max_new_tokens: int = EVAL_MAX_NEW_TOKENS
+) -> list[str]:
     cmd = [
         sys.executable, "-m", "polyvis", "eval", str(spec.out / "final"), "--data",
         *map(str, spec.eval_files), "--out", str(spec.out / "eval"), "--batch-size",
@@ -85,15 +91,16 @@ def train_runs(
     running: list[tuple[RunSpec, list[list[str]], subprocess.Popen, float, Any]] = []
 
     def launch(spec: RunSpec, stages: list[list[str]], start: float) -> None:
-        spec.out.mkdir(parents=True, exist_ok=True)
-        (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
         log = (spec.out / "train.log").open("a")
         proc = subprocess.Popen(stages[0], stdout=log, stderr=subprocess.STDOUT, env=_env(threads))
         running.append((spec, stages[1:], proc, start, log))
 
     while pending or running:
         while pending and len(running) < jobs:
-            launch(*pending.pop(0), time.perf_counter())
+            spec, stages = pending.pop(0)
+            spec.out.mkdir(parents=True, exist_ok=True)
+            (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
+            launch(spec, stages, time.perf_counter())
         time.sleep(0.2)
         for item in list(running):
             spec, rest, proc, start, log = item
@@ -122,7 +129,9 @@ def train_seconds(spec: RunSpec) -> float:
     return float(json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0))
 
 
-def evaluate_run(spec: RunSpec, batch_size: int = 32, max_new_tokens: int = 48) -> dict[str, Any]:
+def evaluate_run(
+    spec: RunSpec, batch_size: int = EVAL_BATCH_SIZE, max_new_tokens: int = EVAL_MAX_NEW_TOKENS
+) -> dict[str, Any]:
     """Evaluate a trained run on its held-out files (cached in RUN/eval/results.json)."""
     if spec.results_path.is_file():
         return json.loads(spec.results_path.read_text())

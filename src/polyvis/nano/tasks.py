@@ -73,7 +73,6 @@ def group_by_image(records: list[dict], rng: random.Random) -> list[dict]:
         groups.setdefault(str(r.get("image")), []).append(r)
     out = []
     for group in groups.values():
-        group = list(group)
         rng.shuffle(group)
         turns = []
         for i, r in enumerate(group):
