@@ -47,14 +47,24 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=JSON",
         help="override a config field, e.g. train.lr_llm=2e-3 (repeatable)",
     )  # fmt: skip
-    p.add_argument("--difficulty", default='"medium"', help='JSON: "easy" or {"ocr": "easy"}')
+    p.add_argument(
+        "--difficulty", default=None,
+        help='JSON: "easy" or {"ocr": "easy"} (default: the demo\'s)',
+    )  # fmt: skip
     p.add_argument("--per-image", action="store_true", help="one multi-turn record per image")
+    p.add_argument(
+        "--align-steps", type=int, default=None,
+        help="steps of an align stage (LLM frozen) within --steps (default: the demo's)",
+    )  # fmt: skip
     a = p.parse_args()
 
     out = Path(a.out)
     budget = dict(demo.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
     budget.update(batch_size=a.batch_size, vocab=a.vocab, per_image=a.per_image)
-    budget["difficulty"] = json.loads(a.difficulty)
+    if a.align_steps is not None:
+        budget["align_steps"] = a.align_steps
+    if a.difficulty is not None:
+        budget["difficulty"] = json.loads(a.difficulty)
     if a.lm == "scratch":
         budget["lm"] = "scratch"
     world = demo.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
@@ -74,7 +84,10 @@ def main() -> None:
         node[last] = json.loads(value)
     if a.lm and a.lm != "scratch":
         cfg["model"]["llm"] = {"path": a.lm}
-    spec = RunSpec(a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit)
+    spec = RunSpec(
+        a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit,
+        align=demo.align_stage(budget),
+    )  # fmt: skip
     t0 = time.perf_counter()
     train_runs([spec], jobs=1)
     t1 = time.perf_counter()

@@ -209,6 +209,7 @@ def test_transcription_selection_and_vocabularies() -> None:
     assert not is_transcription(rec("What is the Age of fox?", "lookup"), "table")
     assert is_transcription(rec("Write the LaTeX for the formula."), "latex")  # converters: no task
     assert not is_transcription(rec("What does the red sign say?", "read"), "mixed")
+    assert is_transcription(rec("Read the signs.", "transcribe"), "mixed")
     v = CharVocab(["ab\ncd", "| 1 |"])
     assert v.decode(v.encode("a|1\nd") + [v.eos_id, 5]) == "a|1\nd"
     assert v.encode("z") == [v.unk_id]

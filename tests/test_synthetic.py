@@ -215,7 +215,11 @@ def test_chart_table_mixed_ocr_latex_answers_follow_the_ground_truth():
 
         signs = FAMILIES.get("mixed")().render(rng("mixed"), 48, "hard").meta
         words = {s["color"]: s["word"] for s in signs["signs"]}
-        read, colour = signs["qa"]
+        read, colour, transcribe = signs["qa"]
+        # every word once, top to bottom by the sign's centre, then left to right
+        order = sorted(signs["signs"], key=lambda s: (s["box"][1] + s["box"][3], s["box"][0]))
+        assert transcribe["a"].split() == [s["word"] for s in order]
+        assert transcribe["metric"] == "edit_similarity"
         assert (
             read["a"] == words[re.fullmatch(r"What does the (\w+) sign say\?", read["q"]).group(1)]
         )
@@ -280,3 +284,16 @@ def test_cli_synth_inspect_preview(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "ocr-train-000000-read" in text and "ends with a human turn" in text
     assert "ocr-train-000001-read" in text and "image not found" in text
+
+
+def test_synthetic_cache_key_covers_the_options_and_the_generator_version(monkeypatch, tmp_path):
+    from polyvis.train import data
+
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path))
+    key = data.synthetic_dir({"families": ["ocr"], "n": 4})
+    assert key.parent == tmp_path / "data"
+    assert data.synthetic_dir({"n": 4, "families": ["ocr"]}) == key  # order-free
+    assert data.synthetic_dir({"families": ["ocr"], "n": 5}) != key
+    # A generator that writes something new for the same options never reuses an old set.
+    monkeypatch.setattr(data, "SYNTH_VERSION", data.SYNTH_VERSION + 1)
+    assert data.synthetic_dir({"families": ["ocr"], "n": 4}) != key

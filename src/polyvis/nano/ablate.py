@@ -11,6 +11,7 @@ The ablation file:
       encoders: [[clip], [vary], [clip, vary]]      # subsets of the base's encoders, by name
       seeds: [0, 1, 2]
     eval: {files: [...], limit: 200}                # nano: the demo's test sets by default
+    align: {max_steps: 300}     # an align stage (LLM frozen) before each run; nano: the demo's
     jobs: 2
 
 Every cell trains in its own run directory, so a half-finished grid resumes where it stopped.
@@ -55,7 +56,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     unknown = set(spec) - {"nano", "base", "quick", "grid", "eval", "jobs"}
     if unknown:
         raise ConfigError(
-            sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs"
+            sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs, align"
         )
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
@@ -68,7 +69,9 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def _nano_base(spec: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[Path], int | None]:
+def _nano_base(
+    spec: dict[str, Any], out: Path
+) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None]:
     from polyvis.nano import demo
 
     quick = bool(spec.get("quick"))
@@ -78,13 +81,13 @@ def _nano_base(spec: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[Pa
         ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
         quick, 0,
     )  # fmt: skip
-    return base, world.test, budget["eval_limit"]
+    return base, world.test, budget["eval_limit"], demo.align_stage(budget)
 
 
 def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     """Every (cell, seed) run of the grid, with its config."""
     if spec.get("nano"):
-        base, eval_files, limit = _nano_base(spec, out)
+        base, eval_files, limit, align = _nano_base(spec, out)
     else:
         src = spec["base"]
         base = (
@@ -92,7 +95,10 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
             if isinstance(src, str)
             else src
         )
-        eval_files, limit = [], None
+        eval_files, limit, align = [], None, None
+    align = spec.get("align", align)
+    if align is not None and not isinstance(align, dict):
+        raise ConfigError("align", "give the align stage's train overrides, e.g. {max_steps: 300}")
     ev = spec.get("eval") or {}
     eval_files = [Path(f) for f in ev.get("files", eval_files)]
     if not eval_files:
@@ -136,6 +142,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
                     out / "cells" / slug / f"seed-{seed}",
                     eval_files,
                     limit,
+                    align=align,
                 ),
             )
         )

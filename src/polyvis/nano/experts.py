@@ -45,6 +45,7 @@ DATA: dict[str, list[dict[str, Any]]] = {
         {"families": ["ocr"], "n": 2500, "difficulty": "easy"},
         {"families": ["ocr"], "n": 2500},
         {"families": ["latex", "table", "chart"], "n": 200},
+        {"families": ["mixed"], "n": 2000, "difficulty": "easy"},
     ],
 }
 QUICK_DATA: dict[str, list[dict[str, Any]]] = {
@@ -58,7 +59,14 @@ _SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
 # patches far faster than word-sized tokens (medium OCR 0.43 exact vs 0.12 with a 512-token
 # BPE), and a transformers tokenizer saved beside it.
 NANO_LM_TOKENIZER = {"tokenizer": "bpe", "bpe_vocab_size": 262}
-SETTINGS: dict[str, dict[str, Any]] = {"clip-nano": {}, "vary-nano": dict(NANO_LM_TOKENIZER)}
+SETTINGS: dict[str, dict[str, Any]] = {
+    "clip-nano": {},
+    "vary-nano": {
+        "families": ["ocr", "latex", "table", "chart", "mixed"],
+        "steps": 540,
+        **NANO_LM_TOKENIZER,
+    },
+}
 _QUICK_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "intermediate_size": 64, "patch_size": 8}  # fmt: skip
 _QUICK_DEC = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -131,9 +139,12 @@ def resolve_data(data: str | Path | list | dict | None, name: str, quick: bool) 
 
 
 def _data_identity(spec: dict[str, Any], families: list[str]) -> Any:
-    """What the cache key sees of the data: the options, or the records files' sizes and times."""
+    """What the cache key sees of the data: the options and the generators' version, or the
+    records files' sizes and times."""
     if "synthetic" in spec:
-        return spec["synthetic"]
+        from polyvis.train.data import SYNTH_VERSION
+
+        return {"synthetic": spec["synthetic"], "generator": SYNTH_VERSION}
     files = []
     for d in spec["dirs"]:
         for f in families:

@@ -4,6 +4,10 @@ Runs are independent processes (`python -m polyvis train`), launched a few at a 
 thread each: on models this small two threads are only 1.3-1.8x faster than one, so parallel
 one-thread jobs finish sooner. Every run resumes on its own (the trainer's checkpoints), so a
 killed demo or ablation continues where it stopped.
+
+A run may first train an `align` stage (LLM frozen: fusion, adapter and the image tokens learn)
+into RUN/align; the run itself then starts from it (`train.init_from`), as OmniFusion and LLaVA
+train.
 """
 
 from __future__ import annotations
@@ -31,18 +35,29 @@ class RunSpec:
     eval_files: list[Path]
     eval_limit: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # train-section overrides of an align stage trained first into RUN/align (None: no stage)
+    align: dict[str, Any] | None = None
 
     @property
     def results_path(self) -> Path:
         return self.out / "eval" / "results.json"
 
 
-def _train_cmd(spec: RunSpec) -> list[str]:
-    cfg_path = spec.out / "run-config.yaml"
+def _train_cmd(cfg_path: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "polyvis", "train", str(cfg_path), "--out", str(spec.out),
-        "--no-progress",
+        sys.executable, "-m", "polyvis", "train", str(cfg_path), "--out", str(out), "--no-progress",
     ]  # fmt: skip
+
+
+def stage_configs(spec: RunSpec) -> dict[str, dict[str, Any]]:
+    """{file name in RUN: config}: run-config.yaml, and align-config.yaml when the run has an
+    align stage (then run-config.yaml starts from RUN/align)."""
+    if spec.align is None:
+        return {"run-config.yaml": spec.config}
+    main = {**spec.config, "train": {**spec.config["train"], "init_from": str(spec.out / "align")}}
+    train = {k: v for k, v in spec.config["train"].items() if k not in ("init_from", "lr_llm")}
+    align = {**spec.config, "train": {**train, **spec.align, "stage": "align"}}
+    return {"align-config.yaml": align, "run-config.yaml": main}
 
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
@@ -62,7 +77,11 @@ def _eval_cmd(
 
 
 def _stages(spec: RunSpec, evaluate: bool) -> list[list[str]]:
-    stages = [] if (spec.out / "done.json").is_file() else [_train_cmd(spec)]
+    stages = []
+    if not (spec.out / "done.json").is_file():
+        if spec.align is not None and not (spec.out / "align" / "done.json").is_file():
+            stages.append(_train_cmd(spec.out / "align-config.yaml", spec.out / "align"))
+        stages.append(_train_cmd(spec.out / "run-config.yaml", spec.out))
     if evaluate and spec.eval_files and not spec.results_path.is_file():
         stages.append(_eval_cmd(spec))
     return stages
@@ -99,7 +118,8 @@ def train_runs(
         while pending and len(running) < jobs:
             spec, stages = pending.pop(0)
             spec.out.mkdir(parents=True, exist_ok=True)
-            (spec.out / "run-config.yaml").write_text(yaml.safe_dump(spec.config, sort_keys=False))
+            for name, cfg in stage_configs(spec).items():
+                (spec.out / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
             launch(spec, stages, time.perf_counter())
         time.sleep(0.2)
         for item in list(running):
@@ -126,7 +146,9 @@ def train_runs(
 
 
 def train_seconds(spec: RunSpec) -> float:
-    return float(json.loads((spec.out / "done.json").read_text()).get("seconds", 0.0))
+    """Training seconds of the run, its align stage included."""
+    runs = [spec.out] + ([spec.out / "align"] if spec.align is not None else [])
+    return sum(float(json.loads((r / "done.json").read_text()).get("seconds", 0.0)) for r in runs)
 
 
 def evaluate_run(

@@ -61,6 +61,7 @@ TRANSCRIPTION = {
     "latex": ("transcribe", "Write the LaTeX for the formula."),
     "table": ("markdown", "Transcribe the table as markdown."),
     "chart": ("to_table", "Give the data as a table."),
+    "mixed": ("transcribe", "Read the signs."),
 }
 _PROMPTS = {prompt for _, prompt in TRANSCRIPTION.values()}
 

@@ -16,6 +16,9 @@ from polyvis.config import Config
 from polyvis.errors import ConfigError
 
 SYNTH_DEFAULTS: dict[str, Any] = {"families": ["scene", "ocr"], "n": 200, "seed": 0, "size": 64}
+# Part of the cache key: bump it when a generator changes what it writes for the same options
+# (2: the mixed family's "Read the signs." transcription), so no stale set is reused.
+SYNTH_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -27,7 +30,8 @@ def synthetic_dir(options: dict[str, Any]) -> Path:
     opts = {**SYNTH_DEFAULTS, **options}
     if "dir" in opts:
         return Path(opts["dir"])
-    key = hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:12]
+    keyed = {**opts, "version": SYNTH_VERSION}
+    key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root() / "data" / f"synth-{key}"
 
 

@@ -3,7 +3,9 @@
 Each image has 2-4 signs with distinct colours and distinct words. Questions:
 - read:   "What does the red sign say?" -> "lamp"
 - colour: "What colour is the sign that says lamp?" -> "red"
-Difficulty: easy = 2 large signs on white, medium = 3, hard = 4 smaller signs, a pale tint and
+- transcribe: "Read the signs." -> "lamp tree kid" (every word, top to bottom, then left to
+  right; metric "edit_similarity"): the Vary-style transcription a document expert can pretrain on.
+Difficulty: easy = 2 wide signs, one above the other, on white, medium = 3, hard = 4 smaller signs, a pale tint and
 pixel noise.
 """
 
@@ -26,13 +28,59 @@ from polyvis.data.synthetic.common import (
     uniform_int,
 )
 
-# Per level: number of signs, sign width range (fraction of the image side).
-_LEVELS = {"easy": (2, 0.45, 0.6), "medium": (3, 0.38, 0.5), "hard": (4, 0.32, 0.45)}
+# Per level: number of signs, sign width range (fraction of the image side), height / width range.
+# Easy signs are wide and low, so their words are written large (a 64 px image still reads).
+_LEVELS = {
+    "easy": (2, 0.75, 0.95, (0.38, 0.48)),
+    "medium": (3, 0.38, 0.5, (0.45, 0.6)),
+    "hard": (4, 0.32, 0.45, (0.45, 0.6)),
+}
+
+
+TRANSCRIBE = "Read the signs."
+
+
+def _reading_key(sign: dict) -> tuple[int, int]:
+    """Top to bottom by the sign's centre row, then left to right."""
+    x0, y0, x1, y1 = sign["box"]
+    return (y0 + y1, x0 + x1)
 
 
 def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int) -> bool:
     """True when boxes (x0, y0, x1, y1) are at least gap pixels apart on some axis."""
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _scattered(rng, size, colors, words, wr, hr) -> list[dict]:
+    """Signs anywhere, by rejection sampling; a crowded image gets fewer signs."""
+    signs: list[dict] = []
+    for color, word in zip(colors, words):
+        for _try in range(60):
+            w = round(size * float(rng.uniform(*wr)))
+            h = max(6, round(w * float(rng.uniform(*hr))))
+            x, y = uniform_int(rng, 0, size - w), uniform_int(rng, 0, size - h)
+            box = (x, y, x + w, y + h)
+            if all(_apart(box, tuple(s["box"]), 2) for s in signs):
+                signs.append({"color": color, "word": word, "box": list(box)})
+                break
+    return signs
+
+
+def _stacked(rng, size, colors, words, wr, hr) -> list[dict]:
+    """Two wide signs, one above the other: always both, each word written large."""
+    gap = max(2, size // 32)
+    ws = [round(size * float(rng.uniform(*wr))) for _ in colors]
+    hs = [max(6, round(w * float(rng.uniform(*hr)))) for w in ws]
+    scale = min(1.0, (size - gap) / sum(hs))  # both must fit in the height
+    hs = [max(6, int(h * scale)) for h in hs]
+    slack = size - gap - sum(hs)
+    y0 = uniform_int(rng, 0, slack)
+    ys = [y0, y0 + hs[0] + gap + uniform_int(rng, 0, slack - y0)]
+    return [
+        {"color": c, "word": t, "box": [x, y, x + w, y + h]}
+        for c, t, w, h, y in zip(colors, words, ws, hs, ys)
+        for x in [uniform_int(rng, 0, size - w)]
+    ]
 
 
 @FAMILIES.register("mixed")
@@ -42,20 +90,15 @@ class MixedFamily(Family):
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         level = level_index(difficulty)
-        n, wmin, wmax = _LEVELS[difficulty]
+        n, wmin, wmax, (hmin, hmax) = _LEVELS[difficulty]
         colors = sample(rng, list(COLORS), n)
         img = background(rng, size, difficulty)
         draw = ImageDraw.Draw(img)
-        signs: list[dict] = []
-        for color, word in zip(colors, distinct_words(rng, n, 4)):
-            for _try in range(60):  # rejection sampling; a crowded image gets fewer signs
-                w = round(size * float(rng.uniform(wmin, wmax)))
-                h = max(6, round(w * float(rng.uniform(0.45, 0.6))))
-                x, y = uniform_int(rng, 0, size - w), uniform_int(rng, 0, size - h)
-                box = (x, y, x + w, y + h)
-                if all(_apart(box, tuple(s["box"]), 2) for s in signs):
-                    signs.append({"color": color, "word": word, "box": list(box)})
-                    break
+        words = distinct_words(rng, n, 4)
+        if difficulty == "easy":
+            signs = _stacked(rng, size, colors, words, (wmin, wmax), (hmin, hmax))
+        else:
+            signs = _scattered(rng, size, colors, words, (wmin, wmax), (hmin, hmax))
         for s in signs:
             x0, y0, x1, y1 = s["box"]
             radius = max(1, (y1 - y0) // 5)
@@ -68,5 +111,11 @@ class MixedFamily(Family):
         questions = [
             qa(f"What does the {target['color']} sign say?", target["word"], "read"),
             qa(f"What colour is the sign that says {other['word']}?", other["color"], "colour"),
+            qa(
+                TRANSCRIBE,
+                " ".join(s["word"] for s in sorted(signs, key=_reading_key)),
+                "transcribe",
+                metric="edit_similarity",
+            ),
         ]
         return Item(img, {"signs": signs, "qa": questions})
