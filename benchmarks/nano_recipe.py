@@ -84,9 +84,10 @@ def main() -> None:
         node[last] = json.loads(value)
     if a.lm and a.lm != "scratch":
         cfg["model"]["llm"] = {"path": a.lm}
+    align = demo.align_stage(budget)
     spec = RunSpec(
         a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit,
-        align=demo.align_stage(budget),
+        align=align,
     )  # fmt: skip
     t0 = time.perf_counter()
     train_runs([spec], jobs=1)

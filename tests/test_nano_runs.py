@@ -12,6 +12,7 @@ from polyvis.nano.runs import RunSpec, _stages, stage_configs, train_seconds
 
 CFG = {
     "model": {"encoders": [{"name": "a", "path": "x"}]},
+    "data": {"train": ["qa.jsonl"], "max_length": 256},
     "train": {"stage": "finetune", "max_steps": 70, "lr": 2e-3, "lr_llm": 5e-4, "seed": 3},
 }
 
@@ -25,9 +26,14 @@ def test_a_run_without_align_is_one_train_command(tmp_path: Path):
 
 def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
     out = tmp_path / "r"
-    spec = RunSpec("r", CFG, out, [tmp_path / "t.jsonl"], align={"max_steps": 30})
+    stage = {"train": {"max_steps": 30}, "data": {"train": ["captions.jsonl"]}}
+    spec = RunSpec("r", CFG, out, [tmp_path / "t.jsonl"], align=stage)
     cfgs = stage_configs(spec)
     align, main = cfgs["align-config.yaml"]["train"], cfgs["run-config.yaml"]["train"]
+    # its own data, the rest of the data section kept; the run itself keeps its data
+    assert cfgs["align-config.yaml"]["data"] == {"train": ["captions.jsonl"], "max_length": 256}
+    assert cfgs["run-config.yaml"]["data"] == CFG["data"]
+    assert cfgs["align-config.yaml"]["model"] == CFG["model"]
     # the align stage: LLM frozen, the run's own lr and seed, its own steps, no LLM rate
     assert align["stage"] == "align" and align["max_steps"] == 30 and "lr_llm" not in align
     assert align["lr"] == 2e-3 and align["seed"] == 3 and "init_from" not in align
@@ -46,6 +52,8 @@ def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
 
 def test_demo_budget_align_steps_are_part_of_the_steps():
     assert align_stage({"steps": 100}) is None
-    assert align_stage({"steps": 100, "align_steps": 30})["max_steps"] == 30
+    assert align_stage({"steps": 100, "align_steps": 30}) == {
+        "train": {"max_steps": 30, "warmup_steps": 1, "save_every": 15}
+    }
     with pytest.raises(ConfigError, match="budget.align_steps"):
         align_stage({"steps": 100, "align_steps": 100})

@@ -11,7 +11,8 @@ The ablation file:
       encoders: [[clip], [vary], [clip, vary]]      # subsets of the base's encoders, by name
       seeds: [0, 1, 2]
     eval: {files: [...], limit: 200}                # nano: the demo's test sets by default
-    align: {max_steps: 300}     # an align stage (LLM frozen) before each run; nano: the demo's
+    align: {train: {max_steps: 300}, data: {train: [...]}}  # an align stage (LLM frozen) first,
+                                # these sections merged over the run's; nano: the demo's
     jobs: 2
 
 Every cell trains in its own run directory, so a half-finished grid resumes where it stopped.
@@ -98,7 +99,9 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         eval_files, limit, align = [], None, None
     align = spec.get("align", align)
     if align is not None and not isinstance(align, dict):
-        raise ConfigError("align", "give the align stage's train overrides, e.g. {max_steps: 300}")
+        raise ConfigError(
+            "align", "give the align stage's config sections, e.g. {train: {max_steps: 300}}"
+        )
     ev = spec.get("eval") or {}
     eval_files = [Path(f) for f in ev.get("files", eval_files)]
     if not eval_files:

@@ -215,8 +215,9 @@ def run_config(
 
 
 def align_stage(budget: dict[str, Any]) -> dict[str, Any] | None:
-    """Train-section overrides of the runs' align stage (RunSpec.align); None when it has none.
-    Its steps are part of budget["steps"], so every run trains the same number of steps."""
+    """Config overrides of the runs' align stage (RunSpec.align): the run's own data with the LM
+    frozen. None when the budget has no align steps. Its steps are part of budget["steps"], so
+    every run trains the same number of steps."""
     steps = int(budget.get("align_steps", 0))
     if not steps:
         return None
@@ -225,9 +226,11 @@ def align_stage(budget: dict[str, Any]) -> dict[str, Any] | None:
             "budget.align_steps", f"{steps} leaves no finetune steps of {budget['steps']}"
         )
     return {
-        "max_steps": steps,
-        "warmup_steps": max(1, steps // 20),
-        "save_every": max(1, steps // 2),
+        "train": {
+            "max_steps": steps,
+            "warmup_steps": max(1, steps // 20),
+            "save_every": max(1, steps // 2),
+        }
     }
 
 

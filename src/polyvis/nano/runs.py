@@ -35,7 +35,8 @@ class RunSpec:
     eval_files: list[Path]
     eval_limit: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    # train-section overrides of an align stage trained first into RUN/align (None: no stage)
+    # config sections ({"train": {...}, "data": {...}}) of an align stage trained first into
+    # RUN/align, merged over `config` (None: no align stage)
     align: dict[str, Any] | None = None
 
     @property
@@ -51,12 +52,19 @@ def _train_cmd(cfg_path: Path, out: Path) -> list[str]:
 
 def stage_configs(spec: RunSpec) -> dict[str, dict[str, Any]]:
     """{file name in RUN: config}: run-config.yaml, and align-config.yaml when the run has an
-    align stage (then run-config.yaml starts from RUN/align)."""
+    align stage (then run-config.yaml starts from RUN/align). The align stage is the run's
+    config with spec.align's sections merged over it, `train.stage: align`, and no LLM rate."""
     if spec.align is None:
         return {"run-config.yaml": spec.config}
     main = {**spec.config, "train": {**spec.config["train"], "init_from": str(spec.out / "align")}}
-    train = {k: v for k, v in spec.config["train"].items() if k not in ("init_from", "lr_llm")}
-    align = {**spec.config, "train": {**train, **spec.align, "stage": "align"}}
+    align = {
+        k: {**v, **spec.align.get(k, {})} if isinstance(v, dict) else v
+        for k, v in spec.config.items()
+    }
+    align["train"] = {
+        **{k: v for k, v in align["train"].items() if k not in ("init_from", "lr_llm")},
+        "stage": "align",
+    }
     return {"align-config.yaml": align, "run-config.yaml": main}
 
 
