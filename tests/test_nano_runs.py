@@ -34,6 +34,9 @@ def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
     assert cfgs["align-config.yaml"]["data"] == {"train": ["captions.jsonl"], "max_length": 256}
     assert cfgs["run-config.yaml"]["data"] == CFG["data"]
     assert cfgs["align-config.yaml"]["model"] == CFG["model"]
+    # a section the run's config lacks is still the align stage's
+    bare = RunSpec("r", {k: v for k, v in CFG.items() if k != "data"}, out, [], align=stage)
+    assert stage_configs(bare)["align-config.yaml"]["data"] == {"train": ["captions.jsonl"]}
     # the align stage: LLM frozen, the run's own lr and seed, its own steps, no LLM rate
     assert align["stage"] == "align" and align["max_steps"] == 30 and "lr_llm" not in align
     assert align["lr"] == 2e-3 and align["seed"] == 3 and "init_from" not in align

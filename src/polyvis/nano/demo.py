@@ -160,8 +160,6 @@ def nano_lm(experts: dict[str, Path], corpus: Path, budget: dict, quick: bool) -
     if budget.get("lm", "vary-decoder") == "vary-decoder":
         decoder = Path(experts["vary-nano"]) / "decoder"
         if not (decoder / "config.json").is_file():
-            from polyvis.errors import ConfigError
-
             raise ConfigError(
                 "vary-nano.tokenizer",
                 f"{decoder} is missing: the nano LM is vary-nano's decoder, saved only when it "

@@ -57,10 +57,7 @@ def stage_configs(spec: RunSpec) -> dict[str, dict[str, Any]]:
     if spec.align is None:
         return {"run-config.yaml": spec.config}
     main = {**spec.config, "train": {**spec.config["train"], "init_from": str(spec.out / "align")}}
-    align = {
-        k: {**v, **spec.align.get(k, {})} if isinstance(v, dict) else v
-        for k, v in spec.config.items()
-    }
+    align = {**spec.config, **{k: {**spec.config.get(k, {}), **v} for k, v in spec.align.items()}}
     align["train"] = {
         **{k: v for k, v in align["train"].items() if k not in ("init_from", "lr_llm")},
         "stage": "align",
