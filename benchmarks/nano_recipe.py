@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/nano-recipe")
     p.add_argument("--encoders", default="clip,vary", help="clip, vary or clip,vary")
     p.add_argument("--fusion", default="concat-channel")
-    p.add_argument("--adapter", default='{"type": "mlp", "depth": 2}', help="JSON")
+    p.add_argument("--adapter", default=json.dumps(demo.ADAPTER), help="JSON")
     p.add_argument("--families", default=",".join(demo.FAMILIES))
     p.add_argument("--n", type=int, default=demo.BUDGET["n"])
     p.add_argument("--per-family", type=int, default=demo.BUDGET["per_family"])

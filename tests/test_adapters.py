@@ -139,6 +139,17 @@ def test_mlp_depth_and_llava_export_needs_depth_two():
     assert err.value.field == "model.adapter.depth"
 
 
+def test_mlp_hidden_width_and_llava_export_needs_the_lm_width():
+    ad = make("mlp", depth=3, hidden=96)
+    shapes = [tuple(m.weight.shape) for m in ad.mlp if isinstance(m, nn.Linear)]
+    assert shapes == [(96, IN_DIM), (96, 96), (OUT_DIM, 96)]
+    assert ad(torch.randn(2, 64, IN_DIM)).shape == (2, 64, OUT_DIM)
+    with pytest.raises(ConfigError) as err:
+        make("mlp", hidden=96).llava_state_dict()
+    assert err.value.field == "model.adapter.hidden" and "96" in str(err.value)
+    assert make("mlp", hidden=OUT_DIM).llava_state_dict()["linear_1.weight"].shape == (64, 48)
+
+
 # --- transformer / OmniFusion --------------------------------------------------------------
 
 

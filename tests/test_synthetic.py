@@ -226,6 +226,20 @@ def test_chart_table_mixed_ocr_latex_answers_follow_the_ground_truth():
         said = re.fullmatch(r"What colour is the sign that says (\w+)\?", colour["q"]).group(1)
         assert words[colour["a"]] == said
         assert len(set(words.values())) == len(words)  # answers are unambiguous
+        # easy: two stacked signs named by place; "describe" needs the colour and the word
+        easy = FAMILIES.get("mixed")().render(rng("mixed-easy"), 64, "easy").meta
+        top, bottom = sorted(easy["signs"], key=lambda s: s["box"][1])
+        assert top["box"][3] <= bottom["box"][1]  # one above the other
+        place = {"top": top, "bottom": bottom}
+
+        def named(pattern: str, q: str) -> dict:
+            return place[re.match(pattern, q)[1]]
+
+        read, colour, describe, _ = easy["qa"]
+        assert read["a"] == named(r"What does the (\w+) sign say\?$", read["q"])["word"]
+        assert colour["a"] == named(r"What colour is the (\w+) sign\?$", colour["q"])["color"]
+        sign = named(r"What colour is the (\w+) sign, and what does it say\?$", describe["q"])
+        assert describe["a"] == f"{sign['color']} {sign['word']}" and describe["task"] == "describe"
 
         ocr = FAMILIES.get("ocr")().render(rng("ocr"), 48, "hard").meta
         assert ocr["qa"][0]["a"] == ocr["text"]

@@ -34,6 +34,11 @@ LM = {
 QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1}  # fmt: skip
 
+# LLaVA-1.5's projector, with hidden layers wider than the LM (128): two experts concatenated
+# along channels (256 wide) lost half their reading through a 128-wide first layer (OCR 19 vs 32
+# with 512; docs/nano.md), and every run gets the same adapter.
+ADAPTER = {"type": "mlp", "depth": 2, "hidden": 512}
+
 # name, encoders, fusion
 RUNS = [
     ("clip-nano", ["clip"], "concat-channel"),
@@ -190,7 +195,7 @@ def run_config(
         "model": {
             "encoders": [specs[e] for e in encoders],
             "fusion": {"type": fusion},
-            "adapter": {"type": "mlp", "depth": 2},
+            "adapter": dict(ADAPTER),
             "llm": nano_lm(experts, corpus, budget, quick),
         },
         "data": {
@@ -261,7 +266,11 @@ def run_demo(
                 out / "runs" / _slug(name),
                 world.test,
                 budget["eval_limit"],
-                {"encoders": [f"{e}-nano" for e in encoders], "fusion": fusion, "adapter": "mlp"},
+                {
+                    "encoders": [f"{e}-nano" for e in encoders],
+                    "fusion": fusion,
+                    "adapter": "mlp-512",
+                },
                 align=align_stage(budget),
             )
         )

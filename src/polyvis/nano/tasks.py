@@ -22,7 +22,7 @@ SCORED_TASKS: dict[str, tuple[str, ...]] = {
     "latex": ("transcribe",),
     "chart": ("lookup", "extreme", "compare"),
     "table": ("lookup",),
-    "mixed": ("read", "colour"),
+    "mixed": ("read", "colour", "describe"),
 }
 
 

@@ -1,12 +1,19 @@
 """Mixed family: short words written on coloured signs; answering needs colour *and* reading.
 
-Each image has 2-4 signs with distinct colours and distinct words. Questions:
+Each image has 2-4 signs with distinct colours and distinct words. Questions at medium and hard
+name a sign by its colour or its word (binding one expert's answer to the other's):
 - read:   "What does the red sign say?" -> "lamp"
 - colour: "What colour is the sign that says lamp?" -> "red"
+At easy (two signs, one above the other) they name a sign by its place, and one question asks
+for both of its properties at once, which neither expert alone can answer:
+- read:   "What does the top sign say?" -> "lamp"
+- colour: "What colour is the bottom sign?" -> "blue"
+- describe: "What colour is the top sign, and what does it say?" -> "red lamp"
+Every level also has
 - transcribe: "Read the signs." -> "lamp tree kid" (every word, top to bottom, then left to
   right; metric "edit_similarity"): the Vary-style transcription a document expert can pretrain on.
-Difficulty: easy = 2 wide signs, one above the other, on white, medium = 3, hard = 4 smaller signs, a pale tint and
-pixel noise.
+Difficulty: easy = 2 wide signs, one above the other, on white, medium = 3, hard = 4 smaller
+signs, a pale tint and pixel noise.
 """
 
 from __future__ import annotations
@@ -83,6 +90,21 @@ def _stacked(rng, size, colors, words, wr, hr) -> list[dict]:
     ]
 
 
+def _by_place(rng: np.random.Generator, ordered: list[dict]) -> list[dict]:
+    """Easy level's questions: two stacked signs named "top" and "bottom"."""
+    place = ("top", "bottom")
+    a, b, c = (int(i) for i in rng.integers(2, size=3))
+    return [
+        qa(f"What does the {place[a]} sign say?", ordered[a]["word"], "read"),
+        qa(f"What colour is the {place[b]} sign?", ordered[b]["color"], "colour"),
+        qa(
+            f"What colour is the {place[c]} sign, and what does it say?",
+            f"{ordered[c]['color']} {ordered[c]['word']}",
+            "describe",
+        ),
+    ]
+
+
 @FAMILIES.register("mixed")
 class MixedFamily(Family):
     name = "mixed"
@@ -106,16 +128,22 @@ class MixedFamily(Family):
             fnt = fit_font(s["word"], (x1 - x0) * 0.85, (y1 - y0) * 0.7, round((y1 - y0) * 0.7))
             draw_text_centered(draw, (x0, y0, x1, y1), s["word"], fnt, TEXT_ON[s["color"]])
         img = add_noise(img, rng, 5.0 if level == 2 else 0.0)
-        target = signs[int(rng.integers(len(signs)))]
-        other = signs[int(rng.integers(len(signs)))]
-        questions = [
-            qa(f"What does the {target['color']} sign say?", target["word"], "read"),
-            qa(f"What colour is the sign that says {other['word']}?", other["color"], "colour"),
+        ordered = sorted(signs, key=_reading_key)
+        if difficulty == "easy":
+            questions = _by_place(rng, ordered)
+        else:
+            target = signs[int(rng.integers(len(signs)))]
+            other = signs[int(rng.integers(len(signs)))]
+            questions = [
+                qa(f"What does the {target['color']} sign say?", target["word"], "read"),
+                qa(f"What colour is the sign that says {other['word']}?", other["color"], "colour"),
+            ]
+        questions.append(
             qa(
                 TRANSCRIBE,
-                " ".join(s["word"] for s in sorted(signs, key=_reading_key)),
+                " ".join(s["word"] for s in ordered),
                 "transcribe",
                 metric="edit_similarity",
-            ),
-        ]
+            )
+        )
         return Item(img, {"signs": signs, "qa": questions})

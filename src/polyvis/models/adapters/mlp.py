@@ -21,6 +21,9 @@ class MLPAdapter(Adapter):
 
     class Params(AdapterParams):
         depth: int = Field(2, ge=1)
+        # width of the hidden layers; default the LM's width (LLaVA). Several encoders
+        # concatenated along channels can need more than the LM's width to pass through.
+        hidden: int | None = Field(None, gt=0)
 
     def __init__(
         self,
@@ -31,9 +34,11 @@ class MLPAdapter(Adapter):
         params: Params,
     ):
         super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
-        for _ in range(params.depth - 1):
-            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        hidden = params.hidden or out_dim
+        widths = [in_dim] + [hidden] * (params.depth - 1) + [out_dim]
+        layers: list[nn.Module] = [nn.Linear(widths[0], widths[1])]
+        for a, b in zip(widths[1:-1], widths[2:]):
+            layers += [nn.GELU(), nn.Linear(a, b)]
         self.mlp = nn.Sequential(*layers)
         self.num_tokens = in_tokens
 
@@ -51,6 +56,12 @@ class MLPAdapter(Adapter):
             raise ConfigError(
                 "model.adapter.depth",
                 f"LLaVA's projector has exactly 2 linear layers, this mlp has {self.params.depth}",
+            )
+        if self.mlp[0].out_features != self.mlp[2].out_features:
+            raise ConfigError(
+                "model.adapter.hidden",
+                f"LLaVA's projector's hidden width is the LM's ({self.mlp[2].out_features}), "
+                f"this mlp's is {self.mlp[0].out_features}",
             )
         first, last = self.mlp[0], self.mlp[2]
         return {
