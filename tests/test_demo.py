@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from polyvis.cli import main
-from polyvis.nano.demo import FAMILIES, RUNS
+from polyvis.nano.demo import ADAPTER, FAMILIES, RUNS
 from polyvis.train.data import cache_root
 
 
@@ -28,12 +28,12 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
     assert (out / "results.png").stat().st_size > 1000
     done = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")}
     assert len(done) == len(RUNS)
-    # each run trained its align stage first and started from it
+    # each run trained its align stage first and started from it, all with the same adapter
     for run in (out / "runs").iterdir():
         assert (run / "align" / "done.json").is_file()
-        assert yaml.safe_load((run / "run-config.yaml").read_text())["train"]["init_from"] == str(
-            run / "align"
-        )
+        cfg = yaml.safe_load((run / "run-config.yaml").read_text())
+        assert cfg["train"]["init_from"] == str(run / "align")
+        assert cfg["model"]["adapter"] == ADAPTER
     # The synthetic data lives in the cache, keyed by its settings, not in OUT.
     manifests = list((cache_root() / "data").glob("synth-*/manifest.json"))
     families = [json.loads(m.read_text())["families"] for m in manifests]

@@ -226,16 +226,25 @@ def test_chart_table_mixed_ocr_latex_answers_follow_the_ground_truth():
         said = re.fullmatch(r"What colour is the sign that says (\w+)\?", colour["q"]).group(1)
         assert words[colour["a"]] == said
         assert len(set(words.values())) == len(words)  # answers are unambiguous
-        # easy: two stacked signs named by place; "describe" needs the colour and the word
+        # easy: one sign; "describe" needs its colour and its word at once
         easy = FAMILIES.get("mixed")().render(rng("mixed-easy"), 64, "easy").meta
-        top, bottom = sorted(easy["signs"], key=lambda s: s["box"][1])
+        (sign,) = easy["signs"]
+        assert [(q["q"], q["a"]) for q in easy["qa"]] == [
+            ("What does the sign say?", sign["word"]),
+            ("What colour is the sign?", sign["color"]),
+            ("What colour is the sign, and what does it say?", f"{sign['color']} {sign['word']}"),
+            ("Read the signs.", sign["word"]),
+        ]
+        # medium: two stacked signs named by place
+        medium = FAMILIES.get("mixed")().render(rng("mixed-medium"), 64, "medium").meta
+        top, bottom = sorted(medium["signs"], key=lambda s: s["box"][1])
         assert top["box"][3] <= bottom["box"][1]  # one above the other
         place = {"top": top, "bottom": bottom}
 
-        def named(pattern: str, q: str) -> dict:
+        def named(pattern: str, q: str, place: dict = place) -> dict:
             return place[re.match(pattern, q)[1]]
 
-        read, colour, describe, _ = easy["qa"]
+        read, colour, describe, _ = medium["qa"]
         assert read["a"] == named(r"What does the (\w+) sign say\?$", read["q"])["word"]
         assert colour["a"] == named(r"What colour is the (\w+) sign\?$", colour["q"])["color"]
         sign = named(r"What colour is the (\w+) sign, and what does it say\?$", describe["q"])

@@ -45,6 +45,7 @@ DATA: dict[str, list[dict[str, Any]]] = {
         {"families": ["ocr"], "n": 2500, "difficulty": "easy"},
         {"families": ["ocr"], "n": 2500},
         {"families": ["latex", "table", "chart"], "n": 200},
+        {"families": ["table"], "n": 600, "difficulty": "easy"},
         {"families": ["mixed"], "n": 2000, "difficulty": "easy"},
     ],
 }

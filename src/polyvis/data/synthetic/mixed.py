@@ -1,19 +1,18 @@
 """Mixed family: short words written on coloured signs; answering needs colour *and* reading.
 
-Each image has 2-4 signs with distinct colours and distinct words. Questions at medium and hard
-name a sign by its colour or its word (binding one expert's answer to the other's):
-- read:   "What does the red sign say?" -> "lamp"
-- colour: "What colour is the sign that says lamp?" -> "red"
-At easy (two signs, one above the other) they name a sign by its place, and one question asks
-for both of its properties at once, which neither expert alone can answer:
-- read:   "What does the top sign say?" -> "lamp"
-- colour: "What colour is the bottom sign?" -> "blue"
-- describe: "What colour is the top sign, and what does it say?" -> "red lamp"
-Every level also has
-- transcribe: "Read the signs." -> "lamp tree kid" (every word, top to bottom, then left to
-  right; metric "edit_similarity"): the Vary-style transcription a document expert can pretrain on.
-Difficulty: easy = 2 wide signs, one above the other, on white, medium = 3, hard = 4 smaller
-signs, a pale tint and pixel noise.
+The signs have distinct colours and distinct words. Questions, by level:
+- easy, one wide sign: read "What does the sign say?" -> "lamp"; colour "What colour is the
+  sign?" -> "red"; describe "What colour is the sign, and what does it say?" -> "red lamp", which
+  neither a scene expert (no words) nor a document expert (no colours) answers alone.
+- medium, two wide signs one above the other, named by place: read "What does the top sign
+  say?", colour "What colour is the bottom sign?", describe "What colour is the top sign, and
+  what does it say?".
+- hard, three smaller signs anywhere on a pale tint with pixel noise, named by the other
+  expert's property: read "What does the red sign say?" -> "lamp"; colour "What colour is the
+  sign that says lamp?" -> "red".
+Every level also has transcribe "Read the signs." -> "lamp tree kid" (every word, top to bottom,
+then left to right; metric "edit_similarity"): the Vary-style transcription a document expert
+can pretrain on.
 """
 
 from __future__ import annotations
@@ -36,11 +35,12 @@ from polyvis.data.synthetic.common import (
 )
 
 # Per level: number of signs, sign width range (fraction of the image side), height / width range.
-# Easy signs are wide and low, so their words are written large (a 64 px image still reads).
+# Easy and medium signs are wide and low, so their words are written large (a 64 px image still
+# reads); hard ones leave words 6-8 px high.
 _LEVELS = {
-    "easy": (2, 0.75, 0.95, (0.38, 0.48)),
-    "medium": (3, 0.38, 0.5, (0.45, 0.6)),
-    "hard": (4, 0.32, 0.45, (0.45, 0.6)),
+    "easy": (1, 0.75, 0.95, (0.38, 0.48)),
+    "medium": (2, 0.75, 0.95, (0.38, 0.48)),
+    "hard": (3, 0.38, 0.5, (0.45, 0.6)),
 }
 
 
@@ -74,24 +74,38 @@ def _scattered(rng, size, colors, words, wr, hr) -> list[dict]:
 
 
 def _stacked(rng, size, colors, words, wr, hr) -> list[dict]:
-    """Two wide signs, one above the other: always both, each word written large."""
+    """Wide signs one above the other: always all of them, each word written large."""
     gap = max(2, size // 32)
     ws = [round(size * float(rng.uniform(*wr))) for _ in colors]
     hs = [max(6, round(w * float(rng.uniform(*hr)))) for w in ws]
-    scale = min(1.0, (size - gap) / sum(hs))  # both must fit in the height
+    room = size - gap * (len(hs) - 1)
+    scale = min(1.0, room / sum(hs))  # all must fit in the height
     hs = [max(6, int(h * scale)) for h in hs]
-    slack = size - gap - sum(hs)
-    y0 = uniform_int(rng, 0, slack)
-    ys = [y0, y0 + hs[0] + gap + uniform_int(rng, 0, slack - y0)]
+    slack, y, signs = room - sum(hs), 0, []
+    for c, t, w, h in zip(colors, words, ws, hs):
+        extra = uniform_int(rng, 0, slack)
+        slack, y = slack - extra, y + extra
+        x = uniform_int(rng, 0, size - w)
+        signs.append({"color": c, "word": t, "box": [x, y, x + w, y + h]})
+        y += h + gap
+    return signs
+
+
+def _single(sign: dict) -> list[dict]:
+    """Easy level's questions about its one sign."""
     return [
-        {"color": c, "word": t, "box": [x, y, x + w, y + h]}
-        for c, t, w, h, y in zip(colors, words, ws, hs, ys)
-        for x in [uniform_int(rng, 0, size - w)]
+        qa("What does the sign say?", sign["word"], "read"),
+        qa("What colour is the sign?", sign["color"], "colour"),
+        qa(
+            "What colour is the sign, and what does it say?",
+            f"{sign['color']} {sign['word']}",
+            "describe",
+        ),
     ]
 
 
 def _by_place(rng: np.random.Generator, ordered: list[dict]) -> list[dict]:
-    """Easy level's questions: two stacked signs named "top" and "bottom"."""
+    """Medium level's questions: two stacked signs named "top" and "bottom"."""
     place = ("top", "bottom")
     a, b, c = (int(i) for i in rng.integers(2, size=3))
     return [
@@ -117,7 +131,7 @@ class MixedFamily(Family):
         img = background(rng, size, difficulty)
         draw = ImageDraw.Draw(img)
         words = distinct_words(rng, n, 4)
-        if difficulty == "easy":
+        if difficulty != "hard":
             signs = _stacked(rng, size, colors, words, (wmin, wmax), (hmin, hmax))
         else:
             signs = _scattered(rng, size, colors, words, (wmin, wmax), (hmin, hmax))
@@ -130,6 +144,8 @@ class MixedFamily(Family):
         img = add_noise(img, rng, 5.0 if level == 2 else 0.0)
         ordered = sorted(signs, key=_reading_key)
         if difficulty == "easy":
+            questions = _single(ordered[0])
+        elif difficulty == "medium":
             questions = _by_place(rng, ordered)
         else:
             target = signs[int(rng.integers(len(signs)))]
