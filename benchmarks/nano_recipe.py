@@ -20,6 +20,7 @@ from pathlib import Path
 
 from polyvis.nano import demo
 from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+from polyvis.nano.start import expert_start
 
 
 def main() -> None:
@@ -56,6 +57,10 @@ def main() -> None:
         "--align-steps", type=int, default=None,
         help="steps of an align stage (LLM frozen) within --steps (default: the demo's)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-start", action="store_true",
+        help="a fresh adapter even where it could start from vary-nano's projector",
+    )  # fmt: skip
     a = p.parse_args()
 
     out = Path(a.out)
@@ -87,7 +92,7 @@ def main() -> None:
     align = demo.align_stage(budget)
     spec = RunSpec(
         a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit,
-        align=align,
+        align=align, start=None if a.no_start else expert_start(cfg),
     )  # fmt: skip
     t0 = time.perf_counter()
     train_runs([spec], jobs=1)

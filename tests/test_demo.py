@@ -34,6 +34,12 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
         cfg = yaml.safe_load((run / "run-config.yaml").read_text())
         assert cfg["train"]["init_from"] == str(run / "align")
         assert cfg["model"]["adapter"] == ADAPTER
+        # runs with vary-nano's channels start from its projector (omnifusion cannot)
+        align = yaml.safe_load((run / "align-config.yaml").read_text())["train"]
+        names = [e["name"] for e in cfg["model"]["encoders"]]
+        from_projector = "vary" in names and cfg["model"]["fusion"]["type"] == "concat-channel"
+        assert (align.get("init_from") == str(run / "start")) == from_projector
+        assert (run / "start" / "config.json").is_file() == from_projector
     # The synthetic data lives in the cache, keyed by its settings, not in OUT.
     manifests = list((cache_root() / "data").glob("synth-*/manifest.json"))
     families = [json.loads(m.read_text())["families"] for m in manifests]

@@ -34,6 +34,7 @@ import yaml
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
 from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+from polyvis.nano.start import expert_start
 
 
 def _typed(value: Any, field: str) -> dict[str, Any]:
@@ -146,6 +147,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
                     eval_files,
                     limit,
                     align=align,
+                    start=expert_start(cfg) if spec.get("nano") else None,
                 ),
             )
         )

@@ -22,6 +22,7 @@ from typing import Any
 
 from polyvis.errors import ConfigError
 from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+from polyvis.nano.start import expert_start
 from polyvis.nano.tasks import select_split
 
 FAMILIES = ["scene", "ocr", "latex", "chart", "table", "mixed"]
@@ -34,10 +35,11 @@ LM = {
 QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1}  # fmt: skip
 
-# LLaVA-1.5's projector, with hidden layers wider than the LM (128): two experts concatenated
-# along channels (256 wide) lost half their reading through a 128-wide first layer (OCR 19 vs 32
-# with 512; docs/nano.md), and every run gets the same adapter.
-ADAPTER = {"type": "mlp", "depth": 2, "hidden": 512}
+# One linear map, as LLaVA-1 (and Vary) project: the runs with vary-nano and concat-channel
+# start it from vary-nano's own projector (polyvis.nano.start), so the LM, vary-nano's decoder,
+# reads from the first step. Concat-channel then kept vary-nano's OCR (40 vs 43 alone; with a
+# fresh 512-wide MLP 25 vs 31, with LLaVA-1.5's 128-wide one 19 vs 35; docs/nano.md).
+ADAPTER = {"type": "linear"}
 
 # name, encoders, fusion
 RUNS = [
@@ -64,9 +66,10 @@ BUDGET = {
     # One large sign (at 3 signs per 64 px image the words were too small for vary-nano to read)
     # and 2 x 2 tables (larger text than medium's 3 x 3), as vary-nano pretrains on.
     "difficulty": {"mixed": "easy", "table": "easy"},
-    # An align stage (LM frozen) first, as OmniFusion trains: the mixed model then kept reading
-    # (OCR 19 vs 5, mean 24.3 vs 21.0); vary alone was unchanged (23.8 vs 24.0; docs/nano.md).
-    "align_steps": 300,
+    # No align stage (LM frozen) first: with a fresh adapter it kept the mixed model reading
+    # (OCR 19 vs 5), but the start from vary-nano's projector does that job better (docs/nano.md).
+    # `polyvis demo` and the ablations still train one when this is set.
+    "align_steps": 0,
 }
 QUICK_BUDGET = {
     "n": 12,
@@ -270,9 +273,10 @@ def run_demo(
                 {
                     "encoders": [f"{e}-nano" for e in encoders],
                     "fusion": fusion,
-                    "adapter": "mlp-512",
+                    "adapter": ADAPTER["type"],
                 },
                 align=align_stage(budget),
+                start=expert_start(cfg),
             )
         )
     print(

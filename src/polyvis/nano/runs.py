@@ -38,6 +38,9 @@ class RunSpec:
     # config sections ({"train": {...}, "data": {...}}) of an align stage trained first into
     # RUN/align, merged over `config` (None: no align stage)
     align: dict[str, Any] | None = None
+    # {"encoder": NAME, "projector": PATH}: the run's first stage starts from RUN/start, the
+    # config's model with its linear adapter set from that encoder's projector (nano.start)
+    start: dict[str, Any] | None = None
 
     @property
     def results_path(self) -> Path:
@@ -53,16 +56,30 @@ def _train_cmd(cfg_path: Path, out: Path) -> list[str]:
 def stage_configs(spec: RunSpec) -> dict[str, dict[str, Any]]:
     """{file name in RUN: config}: run-config.yaml, and align-config.yaml when the run has an
     align stage (then run-config.yaml starts from RUN/align). The align stage is the run's
-    config with spec.align's sections merged over it, `train.stage: align`, and no LLM rate."""
+    config with spec.align's sections merged over it, `train.stage: align`, and no LLM rate.
+    With spec.start the first stage starts from RUN/start."""
+    first = {"init_from": str(spec.out / "start")} if spec.start else {}
     if spec.align is None:
-        return {"run-config.yaml": spec.config}
+        if not first:
+            return {"run-config.yaml": spec.config}
+        return {"run-config.yaml": {**spec.config, "train": {**spec.config["train"], **first}}}
     main = {**spec.config, "train": {**spec.config["train"], "init_from": str(spec.out / "align")}}
     align = {**spec.config, **{k: {**spec.config.get(k, {}), **v} for k, v in spec.align.items()}}
     align["train"] = {
         **{k: v for k, v in align["train"].items() if k not in ("init_from", "lr_llm")},
         "stage": "align",
+        **first,
     }
     return {"align-config.yaml": align, "run-config.yaml": main}
+
+
+def write_start(spec: RunSpec) -> None:
+    """Build RUN/start for a run with spec.start (once; an interrupted build is redone)."""
+    from polyvis.nano.start import projector_start
+
+    if spec.start is None or (spec.out / "start" / "config.json").is_file():
+        return
+    projector_start(spec.config, spec.start["encoder"], spec.start["projector"], spec.out / "start")
 
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
@@ -125,6 +142,7 @@ def train_runs(
             spec.out.mkdir(parents=True, exist_ok=True)
             for name, cfg in stage_configs(spec).items():
                 (spec.out / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+            write_start(spec)
             launch(spec, stages, time.perf_counter())
         time.sleep(0.2)
         for item in list(running):

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from safetensors.torch import save_file
 from torch import nn
 
 from polyvis.nano._common import (
@@ -51,6 +52,7 @@ from polyvis.nano._tokens import BpeVocab, CharVocab
 # easy OCR at 0.97 exact after 450 (docs/nano.md).
 RESNET_NANO = {"model_type": "resnet", "embedding_size": 32, "hidden_sizes": [64, 128], "depths": [1, 2],
                "layer_type": "basic", "downsample_in_first_stage": False}  # fmt: skip
+PROJECTOR_FILE = "projector.safetensors"
 DECODER_NANO = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 256,
                 "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "max_position_embeddings": 512, "tie_word_embeddings": True}  # fmt: skip
@@ -84,6 +86,9 @@ class VarySettings(Settings):
     max_target_len: int = Field(default=64, gt=0)
     aux_ctc: float = Field(default=1.0, ge=0)  # weight of the per-column CTC loss (0 = off)
     aux_families: list[str] = Field(default_factory=lambda: ["ocr"])
+    # LayerNorm before the projector's linear map; without it the projector is one linear map,
+    # which a polyvis `linear` adapter can start from (OUT/decoder/projector.safetensors)
+    projector_norm: bool = True
     eval_samples: int = Field(default=200, ge=0)  # held-out images per family decoded at the end
     seed: int = 0
     threads: int = Field(default=1, ge=1)
@@ -101,7 +106,12 @@ class VaryNano(nn.Module):
     """Encoder + projector + causal decoder, plus the auxiliary per-column CTC head."""
 
     def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, entry: dict[str, Any], ctc_classes: int
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        entry: dict[str, Any],
+        ctc_classes: int,
+        projector_norm: bool = True,
     ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
@@ -111,7 +121,8 @@ class VaryNano(nn.Module):
             {"interpolate_pos_encoding": True} if entry["interpolate_pos_encoding"] else {}
         )
         dim, width = entry["dim"], decoder.config.hidden_size
-        self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, width))
+        norm = [nn.LayerNorm(dim)] if projector_norm else []
+        self.proj = nn.Sequential(*norm, nn.Linear(dim, width))
         self.col_score = nn.Linear(dim, 1)
         self.col_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ctc_classes))
 
@@ -173,7 +184,7 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
         from polyvis.errors import ConfigError
 
         raise ConfigError("decoder", str(err).splitlines()[0]) from None
-    return VaryNano(encoder, decoder, entry, ctc_classes), processor
+    return VaryNano(encoder, decoder, entry, ctc_classes, settings.projector_norm), processor
 
 
 def _plain_processor(size: int) -> Any:
@@ -357,6 +368,9 @@ def train_vary(
             )
             model.decoder.save_pretrained(out / "decoder")
             vocab.tok.save_pretrained(out / "decoder")
+            # the map from the encoder's tokens to the decoder's inputs it was trained with
+            state = {k: v.detach().contiguous() for k, v in model.proj.state_dict().items()}
+            save_file(state, out / "decoder" / PROJECTOR_FILE)
     result = {
         "expert": "vary-nano",
         "settings": s.model_dump(),

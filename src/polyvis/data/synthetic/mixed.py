@@ -38,7 +38,7 @@ from polyvis.data.synthetic.common import (
 # Easy and medium signs are wide and low, so their words are written large (a 64 px image still
 # reads); hard ones leave words 6-8 px high.
 _LEVELS = {
-    "easy": (1, 0.75, 0.95, (0.38, 0.48)),
+    "easy": (1, 0.8, 0.95, (0.45, 0.55)),
     "medium": (2, 0.75, 0.95, (0.38, 0.48)),
     "hard": (3, 0.38, 0.5, (0.45, 0.6)),
 }
