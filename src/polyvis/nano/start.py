@@ -67,7 +67,8 @@ def projector_start(config: dict[str, Any], encoder: str, projector: str | Path,
         linear.bias.copy_(bias)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, processor, tmp)
+    with quiet_transformers():
+        save_model(model, processor, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # a reader never sees half a model
     return out
