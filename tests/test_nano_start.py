@@ -79,6 +79,10 @@ def test_adapter_starts_as_the_projector_on_the_experts_channels(expert: Path, t
     # so the image tokens are exactly the expert's projected tokens
     feats = torch.randn(2, 16, 80)
     assert torch.allclose(model.adapter(feats), feats[..., 32:] @ proj["0.weight"].T + bias)
+    # built again, the start is the same model (the run's seed), so a demo is repeatable
+    again, _ = load_model(projector_start(cfg, "doc", start["projector"], tmp_path / "again"))
+    ours, theirs = model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_no_start_without_a_linear_adapter_or_a_projector(expert: Path, tmp_path: Path):

@@ -46,6 +46,8 @@ def projector_start(config: dict[str, Any], encoder: str, projector: str | Path,
     if not path.is_file():
         raise ConfigError("start.projector", f"{path}: projector weights not found")
     state = load_file(str(path))
+    # the run's seed: the new weights (image-boundary embeddings, ...) are the same every time
+    torch.manual_seed(cfg.train.seed)
     with quiet_transformers():
         model, processor = build_model(cfg)
     infos = model.fusion.encoders
