@@ -64,8 +64,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "clip-nano": {},
     "vary-nano": {
         "families": ["ocr", "latex", "table", "chart", "mixed"],
-        # the per-column character loss on the one-word signs too: it read 0.74 of them exactly
-        # instead of 0.29 (docs/nano.md)
+        # the per-column character loss on the one-word signs too: it read 0.56-0.74 of them exactly
+        # instead of 0.24-0.29 (docs/nano.md)
         "aux_families": ["ocr", "mixed"],
         # a projector without LayerNorm: one linear map, which the runs' adapters start from
         "projector_norm": False,
