@@ -20,6 +20,15 @@ import torch
 from polyvis.errors import ConfigError
 
 
+def _unfit(fusion: dict[str, Any], adapter: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, why) when a model with this fusion and adapter cannot start from a projector."""
+    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim"):
+        return "model.fusion", "a projector start needs concat-channel without proj_dim"
+    if adapter.get("type") != "linear" or adapter.get("bias") is False:
+        return "model.adapter", "a projector start needs a linear adapter with a bias"
+    return None
+
+
 def projector_start(config: dict[str, Any], encoder: str, projector: str | Path, out: Path) -> Path:
     """Build the model of `config`, set its linear adapter from `projector` (keys `0.weight`,
     `0.bias`: an nn.Sequential holding one nn.Linear) on `encoder`'s channels and zero
@@ -31,14 +40,9 @@ def projector_start(config: dict[str, Any], encoder: str, projector: str | Path,
     from polyvis.models.fusion.common import in_width
 
     cfg = load_config(config)
-    fusion, adapter = cfg.model.fusion, cfg.model.adapter
-    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim"):
-        raise ConfigError(
-            "model.fusion",
-            "a projector start needs concat-channel without proj_dim (channels kept)",
-        )
-    if adapter.get("type") != "linear" or adapter.get("bias") is False:
-        raise ConfigError("model.adapter", "a projector start needs a linear adapter with a bias")
+    unfit = _unfit(cfg.model.fusion, cfg.model.adapter)
+    if unfit:
+        raise ConfigError(*unfit)
     names = [e.name for e in cfg.model.encoders]
     if encoder not in names:
         raise ConfigError("model.encoders", f"no encoder {encoder!r} (have {', '.join(names)})")
@@ -84,10 +88,7 @@ def expert_start(config: dict[str, Any]) -> dict[str, Any] | None:
     from polyvis.nano.vocab import PROJECTOR_FILE
 
     model = config.get("model", {})
-    fusion, adapter = model.get("fusion") or {}, model.get("adapter") or {}
-    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim"):
-        return None
-    if adapter.get("type") != "linear" or adapter.get("bias") is False:
+    if _unfit(model.get("fusion") or {}, model.get("adapter") or {}):
         return None
     lm = (model.get("llm") or {}).get("path")
     if not lm or not (Path(lm) / PROJECTOR_FILE).is_file():

@@ -91,14 +91,18 @@ def _stacked(rng, size, colors, words, wr, hr) -> list[dict]:
     return signs
 
 
-def _single(sign: dict) -> list[dict]:
-    """Easy level's questions about its one sign."""
+def _asked(
+    read: tuple[str, dict], colour: tuple[str, dict], describe: tuple[str, dict]
+) -> list[dict]:
+    """Easy and medium levels' questions, each about a (name, sign); the name is "" for the one
+    sign or "top " / "bottom "."""
+    (rn, r), (cn, c), (dn, d) = read, colour, describe
     return [
-        qa("What does the sign say?", sign["word"], "read"),
-        qa("What colour is the sign?", sign["color"], "colour"),
+        qa(f"What does the {rn}sign say?", r["word"], "read"),
+        qa(f"What colour is the {cn}sign?", c["color"], "colour"),
         qa(
-            "What colour is the sign, and what does it say?",
-            f"{sign['color']} {sign['word']}",
+            f"What colour is the {dn}sign, and what does it say?",
+            f"{d['color']} {d['word']}",
             "describe",
         ),
     ]
@@ -106,17 +110,9 @@ def _single(sign: dict) -> list[dict]:
 
 def _by_place(rng: np.random.Generator, ordered: list[dict]) -> list[dict]:
     """Medium level's questions: two stacked signs named "top" and "bottom"."""
-    place = ("top", "bottom")
+    place = ("top ", "bottom ")
     a, b, c = (int(i) for i in rng.integers(2, size=3))
-    return [
-        qa(f"What does the {place[a]} sign say?", ordered[a]["word"], "read"),
-        qa(f"What colour is the {place[b]} sign?", ordered[b]["color"], "colour"),
-        qa(
-            f"What colour is the {place[c]} sign, and what does it say?",
-            f"{ordered[c]['color']} {ordered[c]['word']}",
-            "describe",
-        ),
-    ]
+    return _asked((place[a], ordered[a]), (place[b], ordered[b]), (place[c], ordered[c]))
 
 
 @FAMILIES.register("mixed")
@@ -144,7 +140,7 @@ class MixedFamily(Family):
         img = add_noise(img, rng, 5.0 if level == 2 else 0.0)
         ordered = sorted(signs, key=_reading_key)
         if difficulty == "easy":
-            questions = _single(ordered[0])
+            questions = _asked(*[("", ordered[0])] * 3)
         elif difficulty == "medium":
             questions = _by_place(rng, ordered)
         else:

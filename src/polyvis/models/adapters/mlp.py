@@ -57,13 +57,13 @@ class MLPAdapter(Adapter):
                 "model.adapter.depth",
                 f"LLaVA's projector has exactly 2 linear layers, this mlp has {self.params.depth}",
             )
-        if self.mlp[0].out_features != self.mlp[2].out_features:
+        first, last = self.mlp[0], self.mlp[2]
+        if first.out_features != last.out_features:
             raise ConfigError(
                 "model.adapter.hidden",
-                f"LLaVA's projector's hidden width is the LM's ({self.mlp[2].out_features}), "
-                f"this mlp's is {self.mlp[0].out_features}",
+                f"LLaVA's projector's hidden width is the LM's ({last.out_features}), "
+                f"this mlp's is {first.out_features}",
             )
-        first, last = self.mlp[0], self.mlp[2]
         return {
             "linear_1.weight": first.weight.detach().clone(),
             "linear_1.bias": first.bias.detach().clone(),
