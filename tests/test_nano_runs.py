@@ -60,3 +60,19 @@ def test_demo_budget_align_steps_are_part_of_the_steps():
     }
     with pytest.raises(ConfigError, match="budget.align_steps"):
         align_stage({"steps": 100, "align_steps": 100})
+
+
+def test_a_runs_stages_share_one_process_and_stop_at_the_first_failure(tmp_path: Path, capsys):
+    from polyvis.nano.stages import run_stages
+
+    synth = ["data", "synth", "--families", "ocr", "--n", "3", "--no-progress"]
+    ok = run_stages(
+        [[*synth, "--out", str(tmp_path / "a")], [*synth, "--out", str(tmp_path / "b")]]
+    )
+    assert ok == 0 and (tmp_path / "a" / "ocr").is_dir() and (tmp_path / "b" / "ocr").is_dir()
+    bad = [
+        [*synth, "--families", "nope", "--out", str(tmp_path / "c")],
+        [*synth, "--out", str(tmp_path / "d")],
+    ]
+    assert run_stages(bad) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "d").exists()

@@ -48,9 +48,7 @@ class RunSpec:
 
 
 def _train_cmd(cfg_path: Path, out: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "polyvis", "train", str(cfg_path), "--out", str(out), "--no-progress",
-    ]  # fmt: skip
+    return ["train", str(cfg_path), "--out", str(out), "--no-progress"]
 
 
 def stage_configs(spec: RunSpec) -> dict[str, dict[str, Any]]:
@@ -90,7 +88,7 @@ def _eval_cmd(
     spec: RunSpec, batch_size: int = EVAL_BATCH_SIZE, max_new_tokens: int = EVAL_MAX_NEW_TOKENS
 ) -> list[str]:
     cmd = [
-        sys.executable, "-m", "polyvis", "eval", str(spec.out / "final"), "--data",
+        "eval", str(spec.out / "final"), "--data",
         *map(str, spec.eval_files), "--out", str(spec.out / "eval"), "--batch-size",
         str(batch_size), "--max-new-tokens", str(max_new_tokens), "--name", spec.name,
         "--device", "cpu", "--no-progress",
@@ -99,6 +97,7 @@ def _eval_cmd(
 
 
 def _stages(spec: RunSpec, evaluate: bool) -> list[list[str]]:
+    """The `polyvis` commands (argument lists) the run still needs, in order."""
     stages = []
     if not (spec.out / "done.json").is_file():
         if spec.align is not None and not (spec.out / "align" / "done.json").is_file():
@@ -129,12 +128,15 @@ def train_runs(
     run's own job keeps both cores busy: the evaluations of a pair run side by side too."""
     pending = [(s, _stages(s, evaluate)) for s in specs]
     pending = [(s, st) for s, st in pending if st]
-    running: list[tuple[RunSpec, list[list[str]], subprocess.Popen, float, Any]] = []
+    running: list[tuple[RunSpec, subprocess.Popen, float, Any]] = []
 
     def launch(spec: RunSpec, stages: list[list[str]], start: float) -> None:
+        # One process for all of the run's stages: torch and transformers are imported and the
+        # model loaded once, not once per stage (about 8 s a stage on this 2-core machine).
         log = (spec.out / "train.log").open("a")
-        proc = subprocess.Popen(stages[0], stdout=log, stderr=subprocess.STDOUT, env=_env(threads))
-        running.append((spec, stages[1:], proc, start, log))
+        cmd = [sys.executable, "-m", "polyvis.nano.stages", json.dumps(stages)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(threads))
+        running.append((spec, proc, start, log))
 
     while pending or running:
         while pending and len(running) < jobs:
@@ -146,13 +148,13 @@ def train_runs(
             launch(spec, stages, time.perf_counter())
         time.sleep(0.2)
         for item in list(running):
-            spec, rest, proc, start, log = item
+            spec, proc, start, log = item
             if proc.poll() is None:
                 continue
             log.close()
             running.remove(item)
             if proc.returncode != 0:
-                for _, _, other, _, other_log in running:
+                for _, other, _, other_log in running:
                     other.kill()
                     other_log.close()
                 tail = (
@@ -161,9 +163,7 @@ def train_runs(
                 raise PolyVisError(
                     f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}"
                 )
-            if rest:
-                launch(spec, rest, start)
-            elif on_done:
+            if on_done:
                 on_done(spec, time.perf_counter() - start)
     return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
 
