@@ -16,7 +16,8 @@ TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num
 TINY_DEC = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
             "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256}  # fmt: skip
 VARY = {"families": ["ocr", "table"], "encoder": TINY_VIT, "decoder": TINY_DEC, "steps": 16,
-        "batch_size": 8, "lr": 3e-3, "max_target_len": 40, "eval_samples": 2, "threads": 2}  # fmt: skip
+        "batch_size": 8, "lr": 3e-3, "max_target_len": 40, "eval_samples": 2, "threads": 2,
+        "aux_families": ["ocr", "table"]}  # fmt: skip
 CLIP = {"vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                    "num_attention_heads": 2, "patch_size": 8},
         "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -194,7 +195,13 @@ def test_contrastive_loss_leaves_last_layer_patches_without_gradient(
 
 
 def test_transcription_selection_and_vocabularies() -> None:
-    from polyvis.nano.vocab import BpeVocab, CharVocab, _ctc_target, is_transcription
+    from polyvis.nano.vocab import (
+        BpeVocab,
+        CharVocab,
+        _ctc_target,
+        is_transcription,
+        table_cells,
+    )
 
     def rec(q: str, task: str | None = None) -> dict:
         r = {
@@ -213,11 +220,38 @@ def test_transcription_selection_and_vocabularies() -> None:
     v = CharVocab(["ab\ncd", "| 1 |"])
     assert v.decode(v.encode("a|1\nd") + [v.eos_id, 5]) == "a|1\nd"
     assert v.encode("z") == [v.unk_id]
-    assert _ctc_target("book", 5, True, CharVocab(["book"])) is not None  # 4 chars + 1 repeat
-    assert _ctc_target("book", 4, True, CharVocab(["book"])) is None
-    assert _ctc_target("a\nb", 8, True, v) is None and _ctc_target("ab", 8, False, v) is None
+    book = CharVocab(["book"])
+    assert _ctc_target("book", (2, 5), True, book) == ("columns", book.encode("book"))  # + 1 repeat
+    assert _ctc_target("book", (2, 4), True, book) is None
+    assert (
+        _ctc_target("a\nb", (8, 8), True, v) is None and _ctc_target("ab", (8, 8), False, v) is None
+    )
+    # a markdown table is read in raster order: its cells, the rule line left out
+    md = "| Item | Qty |\n| --- | --- |\n| oak | 7 |"
+    assert table_cells(md) == "Item Qty oak 7" and table_cells("a\nb") is None
+    cells = CharVocab([md])
+    assert _ctc_target(md, (4, 4), True, cells) == ("raster", cells.encode("Item Qty oak 7"))
+    assert _ctc_target(md, (3, 4), True, cells) is None  # 14 chars > 12 positions
     b = BpeVocab(["| Item | Size |\n| --- | --- |"] * 8, 300)
     assert b.decode(b.encode("| Size |\n| --- |") + [b.eos_id]) == "| Size |\n| --- |"
+
+
+def test_raster_ctc_reads_every_patch_and_column_ctc_pools_rows() -> None:
+    from polyvis.nano.vocab import VarySettings, _step, build_vary
+
+    torch.manual_seed(0)
+    model, _ = build_vary(VarySettings(**{**VARY, "families": ["table"]}), 50, 20)
+    pv, targets = torch.randn(2, 3, 64, 64), [[1, 5, 6, 2], [1, 7, 2]]
+    for kind, pooled in (("raster", False), ("columns", True)):
+        model.zero_grad()
+        loss, dec, aux = _step(model, pv, targets, [(kind, [3, 4, 5]), None], 1.0, 0)
+        loss.backward()
+        assert aux is not None and aux > 0 and loss.item() > dec
+        # only the column CTC pools the rows with the learned per-column attention
+        assert (model.col_score.weight.grad is not None) is pooled
+        assert model.col_head[1].weight.grad.abs().sum() > 0
+    loss, dec, aux = _step(model, pv, targets, [None, None], 1.0, 0)
+    assert aux is None and loss.item() == dec
 
 
 def test_errors_name_the_field_or_folder(tmp_path: Path, data_dir: Path) -> None:

@@ -27,7 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--config", help="a transformers vision config as JSON / YAML (or a file)")
     vt.add_argument("--decoder", help="the decoder's causal-LM config as JSON / YAML (or a file)")
     vt.add_argument("--tokenizer", choices=["chars", "bpe"], help="decoder vocabulary")
-    vt.add_argument("--aux-ctc", type=float, help="weight of the per-column CTC loss (0 = off)")
+    vt.add_argument(
+        "--aux-ctc",
+        type=float,
+        help="weight of the auxiliary CTC loss (per column for one-line text, raster order for "
+        "markdown tables; 0 = off)",
+    )
+    vt.add_argument(
+        "--aux-families", help="families the CTC loss reads, comma-separated (default ocr)"
+    )
     vt.add_argument("--max-target-len", type=int, help="transcript tokens kept")
     vt.set_defaults(func=_vocab_train)
 
@@ -96,6 +104,8 @@ def _vocab_train(args: argparse.Namespace) -> int:
         settings["encoder"] = read_mapping(args.config, "--config")
     if args.decoder is not None:
         settings["decoder"] = read_mapping(args.decoder, "--decoder")
+    if args.aux_families is not None:
+        settings["aux_families"] = [f.strip() for f in args.aux_families.split(",") if f.strip()]
     log = train_vary(
         _dirs(args.images_from, "--images-from"),
         args.out,

@@ -75,7 +75,9 @@ class TableFamily(Family):
         n_rows, n_cols = len(table), len(table[0])
         margin = max(1, size // 32)
         cw, ch = (size - 2 * margin) / n_cols, (size - 2 * margin) / n_rows
-        # One font size for the whole table: the largest at which every cell fits.
+        # One font size for the whole table (the largest at which every cell fits), except at
+        # easy, where each cell's text is as large as its cell allows: a long header otherwise
+        # shrank the numbers to ~8 px, below what a 64 px document expert could read.
         longest = max((cell for row in table for cell in row), key=len)
         fnt = fit_font(longest, cw * 0.9, ch * 0.8, round(ch * 0.75))
         line = (90, 90, 90)
@@ -96,6 +98,7 @@ class TableFamily(Family):
                     margin + (c + 1) * cw,
                     margin + (r + 1) * ch,
                 )
-                draw_text_centered(draw, box, cell, fnt, (0, 0, 0))
+                own = fit_font(cell, cw * 0.9, ch * 0.8, round(ch * 0.75)) if level == 0 else fnt
+                draw_text_centered(draw, box, cell, own, (0, 0, 0))
         img = add_noise(img, rng, 5.0 if level == 2 else 0.0)
         return Item(img, {"table": table, "qa": table_questions(rng, table)})
