@@ -73,6 +73,20 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, synth_dir):
         torch.testing.assert_close(runs["accum"][key], value, atol=2e-5, rtol=1e-4)
 
 
+def test_a_dataloader_worker_gives_the_same_run_across_epochs(tmp_path, synth_dir):
+    # ocr alone: ~19 training records, 5 batches of 4 an epoch, so 12 steps cross two epochs
+    # (the persistent worker must follow the sampler's new order every epoch)
+    ocr = f"data.synthetic={{families: [ocr], n: 24, seed: 0, size: 64, dir: {synth_dir}}}"
+    runs = {}
+    for workers in (0, 1):
+        cfg = load_config(
+            CFG, overrides(synth_dir, "train.max_steps=12", ocr, f"train.num_workers={workers}")
+        )
+        train(cfg, tmp_path / str(workers), progress=False)
+        runs[workers] = losses(tmp_path / str(workers))
+    assert len(runs[0]) == 12 and runs[1] == runs[0]
+
+
 def _cli(run: Path, synth_dir: Path, steps: int, launcher: list[str] | None = None) -> list[str]:
     sets = overrides(synth_dir, f"train.max_steps={steps}", "train.save_every=4")
     base = launcher or [sys.executable, "-m", "polyvis"]

@@ -93,6 +93,8 @@ def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
         sampler=sampler,
         collate_fn=Collator(processor.tokenizer.pad_token_id),
         num_workers=cfg.train.num_workers,
+        # workers live for the whole run: forking new ones every epoch stalled its first steps
+        persistent_workers=cfg.train.num_workers > 0,
         drop_last=shuffle and len(ds) >= cfg.train.batch_size,
     )
     return loader, sampler
