@@ -313,3 +313,19 @@ def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture)
     assert main(["experts", "list"]) == 0
     listed = capsys.readouterr().out
     assert all(str(p) in listed for p in paths)
+
+
+def test_vocab_train_cli_passes_its_options(data_dir: Path, tmp_path: Path) -> None:
+    from polyvis.cli import main
+
+    out = tmp_path / "vary-cli"
+    argv = ["vocab", "train", "--images-from", str(data_dir), "--families", "ocr,table",
+            "--out", str(out), "--config", json.dumps(TINY_VIT), "--decoder", json.dumps(TINY_DEC),
+            "--steps", "3", "--batch-size", "4", "--aux-families", "table, ",
+            "--eval-samples", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["settings"]["aux_families"] == ["table"]
+    assert log["settings"]["steps"] == 3 and len(log["loss_curve"]) == 3
+    # only tables have CTC targets, so a logged CTC loss is the raster one
+    assert any(v is not None for v in log["ctc_loss_curve"])
