@@ -41,7 +41,7 @@ RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2}
 # table and chart images: their long transcripts cost the most and teach mostly layout. Easy
 # tables are the exception, read with the raster CTC loss: with 600 of them and no CTC the
 # decoder invented every cell and the runs' table lookups scored 1 (ANLS); with 2000 and the CTC
-# it reads most digits and vary-nano's runs score 13 (docs/nano.md).
+# vary-nano's runs score 13 (a third of the digits right; docs/nano.md).
 DATA: dict[str, list[dict[str, Any]]] = {
     "clip-nano": [{"families": ["scene"], "n": 3000}],
     "vary-nano": [
