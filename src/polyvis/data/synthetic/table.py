@@ -77,7 +77,7 @@ class TableFamily(Family):
         cw, ch = (size - 2 * margin) / n_cols, (size - 2 * margin) / n_rows
         # One font size for the whole table (the largest at which every cell fits), except at
         # easy, where each cell's text is as large as its cell allows: at 64 px a header like
-        # "Score" otherwise shrank the numbers to a 9 px font, which vary-nano never learnt to read.
+        # "Score" otherwise shrank the numbers to a 9 px font (15 px when fitted on their own).
         longest = max((cell for row in table for cell in row), key=len)
         fnt = fit_font(longest, cw * 0.9, ch * 0.8, round(ch * 0.75))
         line = (90, 90, 90)
