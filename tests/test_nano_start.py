@@ -96,6 +96,9 @@ def test_no_start_without_a_linear_adapter_or_a_projector(expert: Path, tmp_path
     with pytest.raises(ConfigError) as err:
         projector_start(config(expert), "nope", "p", tmp_path / "s")
     assert err.value.field == "model.encoders" and "nope" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        projector_start(config(expert), "doc", tmp_path / "none.safetensors", tmp_path / "s")
+    assert err.value.field == "start.projector" and "not found" in str(err.value)
     bad = tmp_path / "bad.safetensors"
     save_file({"0.weight": torch.zeros(64, 32), "0.bias": torch.zeros(64)}, bad)
     with pytest.raises(ConfigError) as err:

@@ -85,10 +85,15 @@ def _common_args(p: argparse.ArgumentParser, families: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _names(text: str) -> list[str]:
+    """The items of a comma-separated option, blanks dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _given(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
     """The options the user gave (others keep the trainer's defaults)."""
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    out["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
+    out["families"] = _names(args.families)
     return out
 
 
@@ -105,7 +110,7 @@ def _vocab_train(args: argparse.Namespace) -> int:
     if args.decoder is not None:
         settings["decoder"] = read_mapping(args.decoder, "--decoder")
     if args.aux_families is not None:
-        settings["aux_families"] = [f.strip() for f in args.aux_families.split(",") if f.strip()]
+        settings["aux_families"] = _names(args.aux_families)
     log = train_vary(
         _dirs(args.images_from, "--images-from"),
         args.out,
@@ -139,7 +144,7 @@ def _clip_train(args: argparse.Namespace) -> int:
 def _dirs(text: str, flag: str) -> list[Path]:
     from polyvis.errors import ConfigError
 
-    dirs = [Path(d.strip()) for d in text.split(",") if d.strip()]
+    dirs = [Path(d) for d in _names(text)]
     for d in dirs:
         if not d.is_dir():
             raise ConfigError(flag, f"{d}: folder not found")
@@ -175,7 +180,7 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
 def _experts_build(args: argparse.Namespace) -> int:
     from polyvis.nano.experts import ensure_experts
 
-    data = [d.strip() for d in args.data.split(",") if d.strip()] if args.data else None
+    data = _names(args.data) if args.data else None
     paths = ensure_experts(
         data,
         _parse_sets(args.set),

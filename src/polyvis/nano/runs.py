@@ -1,8 +1,9 @@
 """Train-and-evaluate runs for the nano world: one config, one run directory, one results.json.
 
 Runs are independent processes (`python -m polyvis.nano.stages`: the run's `polyvis train` and
-`polyvis eval` commands in one process), launched a few at a time with one thread each: on models this small two threads are only 1.3-1.8x faster than one, so parallel
-one-thread jobs finish sooner. Every run resumes on its own (the trainer's checkpoints), so a
+`polyvis eval` commands in one process), launched a few at a time with one thread each: on
+models this small two threads are only 1.3-1.8x faster than one, so parallel one-thread jobs
+finish sooner. Every run resumes on its own (the trainer's checkpoints), so a
 killed demo or ablation continues where it stopped.
 
 A run may first train an `align` stage (LLM frozen: fusion, adapter and the image tokens learn)

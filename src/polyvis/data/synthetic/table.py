@@ -11,7 +11,7 @@ tint and pixel noise.
 from __future__ import annotations
 
 import numpy as np
-from PIL import ImageDraw
+from PIL import ImageDraw, ImageFont
 
 from polyvis.data.synthetic.base import FAMILIES, Family, Item, qa
 from polyvis.data.synthetic.common import (
@@ -75,11 +75,15 @@ class TableFamily(Family):
         n_rows, n_cols = len(table), len(table[0])
         margin = max(1, size // 32)
         cw, ch = (size - 2 * margin) / n_cols, (size - 2 * margin) / n_rows
+
         # One font size for the whole table (the largest at which every cell fits), except at
         # easy, where each cell's text is as large as its cell allows: at 64 px a header like
         # "Score" otherwise shrank the numbers to a 9 px font (15 px when fitted on their own).
+        def fitted(text: str) -> ImageFont.FreeTypeFont:
+            return fit_font(text, cw * 0.9, ch * 0.8, round(ch * 0.75))
+
         longest = max((cell for row in table for cell in row), key=len)
-        fnt = fit_font(longest, cw * 0.9, ch * 0.8, round(ch * 0.75))
+        table_font = None if level == 0 else fitted(longest)
         line = (90, 90, 90)
         draw.rectangle(
             (margin, margin, size - margin - 1, round(margin + ch)), fill=(215, 215, 215)
@@ -98,7 +102,6 @@ class TableFamily(Family):
                     margin + (c + 1) * cw,
                     margin + (r + 1) * ch,
                 )
-                own = fit_font(cell, cw * 0.9, ch * 0.8, round(ch * 0.75)) if level == 0 else fnt
-                draw_text_centered(draw, box, cell, own, (0, 0, 0))
+                draw_text_centered(draw, box, cell, table_font or fitted(cell), (0, 0, 0))
         img = add_noise(img, rng, 5.0 if level == 2 else 0.0)
         return Item(img, {"table": table, "qa": table_questions(rng, table)})
