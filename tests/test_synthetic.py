@@ -232,7 +232,7 @@ def test_chart_table_mixed_ocr_latex_answers_follow_the_ground_truth():
         assert [(q["q"], q["a"]) for q in easy["qa"]] == [
             ("What does the sign say?", sign["word"]),
             ("What colour is the sign?", sign["color"]),
-            ("What colour is the sign, and what does it say?", f"{sign['color']} {sign['word']}"),
+            ("What does the sign say, and what colour is it?", f"{sign['word']} {sign['color']}"),
             ("Read the signs.", sign["word"]),
         ]
         # medium: two stacked signs named by place
@@ -247,8 +247,8 @@ def test_chart_table_mixed_ocr_latex_answers_follow_the_ground_truth():
         read, colour, describe, _ = medium["qa"]
         assert read["a"] == named(r"What does the (\w+) sign say\?$", read["q"])["word"]
         assert colour["a"] == named(r"What colour is the (\w+) sign\?$", colour["q"])["color"]
-        sign = named(r"What colour is the (\w+) sign, and what does it say\?$", describe["q"])
-        assert describe["a"] == f"{sign['color']} {sign['word']}" and describe["task"] == "describe"
+        sign = named(r"What does the (\w+) sign say, and what colour is it\?$", describe["q"])
+        assert describe["a"] == f"{sign['word']} {sign['color']}" and describe["task"] == "describe"
 
         ocr = FAMILIES.get("ocr")().render(rng("ocr"), 48, "hard").meta
         assert ocr["qa"][0]["a"] == ocr["text"]

@@ -19,8 +19,9 @@ SYNTH_DEFAULTS: dict[str, Any] = {"families": ["scene", "ocr"], "n": 200, "seed"
 # Part of the cache key: bump it when a generator changes what it writes for the same options
 # (2: the mixed family's "Read the signs." transcription; 3: its easy level names signs by
 # place and asks "describe"; 4: easy has one sign, the two stacked ones moved to medium; 5: a
-# larger easy sign; 6: an easy table's cells each as large as they fit), so no stale set is reused.
-SYNTH_VERSION = 6
+# larger easy sign; 6: an easy table's cells each as large as they fit; 7: mixed describe asks
+# for the word, then the colour), so no stale set is reused.
+SYNTH_VERSION = 7
 
 
 def cache_root() -> Path:

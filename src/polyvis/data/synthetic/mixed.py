@@ -2,11 +2,12 @@
 
 The signs have distinct colours and distinct words. Questions, by level:
 - easy, one wide sign: read "What does the sign say?" -> "lamp"; colour "What colour is the
-  sign?" -> "red"; describe "What colour is the sign, and what does it say?" -> "red lamp", which
-  neither a scene expert (no words) nor a document expert (no colours) answers alone.
+  sign?" -> "red"; describe "What does the sign say, and what colour is it?" -> "lamp red", which
+  neither a scene expert (no words) nor a document expert (no colours) answers alone. The word
+  comes first, as a transcribing decoder begins its answers.
 - medium, two wide signs one above the other, named by place: read "What does the top sign
-  say?", colour "What colour is the bottom sign?", describe "What colour is the top sign, and
-  what does it say?".
+  say?", colour "What colour is the bottom sign?", describe "What does the top sign say, and what
+  colour is it?".
 - hard, three smaller signs anywhere on a pale tint with pixel noise, named by the other
   expert's property: read "What does the red sign say?" -> "lamp"; colour "What colour is the
   sign that says lamp?" -> "red".
@@ -101,8 +102,8 @@ def _asked(
         qa(f"What does the {rn}sign say?", r["word"], "read"),
         qa(f"What colour is the {cn}sign?", c["color"], "colour"),
         qa(
-            f"What colour is the {dn}sign, and what does it say?",
-            f"{d['color']} {d['word']}",
+            f"What does the {dn}sign say, and what colour is it?",
+            f"{d['word']} {d['color']}",
             "describe",
         ),
     ]
