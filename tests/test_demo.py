@@ -40,6 +40,12 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):
         from_projector = "vary" in names and cfg["model"]["fusion"]["type"] == "concat-channel"
         assert (align.get("init_from") == str(run / "start")) == from_projector
         assert (run / "start" / "config.json").is_file() == from_projector
+        # the mixed concat-channel run scales clip-nano to vary-nano's feature size
+        scales = cfg["model"]["fusion"].get("scales")
+        if from_projector and len(names) == 2:
+            assert len(scales) == 2 and scales[names.index("vary")] == 1.0 and scales[0] > 0
+        else:
+            assert scales is None
     # The synthetic data lives in the cache, keyed by its settings, not in OUT.
     manifests = list((cache_root() / "data").glob("synth-*/manifest.json"))
     families = [json.loads(m.read_text())["families"] for m in manifests]

@@ -99,6 +99,18 @@ def test_concat_channel_widths_and_proj_dim():
     assert fusion.out_dim == 40 and fusion(feats).shape == (2, 64, 40)
 
 
+def test_concat_channel_scales_each_encoder_and_checks_length():
+    feats = feats_for([E_A, E_B])
+    plain = make("concat-channel", [E_A, E_B])(feats)
+    scaled = make("concat-channel", [E_A, E_B], scales=[0.5, 2.0])(feats)
+    torch.testing.assert_close(scaled[..., :64], 0.5 * plain[..., :64])
+    torch.testing.assert_close(scaled[..., 64:], 2.0 * plain[..., 64:])
+    with pytest.raises(ConfigError, match=r"model\.fusion\.scales.*1 values for 2 encoders"):
+        make("concat-channel", [E_A, E_B], scales=[1.0])
+    with pytest.raises(ConfigError, match=r"scales"):
+        make("concat-channel", [E_A, E_B], scales=[1.0, -1.0])
+
+
 def test_add_fixed_weights_equals_hand_computation():
     fusion = make("add", [E_A, E_B], weights=[0.3, 0.7], learn_weights=False, dim=24)
     assert not any("weights" in n for n, _ in fusion.named_parameters())

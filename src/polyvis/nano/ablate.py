@@ -33,8 +33,8 @@ import yaml
 
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
+from polyvis.nano.demo import finish_config
 from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
-from polyvis.nano.start import expert_start
 
 
 def _typed(value: Any, field: str) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
 
 def _nano_base(
     spec: dict[str, Any], out: Path
-) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None]:
+) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None, list[Path]]:
     from polyvis.nano import demo
 
     quick = bool(spec.get("quick"))
@@ -83,13 +83,14 @@ def _nano_base(
         ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
         quick, 0,
     )  # fmt: skip
-    return base, world.test, budget["eval_limit"], demo.align_stage(budget)
+    images = demo.balance_images(world, budget)
+    return base, world.test, budget["eval_limit"], demo.align_stage(budget), images
 
 
 def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     """Every (cell, seed) run of the grid, with its config."""
     if spec.get("nano"):
-        base, eval_files, limit, align = _nano_base(spec, out)
+        base, eval_files, limit, align, images = _nano_base(spec, out)
     else:
         src = spec["base"]
         base = (
@@ -97,7 +98,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
             if isinstance(src, str)
             else src
         )
-        eval_files, limit, align = [], None, None
+        eval_files, limit, align, images = [], None, None, []
     align = spec.get("align", align)
     if align is not None and not isinstance(align, dict):
         raise ConfigError(
@@ -133,6 +134,9 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         except ConfigError as err:
             print(f"skipping {cell}: {err}")
             continue
+        start = None
+        if spec.get("nano"):
+            cfg, start = finish_config(cfg, images)
         slug = (
             "_".join([*names, _label(fusion), _label(adapter)]).replace("/", "-").replace(" ", "")
         )
@@ -147,7 +151,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
                     eval_files,
                     limit,
                     align=align,
-                    start=expert_start(cfg) if spec.get("nano") else None,
+                    start=start,
                 ),
             )
         )

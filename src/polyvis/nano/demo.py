@@ -70,6 +70,11 @@ BUDGET = {
     # (OCR 19 vs 5), but the start from vary-nano's projector does that job better (docs/nano.md).
     # `polyvis demo` and the ablations still train one when this is set.
     "align_steps": 0,
+    # concat-channel runs scale each encoder's features to the RMS of the one whose projector
+    # they start from (polyvis.nano.balance), measured on this many training images: unscaled,
+    # clip-nano's 2.3x larger features cost the mixed model part of vary-nano's reading
+    # (mean 36.2 vs 37.2 over 3 seeds, docs/nano.md item 7).
+    "balance_images": 64,
 }
 QUICK_BUDGET = {
     "n": 12,
@@ -81,6 +86,7 @@ QUICK_BUDGET = {
     "eval_limit": 4,
     "vocab": 400,
     "align_steps": 2,
+    "balance_images": 4,
 }
 
 
@@ -221,6 +227,25 @@ def run_config(
     }
 
 
+def balance_images(world: World, budget: dict[str, Any]) -> list[Path]:
+    """The training images the runs' encoder scales are measured on ([] when not balancing)."""
+    from polyvis.nano.balance import sample_images
+
+    n = int(budget.get("balance_images", 0))
+    return sample_images(world.train, n) if n else []
+
+
+def finish_config(cfg: dict[str, Any], images: list[Path]) -> tuple[dict[str, Any], dict | None]:
+    """A run's config with its encoder scales (when `images` are given), and its projector
+    start (polyvis.nano.start); the scales are relative to the encoder the start is for."""
+    from polyvis.nano.balance import balanced
+
+    start = expert_start(cfg)
+    if images:
+        cfg = balanced(cfg, images, start["encoder"] if start else None)
+    return cfg, start
+
+
 def align_stage(budget: dict[str, Any]) -> dict[str, Any] | None:
     """Config overrides of the runs' align stage (RunSpec.align): the run's own data with the LM
     frozen. None when the budget has no align steps. Its steps are part of budget["steps"], so
@@ -258,10 +283,14 @@ def run_demo(
         budget["align_steps"] = budget.get("align_steps", 0) * steps // budget["steps"]
         budget["steps"] = steps
     world = prepare_world(out, budget, quick, seed, jobs, progress, log=print)
+    images = balance_images(world, budget)
     specs = []
     for name, encoders, fusion in RUNS:
-        cfg = run_config(
-            encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
+        cfg, expert = finish_config(
+            run_config(
+                encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
+            ),
+            images,
         )
         specs.append(
             RunSpec(
@@ -276,7 +305,7 @@ def run_demo(
                     "adapter": ADAPTER["type"],
                 },
                 align=align_stage(budget),
-                start=expert_start(cfg),
+                start=expert,
             )
         )
     print(
