@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from polyvis.config import load_config
+from polyvis.data.images import load_image
 from polyvis.errors import ConfigError
 from polyvis.models.build import build_model
 from polyvis.models.fusion.common import in_width
@@ -75,8 +76,6 @@ def test_balanced_scales_match_the_reference_rms(config, records):
     # contributions to the fusion are the same size
     torch.manual_seed(0)
     model, processor = build_model(load_config(out))
-    from polyvis.data.images import load_image
-
     feats = model.encode_images(processor.preprocess_images([load_image(p) for p in images]))
     fused = model.fusion(feats).detach()
     clip_width = in_width(model.fusion.encoders[0])

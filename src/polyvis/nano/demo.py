@@ -72,8 +72,8 @@ BUDGET = {
     "align_steps": 0,
     # concat-channel runs scale each encoder's features to the RMS of the one whose projector
     # they start from (polyvis.nano.balance), measured on this many training images: unscaled,
-    # clip-nano's 2.3x larger features cost the mixed model part of vary-nano's reading
-    # (mean 36.2 vs 37.2 over 3 seeds, docs/nano.md item 7).
+    # clip-nano's 1.8x larger features cost the mixed model part of vary-nano's reading
+    # (mean 36.2 vs 37.0 scaled, over 3 seeds, docs/nano.md item 7).
     "balance_images": 64,
 }
 QUICK_BUDGET = {
