@@ -1,0 +1,105 @@
+"""Where polyvis keeps its cache, and the one way it writes files and folders atomically.
+
+Every writer builds under a temporary name that carries its process id, flushes to disk, then
+renames: a reader sees the old state or the new one, never half of it, and two processes that
+build the same thing never rename each other's half-written copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def cache_root() -> Path:
+    """Where generated data, nano experts and encoder features are kept (POLYVIS_CACHE overrides)."""
+    return Path(os.environ.get("POLYVIS_CACHE", Path.home() / ".cache" / "polyvis"))
+
+
+def temporary_name(path: str | Path) -> Path:
+    """A hidden sibling of `path` unique to this process: `.NAME.PID.tmp`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 1) -> Path:
+    text = json.dumps(data, indent=indent) + ("\n" if indent is not None else "")
+    return write_text_atomic(path, text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write `path` through (for writers that take a file name, such as
+    safetensors' save_file); on success it is fsynced and renamed over `path`, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder to build `path` in; on success it becomes `path`.
+
+    `replace=False` (caches): when another process finished `path` first, ours is discarded and
+    theirs kept, so a lost race leaves nothing behind. `replace=True` (checkpoints): ours replaces
+    whatever is there. On an error the temporary folder is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if replace and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
