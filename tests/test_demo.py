@@ -9,7 +9,7 @@ import yaml
 
 from polyvis.cli import main
 from polyvis.nano.demo import ADAPTER, FAMILIES, RUNS
-from polyvis.train.data import cache_root
+from polyvis.paths import cache_root
 
 
 def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path):

@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vary(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from polyvis.nano.vocab import train_vary
+    from polyvis.nano.vary import train_vary
 
     out = tmp_path_factory.mktemp("vary") / "vary-nano"
     return out, train_vary([data_dir], out, VARY, progress=False)
@@ -108,7 +108,7 @@ def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(
 
     from polyvis.config import load_config
     from polyvis.models.build import build_model
-    from polyvis.nano.vocab import train_vary
+    from polyvis.nano.vary import train_vary
 
     out = tmp_path / "vary-bpe"
     settings = {**VARY, "steps": 4, "tokenizer": "bpe", "bpe_vocab_size": 300, "eval_samples": 0}
@@ -195,7 +195,7 @@ def test_contrastive_loss_leaves_last_layer_patches_without_gradient(
 
 
 def test_transcription_selection_and_vocabularies() -> None:
-    from polyvis.nano.vocab import (
+    from polyvis.nano.vary import (
         BpeVocab,
         CharVocab,
         _ctc_target,
@@ -237,7 +237,7 @@ def test_transcription_selection_and_vocabularies() -> None:
 
 
 def test_raster_ctc_reads_every_patch_and_column_ctc_pools_rows() -> None:
-    from polyvis.nano.vocab import VarySettings, _step, build_vary
+    from polyvis.nano.vary import VarySettings, _step, build_vary
 
     torch.manual_seed(0)
     model, _ = build_vary(VarySettings(**{**VARY, "families": ["table"]}), 50, 20)
@@ -256,7 +256,7 @@ def test_raster_ctc_reads_every_patch_and_column_ctc_pools_rows() -> None:
 
 def test_errors_name_the_field_or_folder(tmp_path: Path, data_dir: Path) -> None:
     from polyvis.nano.experts import ensure_experts
-    from polyvis.nano.vocab import train_vary
+    from polyvis.nano.vary import train_vary
 
     with pytest.raises(ConfigError, match=r"^settings\.vary-nano\.stepz: unknown field"):
         ensure_experts(data_dir, {"vary-nano": {"stepz": 3}}, quick=True)

@@ -12,7 +12,7 @@ from polyvis.errors import ConfigError
 from polyvis.models.build import load_model
 from polyvis.nano.runs import RunSpec, stage_configs
 from polyvis.nano.start import expert_start, projector_start
-from polyvis.nano.vocab import PROJECTOR_FILE
+from polyvis.nano.vary import PROJECTOR_FILE
 
 CLIP = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8}  # fmt: skip

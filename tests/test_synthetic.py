@@ -310,7 +310,7 @@ def test_cli_synth_inspect_preview(tmp_path, capsys):
 
 
 def test_synthetic_cache_key_covers_the_options_and_the_generator_version(monkeypatch, tmp_path):
-    from polyvis.train import data
+    from polyvis.data.synthetic import cache as data
 
     monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path))
     key = data.synthetic_dir({"families": ["ocr"], "n": 4})

@@ -6,7 +6,11 @@ from typing import Any
 
 
 def progress_bar(
-    enabled: bool, label: str | None = None, fields: str = "", eta: bool = True, elapsed: bool = True
+    enabled: bool,
+    label: str | None = None,
+    fields: str = "",
+    eta: bool = True,
+    elapsed: bool = True,
 ) -> Any:
     """A rich Progress: the task's description (or the fixed `label`), a bar, done/total, then
     `fields` (a format string over the task's fields, e.g. "loss {task.fields[loss]:.4f}"), the

@@ -102,7 +102,7 @@ _KEYS = ["steps", "batch_size", "lr", "size", "eval_samples", "seed", "threads"]
 
 def _vocab_train(args: argparse.Namespace) -> int:
     from polyvis.nano._common import read_mapping
-    from polyvis.nano.vocab import train_vary
+    from polyvis.nano.vary import train_vary
 
     settings = _given(args, _KEYS + ["init", "tokenizer", "aux_ctc", "max_target_len"])
     if args.config is not None:
@@ -196,7 +196,7 @@ def _experts_build(args: argparse.Namespace) -> int:
 
 
 def _experts_list(args: argparse.Namespace) -> int:
-    from polyvis.train.data import cache_root
+    from polyvis.paths import cache_root
 
     root = cache_root() / "experts"
     found = sorted(root.glob("*/expert.json")) if root.is_dir() else []

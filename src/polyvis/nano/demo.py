@@ -131,8 +131,8 @@ def prepare_world(
     training and test selections and the tokenizer corpus (OUT/corpus.txt)."""
     import hashlib
 
+    from polyvis.data.synthetic.cache import ensure_synthetic, synthetic_dir
     from polyvis.nano.experts import ensure_experts
-    from polyvis.train.data import ensure_synthetic, synthetic_dir
 
     options = {
         "families": FAMILIES, "n": budget["n"], "seed": seed, "size": 64,

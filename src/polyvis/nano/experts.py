@@ -103,7 +103,7 @@ def _settings_class(name: str) -> type:
         from polyvis.nano.clip import ClipSettings
 
         return ClipSettings
-    from polyvis.nano.vocab import VarySettings
+    from polyvis.nano.vary import VarySettings
 
     return VarySettings
 
@@ -152,7 +152,7 @@ def _data_identity(spec: dict[str, Any], families: list[str]) -> Any:
     """What the cache key sees of the data: the options and the generators' version, or the
     records files' sizes and times."""
     if "synthetic" in spec:
-        from polyvis.train.data import SYNTH_VERSION
+        from polyvis.data.synthetic.cache import SYNTH_VERSION
 
         return {"synthetic": spec["synthetic"], "generator": SYNTH_VERSION}
     files = []
@@ -173,7 +173,7 @@ def expert_key(name: str, settings: dict[str, Any], data: dict[str, Any]) -> str
 
 
 def expert_dir(name: str, settings: dict[str, Any], data: dict[str, Any]) -> Path:
-    from polyvis.train.data import cache_root
+    from polyvis.paths import cache_root
 
     return cache_root() / "experts" / f"{name}-{expert_key(name, settings, data)}"
 
@@ -187,7 +187,7 @@ def data_dirs(spec: dict[str, Any]) -> tuple[list[Path], list[Path]]:
     if "dirs" in spec:
         dirs = [Path(d) for d in spec["dirs"]]
         return dirs, dirs
-    from polyvis.train.data import ensure_synthetic
+    from polyvis.data.synthetic.cache import ensure_synthetic
 
     train, held_out = [], []
     for opts in spec["synthetic"]:
@@ -219,7 +219,7 @@ def build_expert(
     if name == "clip-nano":
         from polyvis.nano.clip import train_clip as train
     else:
-        from polyvis.nano.vocab import train_vary as train
+        from polyvis.nano.vary import train_vary as train
 
     def step(i: int, total: int, loss: float) -> None:
         report({"event": "step", "step": i, "total": total, "loss": loss})

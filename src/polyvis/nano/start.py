@@ -85,7 +85,7 @@ def expert_start(config: dict[str, Any]) -> dict[str, Any] | None:
     the decoder saved inside one of its encoders' directories (`<encoder>/decoder`, as
     vary-nano saves it) next to the projector it was trained with, the fusion is concat-channel
     and the adapter linear; otherwise None (the adapter starts from random weights)."""
-    from polyvis.nano.vocab import PROJECTOR_FILE
+    from polyvis.nano.vary import PROJECTOR_FILE
 
     model = config.get("model", {})
     if _unfit(model.get("fusion") or {}, model.get("adapter") or {}):

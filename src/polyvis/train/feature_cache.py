@@ -44,7 +44,7 @@ _OPEN_SHARDS = 64  # safetensors handles kept open (memory-mapped) per encoder
 
 def features_root() -> Path:
     """`<cache_root()>/features` (POLYVIS_CACHE moves the whole cache)."""
-    from polyvis.train.data import cache_root
+    from polyvis.paths import cache_root
 
     return cache_root() / "features"
 

@@ -47,7 +47,7 @@ from polyvis.nano._common import (
     unique_images,
     write_json,
 )
-from polyvis.nano._tokens import BpeVocab, CharVocab
+from polyvis.nano.vary_tokenizer import BpeVocab, CharVocab
 
 # The default encoder: a small ResNet (stem /4, a 64-channel stage, a 128-channel stage /2), an
 # 8x8 grid of 128-d tokens at 64 px. On the same budget a from-scratch ViT of the same size barely
