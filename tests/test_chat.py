@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from polyvis.cli import main
+from polyvis.data.template import prompt_ids
 from polyvis.models.build import load_model
-from polyvis.serve.chat import ChatSession, answer, chat_messages, prompt_ids
+from polyvis.serve.chat import ChatSession, answer, chat_messages
 
 
 def _image(path, color) -> str:

@@ -12,9 +12,10 @@ import torch
 
 from polyvis.cli import main
 from polyvis.data.records import read_records, write_records
+from polyvis.data.template import prompt_ids
 from polyvis.errors import ConfigError, DataError
 from polyvis.eval import runner
-from polyvis.eval.generation import generate_batch, messages_prompt
+from polyvis.eval.generation import generate_batch
 from polyvis.eval.metrics import FAMILY_METRICS, METRICS, score_item
 from polyvis.eval.report import validate_results
 from polyvis.eval.runner import evaluate, load_items
@@ -231,7 +232,7 @@ def test_generation_stops_at_eos(loaded, monkeypatch):
     model, processor = loaded
     tok = processor.tokenizer
     words = tok("yes no", add_special_tokens=False)["input_ids"]
-    prompt = messages_prompt(processor, [{"role": "user", "content": "hi"}])
+    prompt = prompt_ids(processor, [{"role": "user", "content": "hi"}])
 
     def fake_generate(input_ids, **kw):  # the answer, EOS, then tokens that must be ignored
         tail = [*words, tok.eos_token_id, *words]
@@ -250,7 +251,7 @@ def test_beam_search_gives_each_beam_all_images_of_its_prompt(loaded, data):
     model, processor = loaded
     colour = {c: Image.new("RGB", (32, 32), c) for c in ("blue", "red", "green", "black")}
     prompts = [
-        messages_prompt(processor, [{"role": "user", "content": f"<image>\n<image>\n{q}"}])
+        prompt_ids(processor, [{"role": "user", "content": f"<image>\n<image>\n{q}"}])
         for q in ("which one is red?", "the same?")
     ]
     # Pairs whose answer depends on the second image (a beam seeing [blue, blue] answers otherwise).

@@ -18,9 +18,9 @@ import torch
 
 from polyvis.data.images import load_image
 from polyvis.data.records import read_records, record_image_paths
+from polyvis.data.template import prompt_ids
 from polyvis.errors import ConfigError, DataError
 from polyvis.eval import lmms as plugin
-from polyvis.eval.generation import messages_prompt
 from polyvis.eval.runner import evaluate
 from polyvis.models.build import load_model, save_model
 
@@ -221,9 +221,7 @@ def test_loglikelihood_matches_a_token_by_token_computation(stand_in, model_dir,
 
     def manual(doc: dict, cont: list[int]) -> tuple[float, bool]:
         """Sum of log p, one unpadded forward per continuation token."""
-        prompt = messages_prompt(
-            processor, [{"role": "user", "content": "<image>\n" + doc["question"]}]
-        )
+        prompt = prompt_ids(processor, [{"role": "user", "content": "<image>\n" + doc["question"]}])
         pv = processor.preprocess_images([doc["image"]])
         total, greedy = 0.0, True
         with torch.no_grad():
@@ -237,9 +235,7 @@ def test_loglikelihood_matches_a_token_by_token_computation(stand_in, model_dir,
     # The greedy continuation (cut at EOS), kept where its text re-tokenises to the same ids.
     greedy_texts = {}
     for i, doc in enumerate(docs):
-        prompt = messages_prompt(
-            processor, [{"role": "user", "content": "<image>\n" + doc["question"]}]
-        )
+        prompt = prompt_ids(processor, [{"role": "user", "content": "<image>\n" + doc["question"]}])
         with torch.no_grad():
             out = model.generate(
                 input_ids=torch.tensor([prompt]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from polyvis.cli._model_args import add_device_options, load_cli_model, require_at_least_one
+
 HELP = """commands: /image PATH  switch images (starts a new conversation)
           /reset       forget the conversation, keep the image
           /quit        leave (also /exit or end of input)"""
@@ -45,18 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None, help="with --sample (default 1.0)")
     p.add_argument("--beams", type=int, default=1, help="beam search width (no streaming)")
     p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if any)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    add_device_options(p)
     p.set_defaults(func=run)
 
 
 def _gen_options(args: argparse.Namespace) -> dict:
     from polyvis.errors import ConfigError
 
-    if args.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens", f"must be at least 1, got {args.max_new_tokens}")
-    if args.beams < 1:
-        raise ConfigError("--beams", f"must be at least 1, got {args.beams}")
+    require_at_least_one({"--max-new-tokens": args.max_new_tokens, "--beams": args.beams})
     if not args.sample and (args.temperature is not None or args.top_p is not None):
         raise ConfigError("--temperature/--top-p", "only apply with --sample")
     return {
@@ -71,13 +69,11 @@ def _gen_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from polyvis.models.build import load_model
     from polyvis.serve.chat import ChatSession, as_image
 
     gen = _gen_options(args)
     image = as_image(args.image) if args.image else None  # a bad file fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model(args.model, dtype=args.dtype, device=device)
+    model, processor = load_cli_model(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     session = ChatSession(model, processor, image=image, system=args.system, gen=gen)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polyvis.cli._model_args import add_device_options, load_cli_model, require_at_least_one
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,31 +27,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
     p.add_argument("--limit", type=int, default=None, help="at most N records from each file")
     p.add_argument("--name", default=None, help="the run's name in comparisons")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if any)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    add_device_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from polyvis.errors import ConfigError
     from polyvis.eval.report import results_table
     from polyvis.eval.runner import ANSWERS_FILE, evaluate, load_items
-    from polyvis.models.build import load_model
 
-    for flag, value in (
-        ("--batch-size", args.batch_size),
-        ("--max-new-tokens", args.max_new_tokens),
-        ("--beams", args.beams),
-        ("--limit", args.limit),
-    ):
-        if value is not None and value < 1:
-            raise ConfigError(flag, f"must be at least 1, got {value}")
+    require_at_least_one(
+        {
+            "--batch-size": args.batch_size,
+            "--max-new-tokens": args.max_new_tokens,
+            "--beams": args.beams,
+            "--limit": args.limit,
+        }
+    )
     load_items(args.data, metric=args.metric, limit=args.limit)  # bad data fails before loading
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model(args.model, dtype=args.dtype, device=device)
+    model, processor = load_cli_model(args)
     results = evaluate(
         model,
         processor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DTYPES = ["float32", "bfloat16", "float16"]
+from polyvis.cli._model_args import DTYPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

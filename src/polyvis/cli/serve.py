@@ -7,6 +7,7 @@ import ipaddress
 import os
 import sys
 
+from polyvis.cli._model_args import DTYPES
 from polyvis.errors import PolyVisError
 
 MiB = 1024 * 1024
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default=None, help="e.g. cuda, cpu (default: where load_model puts it)"
     )
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--dtype", choices=DTYPES, default=None)
     p.add_argument(
         "--threads",
         type=int,

@@ -18,6 +18,9 @@ disagree.
 
 Truncation (max_length) never cuts an image block: a longer record is cut in the text after its
 last image block when at least one answer token survives; otherwise it is dropped (None).
+
+`prompt_ids` builds an inference prompt the same way (chat, evaluation and the lmms-eval plugin
+all use it), so a prompt has the ids the model saw before that answer in training.
 """
 
 from __future__ import annotations
@@ -132,6 +135,27 @@ def tokenize_spans(text: str, spans: list[Span], tokenizer: Any) -> tuple[list[i
         ids += piece_ids
         labels += piece_ids if is_answer else [IGNORE_INDEX] * len(piece_ids)
     return ids, labels
+
+
+def prompt_ids(processor: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the conversation (`{role, content}` messages, `<image>` markers unexpanded)
+    plus the generation prompt, tokenised piece by piece at earlier answers as in training."""
+    tok = processor.tokenizer
+    expanded = [{**m, "content": processor.expand_image_tokens(m["content"])} for m in messages]
+    template = chat_template_of(tok)
+    text = tok.apply_chat_template(
+        expanded, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    spans: list[Span] = []
+    if any(m["role"] == "assistant" for m in expanded):
+        try:
+            before, spans = answer_spans(expanded, tok, template)
+        except DataError:
+            before, spans = "", []
+        if not text.startswith(before):  # template not prefix-stable: plain tokenisation
+            spans = []
+    ids, _ = tokenize_spans(text, spans, tok)
+    return ids
 
 
 def encode_conversation(

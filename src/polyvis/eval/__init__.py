@@ -1,39 +1,11 @@
-"""Evaluation: metrics per task family, and reports that compare runs."""
+"""Evaluation: metrics per task family, and reports that compare runs.
 
-from polyvis.eval.metrics import (
-    FAMILY_METRICS,
-    METRICS,
-    Metric,
-    anls,
-    bleu4,
-    box_accuracy,
-    box_iou,
-    cider,
-    edit_similarity,
-    exact_match,
-    item_scores,
-    metric_for,
-    relaxed_accuracy,
-    score_item,
-)
+The package exports the metrics API (listed once, in `polyvis.eval.metrics.__all__`) and the
+report functions `compare`, `load_results` and `write_report`.
+"""
+
+from polyvis.eval import metrics as _metrics
+from polyvis.eval.metrics import *  # noqa: F403
 from polyvis.eval.report import compare, load_results, write_report
 
-__all__ = [
-    "FAMILY_METRICS",
-    "METRICS",
-    "Metric",
-    "anls",
-    "bleu4",
-    "box_accuracy",
-    "box_iou",
-    "cider",
-    "compare",
-    "edit_similarity",
-    "exact_match",
-    "item_scores",
-    "load_results",
-    "metric_for",
-    "relaxed_accuracy",
-    "score_item",
-    "write_report",
-]
+__all__ = [*_metrics.__all__, "compare", "load_results", "write_report"]

@@ -1,8 +1,8 @@
 """Batched generation and continuation scoring for evaluation (the runner and the lmms-eval plugin).
 
-Prompts are token ids built by `polyvis.serve.chat.prompt_ids` (the chat template, tokenised piece
-by piece exactly as training does), so an evaluation prompt, a chat prompt and a training prompt
-for the same conversation are the same ids.
+Prompts are token ids built by `polyvis.data.template.prompt_ids` (the chat template, tokenised
+piece by piece exactly as training does), so an evaluation prompt, a chat prompt and a training
+prompt for the same conversation are the same ids.
 
 - `generate_batch`: left-padded batched generation; each answer is cut at its first EOS, decoded
   without special tokens, cut at the first stop string and stripped.
@@ -19,15 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from polyvis.serve.chat import prompt_ids
-
-__all__ = ["eos_ids", "generate_batch", "messages_prompt", "score_continuations"]
-
-
-def messages_prompt(processor: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of `messages` ({role, content}, `<image>` markers unexpanded) plus the
-    generation prompt."""
-    return prompt_ids(processor, messages)
+__all__ = ["eos_ids", "generate_batch", "score_continuations"]
 
 
 def eos_ids(model: Any, processor: Any) -> list[int]:

@@ -9,9 +9,9 @@ as a subclass of `lmms_eval.api.model.lmms`, and importing this module never nee
 lmms-eval finds the model through the entry point group "lmms_eval.models", whose payload is
 `lmms_eval_manifest` (a callable returning a `ModelManifest`).
 
-Prompts are built as everywhere else in polyvis (`polyvis.eval.generation`): the task's context
-becomes one user turn, with one `<image>` marker per visual in front of it unless the context
-already holds as many markers, through the chat template; so an lmms-eval answer equals
+Prompts are built as everywhere else in polyvis (`polyvis.data.template.prompt_ids`): the task's
+context becomes one user turn, with one `<image>` marker per visual in front of it unless the
+context already holds as many markers, through the chat template; so an lmms-eval answer equals
 `polyvis eval`'s answer to the same question and image.
 """
 
@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from PIL import Image
 
 from polyvis.data.records import IMAGE_TOKEN
+from polyvis.data.template import prompt_ids
 from polyvis.errors import ConfigError, DataError
-from polyvis.eval.generation import generate_batch, messages_prompt, score_continuations
+from polyvis.eval.generation import generate_batch, score_continuations
+from polyvis.progress import progress_bar
 
 # PolyVisLMMs is left out: `import *` must not need lmms-eval.
 __all__ = ["MODEL_ID", "PolyVisLMMsBase", "lmms_eval_manifest"]
@@ -92,26 +95,12 @@ class PolyVisLMMsBase:
         if not hasattr(self, "task_dict"):  # lmms.__init__ sets these when it runs first
             self.task_dict: dict[str, Any] = {}
 
-    # -- what lmms-eval reads ---------------------------------------------------------------------
-    @property
-    def model(self) -> Any:
-        return self._model
-
-    @property
-    def processor(self) -> Any:
-        return self._processor
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._processor.tokenizer
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @property
-    def device(self) -> Any:
-        return self._model.device
+    # -- what lmms-eval reads (read-only) --------------------------------------------------------
+    model = property(attrgetter("_model"))
+    processor = property(attrgetter("_processor"))
+    tokenizer = property(attrgetter("_processor.tokenizer"))
+    batch_size = property(attrgetter("_batch_size"))
+    device = property(attrgetter("_model.device"))
 
     # -- prompts ----------------------------------------------------------------------------------
     def _visuals(self, doc_to_visual: Callable | None, doc_id: Any, task: str, split: str) -> list:
@@ -134,17 +123,11 @@ class PolyVisLMMsBase:
             raise DataError(
                 f"{where}: {markers} {IMAGE_TOKEN} marker(s) but {len(images)} image(s)"
             )
-        return messages_prompt(self._processor, [{"role": "user", "content": context}])
+        return prompt_ids(self._processor, [{"role": "user", "content": context}])
 
     def _bar(self, total: int, what: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        bar = Progress(
-            TextColumn(f"[bold]polyvis {what}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            disable=not self.progress or getattr(self, "rank", 0) != 0,
-        )
+        enabled = self.progress and getattr(self, "rank", 0) == 0
+        bar = progress_bar(enabled, label=f"polyvis {what}", eta=False, elapsed=False)
         return bar, bar.add_task(what, total=total)
 
     # -- requests ---------------------------------------------------------------------------------

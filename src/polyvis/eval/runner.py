@@ -6,7 +6,7 @@
 Each record is one question: its last assistant turn, asked after the earlier turns (whose answers
 are the record's own, i.e. teacher-forced), so a multi-turn record scores its final answer. The
 prompt is the conversation up to that answer through the tokenizer's chat template, tokenised as
-training tokenises it (`polyvis.serve.chat.prompt_ids`). References are the record's
+training tokenises it (`polyvis.data.template.prompt_ids`). References are the record's
 "references" list when it has one (TextCaps: every caption), else the last answer.
 
 Scores are grouped by a key: the record's family when it is scored with the family's default
@@ -30,11 +30,12 @@ from typing import Any
 
 from polyvis.data.images import ImageError, load_image
 from polyvis.data.records import IMAGE_TOKEN, read_records, record_image_paths
-from polyvis.data.template import ROLE_MAP
+from polyvis.data.template import ROLE_MAP, prompt_ids
 from polyvis.errors import ConfigError, DataError
-from polyvis.eval.generation import generate_batch, messages_prompt
+from polyvis.eval.generation import generate_batch
 from polyvis.eval.metrics import FAMILY_METRICS, METRICS, item_scores, metric_for
 from polyvis.eval.report import order_families, write_report
+from polyvis.progress import progress_bar
 
 __all__ = ["ANSWERS_FILE", "EvalItem", "evaluate", "load_items", "model_config_summary"]
 
@@ -128,34 +129,12 @@ def _predict(
     model: Any, processor: Any, items: Sequence[EvalItem], images: list[list[Any]], gen: dict
 ) -> list[str]:
     """The model's answers to a batch of items (their images already loaded)."""
-    prompts = [messages_prompt(processor, it.messages) for it in items]
+    prompts = [prompt_ids(processor, it.messages) for it in items]
     return generate_batch(model, processor, prompts, images, **gen)
 
 
 def _load_images(item: EvalItem) -> list[Any]:
     return [load_image(p) for p in item.image_paths]
-
-
-def _progress(enabled: bool, total: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]eval"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("skipped {task.fields[skipped]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-    return bar, bar.add_task("eval", total=total, skipped=0)
 
 
 def _score(items: list[EvalItem], preds: list[str]) -> list[float]:
@@ -221,7 +200,8 @@ def evaluate(
     preds: list[str] = []
     skipped: Counter[str] = Counter()
     skipped_ids: list[str] = []
-    bar, task = _progress(progress, len(items))
+    bar = progress_bar(progress, label="eval", fields="skipped {task.fields[skipped]}")
+    task = bar.add_task("eval", total=len(items), skipped=0)
     with bar:
         for b in range(0, len(items), batch_size):
             batch, images = [], []

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from polyvis.errors import DataError
+from polyvis.data.template import prompt_ids
 from polyvis.models.tokenizer import IMAGE_TOKEN
 
 History = list[tuple[str, str]]
@@ -50,28 +50,6 @@ def chat_messages(
         if a is not None:
             messages.append({"role": "assistant", "content": a})
     return messages
-
-
-def prompt_ids(processor: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the conversation plus the generation prompt, tokenised as in training."""
-    from polyvis.data.template import answer_spans, chat_template_of, tokenize_spans
-
-    tok = processor.tokenizer
-    expanded = [{**m, "content": processor.expand_image_tokens(m["content"])} for m in messages]
-    template = chat_template_of(tok)
-    text = tok.apply_chat_template(
-        expanded, chat_template=template, tokenize=False, add_generation_prompt=True
-    )
-    spans: list[tuple[int, int]] = []
-    if any(m["role"] == "assistant" for m in expanded):
-        try:
-            before, spans = answer_spans(expanded, tok, template)
-        except DataError:
-            before, spans = "", []
-        if not text.startswith(before):  # template not prefix-stable: plain tokenisation
-            spans = []
-    ids, _ = tokenize_spans(text, spans, tok)
-    return ids
 
 
 def generation_kwargs(**gen: Any) -> dict[str, Any]:

@@ -1,37 +1,33 @@
 """Converters from real datasets into the one record format (polyvis.data.records).
 
-How to add one (e.g. im2latex): create `src/polyvis/data/converters/im2latex.py` with
+A converter is one module of this package: a pydantic `Params` model (its options, each with a
+type, a default unless required, and a description) and a `convert(params, out_dir)` function
+registered with `register_converter`. Python calls it directly:
 
-    from polyvis.data.converters import CONVERTERS, Converter
+    from polyvis.data.converters import get_converter, run_converter
+    conv = get_converter("chartqa")
+    records = conv.convert(conv.params(root="ChartQA Dataset", split="val"), out_dir)
+    path, records = run_converter("chartqa", out_dir, root="ChartQA Dataset", split="val")
 
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--formulas", type=Path, required=True, help="...")
-
-    def convert(args: argparse.Namespace, out_dir: Path) -> list[dict]:
-        ...  # build records with polyvis.data.records.make_record
-        return records
-
-    CONVERTERS.add("im2latex", Converter("im2latex", "im2latex-100k formulas", "latex",
-                                         add_arguments, convert))
-
-Nothing else to edit: `load_converters()` imports every module of this package, and
-`polyvis data convert KIND ...` gets one sub-command per registered converter.
-
-The contract:
-- `add_arguments(parser)` adds the converter's own options. The CLI already adds `--out DIR`
-  (required) and `--split NAME` (default "train"); do not add those again.
-- `convert(args, out_dir)` returns the records (dicts from `make_record`). Image paths must be
+`polyvis data convert KIND` gets one sub-command per registered converter, with one option per
+`Params` field (`allow_missing` -> `--allow-missing`); the first line of `convert`'s docstring is
+its help. docs/converters.md ("Adding a converter") shows a complete one. The contract:
+- `Params` extends `ConverterParams` (which gives `split`), or `_util.CommonParams` for real data
+  (adds `allow_missing` and `limit`); a field may not be named `out` (the CLI's output folder).
+  Bad options raise a one-line ConfigError naming the field.
+- `convert(params, out_dir)` returns the records (dicts from `make_record`). Image paths must be
   relative to `out_dir` (use `relative_image_path`) or absolute. Records should set `family`
   (and `metric` where it differs from the family's default). Ids must be unique, e.g.
-  `f"{kind}-{args.split}-{n:06d}"`. Unusable input raises `DataError` naming the file / field.
-- The CLI validates the records (`check_records`) and writes `out_dir/{split}.jsonl`.
+  `f"{prefix}-{params.split}-{n:06d}"`. Unusable input raises `DataError` naming the file / field.
+- `Converter.run` / `run_converter` validate the records (`check_records`) and write
+  `out_dir/{split}.jsonl`.
 - Keep heavy imports inside `convert`, so `polyvis --help` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import inspect
 import os
 import pkgutil
 from collections.abc import Callable
@@ -39,20 +35,64 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from polyvis.errors import config_error_from
 from polyvis.registry import registry
 
 CONVERTERS = registry("converter")
 
+Records = list[dict[str, Any]]
+
+
+class ConverterParams(BaseModel):
+    """The options every converter takes. Building one validates it: a bad value raises a
+    one-line ConfigError naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = Field("train", description="split name: writes OUT/SPLIT.jsonl")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise config_error_from(err) from None
+
 
 @dataclass(frozen=True)
 class Converter:
-    """A registered converter: its name, one-line help, default family and the two hooks."""
+    """A registered converter: its name, one-line help, default family, options and function."""
 
     name: str
     help: str
     family: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    convert: Callable[[argparse.Namespace, Path], list[dict[str, Any]]]
+    params: type[ConverterParams]
+    convert: Callable[[Any, Path], Records]
+
+    def run(self, params: ConverterParams, out_dir: str | Path) -> tuple[Path, Records]:
+        """Convert, check the records and write them to out_dir/{split}.jsonl; return the file
+        and the records."""
+        from polyvis.data.records import check_records, write_records
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        records = check_records(self.convert(params, out_dir), f"{self.name} converter output")
+        return write_records(out_dir / f"{params.split}.jsonl", records), records
+
+
+def register_converter(
+    name: str, family: str, params: type[ConverterParams], help: str | None = None
+) -> Callable[[Callable[[Any, Path], Records]], Callable[[Any, Path], Records]]:
+    """Decorator: register `convert(params, out_dir)` as the converter `name`; its one-line help
+    is `help`, else the first line of the function's docstring."""
+
+    def deco(convert: Callable[[Any, Path], Records]) -> Callable[[Any, Path], Records]:
+        text = help or (inspect.getdoc(convert) or "").split("\n")[0]
+        CONVERTERS.add(name, Converter(name, text, family, params, convert))
+        return convert
+
+    return deco
 
 
 def load_converters() -> list[str]:
@@ -69,10 +109,25 @@ def get_converter(name: str) -> Converter:
     return CONVERTERS.get(name)
 
 
+def run_converter(name: str, out_dir: str | Path, /, **options: Any) -> tuple[Path, Records]:
+    """Run converter `name` with `options` (its Params fields) into out_dir/{split}.jsonl."""
+    conv = get_converter(name)
+    return conv.run(conv.params(**options), out_dir)
+
+
 def relative_image_path(image: str | Path, out_dir: str | Path) -> str:
     """Image path as stored in a record written to out_dir: relative to it, with '/' separators."""
     rel = os.path.relpath(Path(image).absolute(), Path(out_dir).absolute())
     return Path(rel).as_posix()
 
 
-__all__ = ["CONVERTERS", "Converter", "get_converter", "load_converters", "relative_image_path"]
+__all__ = [
+    "CONVERTERS",
+    "Converter",
+    "ConverterParams",
+    "get_converter",
+    "load_converters",
+    "register_converter",
+    "relative_image_path",
+    "run_converter",
+]

@@ -1,27 +1,41 @@
-"""Helpers shared by the real-data converters: reading files, checking images, split filters.
+"""Helpers shared by the real-data converters: common options, reading files, checking images,
+split filters.
 
-Every error is a DataError whose message starts with the file (and the entry) at fault.
+Every data error is a DataError whose message starts with the file (and the entry) at fault.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import relative_image_path
+from pydantic import Field, NonNegativeInt
+
+from polyvis.data.converters import ConverterParams, relative_image_path
 from polyvis.errors import DataError
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every real-data converter takes: --allow-missing and --limit."""
-    parser.add_argument(
-        "--allow-missing", action="store_true", help="drop entries whose image file is missing"
-    )
-    parser.add_argument("--limit", type=int, default=None, help="keep at most N records")
+class CommonParams(ConverterParams):
+    """The options every real-data converter takes."""
+
+    allow_missing: bool = Field(False, description="drop entries whose image file is missing")
+    limit: NonNegativeInt | None = Field(None, description="keep at most N records")
+
+
+def comma_choices(value: Any, valid: Sequence[str], what: str, allow_empty: bool = False) -> Any:
+    """A field validator's body: names as a comma-separated string (the CLI's form) or a
+    sequence, each one of `valid`, as a tuple; ValueError naming the first unknown one."""
+    names = [s for s in value.split(",") if s] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        return value  # pydantic reports the wrong type
+    unknown = [s for s in names if s not in valid]
+    if unknown or not (names or allow_empty):
+        bad = unknown[0] if unknown else value
+        raise ValueError(f"unknown {what} {bad!r}; valid: {', '.join(valid)}")
+    return tuple(names)
 
 
 def require_file(path: str | Path, what: str) -> Path:
@@ -131,16 +145,17 @@ def pick_split(entries: Iterable[tuple[str, Any]], split: str, source: str | Pat
     return kept
 
 
-def limited(records: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
-    if limit is not None and limit < 0:
-        raise DataError(f"--limit: must be >= 0, got {limit}")
-    return records if limit is None else records[:limit]
-
-
-def nonempty(records: list[dict[str, Any]], source: str | Path, resolver: ImageResolver) -> None:
-    """DataError when every entry was dropped (e.g. all images missing with --allow-missing)."""
+def nonempty(
+    records: list[dict[str, Any]],
+    source: str | Path,
+    resolver: ImageResolver,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The first `limit` records (all by default); DataError when every entry was dropped (e.g.
+    all images missing with allow_missing)."""
     if not records:
         why = (
             f"all {resolver.missing} image(s) missing" if resolver.missing else "no usable entries"
         )
         raise DataError(f"{source}: no records ({why})")
+    return records[:limit]

@@ -7,25 +7,26 @@ The released layout (`ChartQA Dataset/`), one folder per split (train, val, test
 - `{split}/tables/{name}.csv`: the data table behind each chart.
 
 One record per question; `source` says "human" or "augmented" (ChartQA reports them separately).
-With `--tables`, each image also gets "Give the data as a table." -> the CSV rows, cells joined by
+With `tables`, each image also gets "Give the data as a table." -> the CSV rows, cells joined by
 " | " and rows by newlines (the synthetic chart family's table format; metric edit_similarity).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field, field_validator
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
     answer_text,
+    comma_choices,
     field,
     json_list,
-    limited,
     nonempty,
     require_dir,
 )
@@ -99,44 +100,29 @@ def table_records(
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True, help="the 'ChartQA Dataset' folder")
-    parser.add_argument(
-        "--subsets", default=",".join(SUBSETS), help="comma-separated: human, augmented"
-    )
-    parser.add_argument(
-        "--tables", action="store_true", help="also ask for each chart's data table"
-    )
-    parser.add_argument("--prefix", default="chartqa", help="record id prefix")
-    add_common_arguments(parser)
+class ChartQAParams(CommonParams):
+    root: Path = Field(description="the 'ChartQA Dataset' folder")
+    subsets: tuple[str, ...] = Field(SUBSETS, description="comma-separated: human, augmented")
+    tables: bool = Field(False, description="also ask for each chart's data table")
+    prefix: str = Field("chartqa", description="record id prefix")
+
+    @field_validator("subsets", mode="before")
+    @classmethod
+    def _known_subsets(cls, value: Any) -> Any:
+        return comma_choices(value, SUBSETS, "subset")
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert chartqa` entry point."""
-    subsets = [s for s in str(args.subsets).split(",") if s]
-    unknown = [s for s in subsets if s not in SUBSETS]
-    if unknown or not subsets:
-        bad = unknown[0] if unknown else args.subsets
-        raise DataError(f"--subsets: unknown subset {bad!r}; valid: {', '.join(SUBSETS)}")
-    split_dir = require_dir(Path(args.root) / args.split, f"ChartQA split folder {args.split!r}")
-    images = ImageResolver(split_dir / "png", out_dir, args.allow_missing)
+@register_converter("chartqa", family="chart", params=ChartQAParams)
+def convert(params: ChartQAParams, out_dir: Path) -> list[dict[str, Any]]:
+    """ChartQA human/augmented questions (+ data tables) -> chart questions"""
+    split = params.split
+    split_dir = require_dir(params.root / split, f"ChartQA split folder {split!r}")
+    images = ImageResolver(split_dir / "png", out_dir, params.allow_missing)
     records: list[dict[str, Any]] = []
-    for subset in subsets:
-        qa_path = split_dir / f"{args.split}_{subset}.json"
-        records += subset_records(qa_path, subset, images, args.split, args.prefix)
-    nonempty(records, split_dir, images)
-    if args.tables:
-        records += table_records(records, split_dir / "tables", args.split, args.prefix)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "chartqa",
-    Converter(
-        name="chartqa",
-        help="ChartQA human/augmented questions (+ data tables) -> chart questions",
-        family="chart",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+    for subset in params.subsets:
+        qa_path = split_dir / f"{split}_{subset}.json"
+        records += subset_records(qa_path, subset, images, split, params.prefix)
+    records = nonempty(records, split_dir, images)
+    if params.tables:
+        records += table_records(records, split_dir / "tables", split, params.prefix)
+    return records[: params.limit]

@@ -23,7 +23,6 @@ by (seed, image id), so the output is deterministic.
 
 from __future__ import annotations
 
-import argparse
 import json
 import posixpath
 import re
@@ -32,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from polyvis.data.converters import CONVERTERS, Converter, relative_image_path
+from polyvis.data.converters import ConverterParams, register_converter, relative_image_path
+from polyvis.data.converters._util import comma_choices
 from polyvis.data.records import make_record
 from polyvis.errors import DataError
 
@@ -256,36 +257,36 @@ def load_coco(path: str | Path) -> dict[str, Any]:
     return coco
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON")
-    parser.add_argument("--images", type=Path, required=True, help="folder holding the images")
-    parser.add_argument("--family", default="scene", help="family field of the records")
-    parser.add_argument("--prefix", default="coco", help="record id prefix")
-    parser.add_argument("--seed", type=int, default=0, help="seed for which questions are asked")
-    parser.add_argument(
-        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}"
+class COCOParams(ConverterParams):
+    annotations: Path = Field(description="COCO instances JSON")
+    images: Path = Field(description="folder holding the images")
+    family: str = Field("scene", description="family field of the records")
+    prefix: str = Field("coco", description="record id prefix")
+    seed: int = Field(0, description="seed for which questions are asked")
+    tasks: tuple[str, ...] = Field(
+        TASKS, description=f"comma-separated subset of {','.join(TASKS)}"
     )
-    parser.add_argument("--max-caption-objects", type=int, default=10)
-    parser.add_argument("--min-area", type=float, default=0.0, help="skip smaller objects (px^2)")
-    parser.add_argument(
-        "--allow-missing", action="store_true", help="drop images whose file is missing"
-    )
+    max_caption_objects: int = Field(10, description="most objects a caption names")
+    min_area: float = Field(0.0, description="skip smaller objects (px^2)")
+    allow_missing: bool = Field(False, description="drop images whose file is missing")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _known_tasks(cls, value: Any) -> Any:
+        return comma_choices(value, TASKS, "task", allow_empty=True)
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert coco` entry point."""
-    tasks = tuple(t for t in str(args.tasks).split(",") if t)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise DataError(f"--tasks: unknown task {unknown[0]!r}; valid: {', '.join(TASKS)}")
-    coco = load_coco(args.annotations)
-    images_dir = Path(args.images)
+@register_converter("coco", family="scene", params=COCOParams)
+def convert(params: COCOParams, out_dir: Path) -> list[dict[str, Any]]:
+    """COCO instances JSON -> spatial captions, relations, grounding, counting"""
+    coco = load_coco(params.annotations)
+    images_dir = params.images
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: images folder not found")
     missing = [
         im["file_name"] for im in coco["images"] if not (images_dir / im["file_name"]).is_file()
     ]
-    if missing and not args.allow_missing:
+    if missing and not params.allow_missing:
         raise DataError(
             f"{images_dir / missing[0]}: image file not found ({len(missing)} missing; "
             "--allow-missing drops them)"
@@ -296,22 +297,10 @@ def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
     return coco_to_records(
         coco,
         image_dir=relative_image_path(images_dir, out_dir),
-        id_prefix=f"{args.prefix}-{args.split}",
-        family=args.family,
-        seed=args.seed,
-        tasks=tasks,
-        max_caption_objects=args.max_caption_objects,
-        min_area=args.min_area,
+        id_prefix=f"{params.prefix}-{params.split}",
+        family=params.family,
+        seed=params.seed,
+        tasks=params.tasks,
+        max_caption_objects=params.max_caption_objects,
+        min_area=params.min_area,
     )
-
-
-CONVERTERS.add(
-    "coco",
-    Converter(
-        name="coco",
-        help="COCO instances JSON -> spatial captions, relations, grounding, counting",
-        family="scene",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)

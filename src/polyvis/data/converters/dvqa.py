@@ -10,21 +10,21 @@ One record per question, id `dvqa-{split}-{question_id}`; the question's templat
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field, model_validator
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
     answer_text,
     field,
     json_list,
-    limited,
     nonempty,
 )
-from polyvis.errors import DataError
+from polyvis.errors import ConfigError, DataError
 
 
 def qa_to_records(
@@ -51,37 +51,24 @@ def qa_to_records(
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=None, help="DVQA folder (images/, qa/)")
-    parser.add_argument(
-        "--qa", type=Path, default=None, help="QA JSON (default root/qa/{split}_qa.json)"
-    )
-    parser.add_argument(
-        "--images", type=Path, default=None, help="image folder (default root/images)"
-    )
-    parser.add_argument("--prefix", default="dvqa", help="record id prefix")
-    add_common_arguments(parser)
+class DVQAParams(CommonParams):
+    root: Path | None = Field(None, description="DVQA folder (images/, qa/)")
+    qa: Path | None = Field(None, description="QA JSON (default root/qa/{split}_qa.json)")
+    images: Path | None = Field(None, description="image folder (default root/images)")
+    prefix: str = Field("dvqa", description="record id prefix")
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> DVQAParams:
+        if self.root is None and (self.qa is None or self.images is None):
+            raise ConfigError("root", "give the DVQA folder, or both qa and images")
+        return self
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert dvqa` entry point."""
-    if args.root is None and (args.qa is None or args.images is None):
-        raise DataError("--root: give the DVQA folder, or both --qa and --images")
-    root = Path(args.root) if args.root is not None else None
-    qa_path = Path(args.qa) if args.qa is not None else root / "qa" / f"{args.split}_qa.json"
-    images = ImageResolver(args.images or root / "images", out_dir, args.allow_missing)
-    records = qa_to_records(qa_path, images, args.split, args.prefix)
-    nonempty(records, qa_path, images)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "dvqa",
-    Converter(
-        name="dvqa",
-        help="DVQA bar-chart questions -> chart questions",
-        family="chart",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+@register_converter("dvqa", family="chart", params=DVQAParams)
+def convert(params: DVQAParams, out_dir: Path) -> list[dict[str, Any]]:
+    """DVQA bar-chart questions -> chart questions"""
+    root = params.root
+    qa_path = params.qa or root / "qa" / f"{params.split}_qa.json"
+    images = ImageResolver(params.images or root / "images", out_dir, params.allow_missing)
+    records = qa_to_records(qa_path, images, params.split, params.prefix)
+    return nonempty(records, qa_path, images, params.limit)

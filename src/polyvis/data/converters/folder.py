@@ -7,26 +7,27 @@ The CSV (UTF-8, header row) has the columns `image`, `question`, `answer` and op
     receipts/001.png,What is the total?,12.50,ocr
     charts/bar.png,Which bar is tallest?,B,chart
 
-- `image` is relative to `--images` (default: the CSV's folder) or absolute; an empty cell makes
+- `image` is relative to `images` (default: the CSV's folder) or absolute; an empty cell makes
   a text-only record.
-- `family` / `metric` per row override `--family` / `--metric`; metrics must be registered ones.
+- `family` / `metric` per row override the `family` / `metric` options. Metrics are checked when
+  the records are evaluated (polyvis.eval), where an unknown one names the record.
 - `id` (optional) must be unique; without it ids are `{prefix}-{split}-{row:06d}`.
-- With a `split` column only the rows of `--split` are kept; without one every row is kept.
+- With a `split` column only the rows of `split` are kept; without one every row is kept.
 One record per row; rows are not merged into multi-turn conversations.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
-    limited,
     nonempty,
     pick_split,
     require_file,
@@ -59,72 +60,46 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def rows_to_records(
-    rows: list[tuple[int, dict[str, str]]],
-    images: ImageResolver,
-    args: argparse.Namespace,
-    metrics: set[str],
+    rows: list[tuple[int, dict[str, str]]], images: ImageResolver, params: FolderParams
 ) -> list[dict[str, Any]]:
     from polyvis.data.records import make_record
 
     records = []
     for n, row in rows:
-        where = f"{args.csv}:{n}"
+        where = f"{params.csv}:{n}"
         for col in ("question", "answer"):
             if not row[col]:
                 raise DataError(f"{where}: empty '{col}'")
-        metric = row.get("metric") or args.metric
-        if metric and metric not in metrics:
-            raise DataError(
-                f"{where}: unknown metric {metric!r}; valid: {', '.join(sorted(metrics))}"
-            )
+        metric = row.get("metric") or params.metric
         image = None
         if row["image"]:
             image = images.path(row["image"], where)
             if image is None:
                 continue
-        rid = row.get("id") or f"{args.prefix}-{args.split}-{n:06d}"
+        rid = row.get("id") or f"{params.prefix}-{params.split}-{n:06d}"
         extra = {"metric": metric} if metric else {}
-        family = row.get("family") or args.family
+        family = row.get("family") or params.family
         records.append(make_record(rid, image, [(row["question"], row["answer"])], family, **extra))
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--csv", type=Path, required=True, help="CSV: image,question,answer[,family]"
-    )
-    parser.add_argument(
-        "--images", type=Path, default=None, help="image folder (default: the CSV's)"
-    )
-    parser.add_argument("--family", default=None, help="family of rows without a family cell")
-    parser.add_argument("--metric", default=None, help="metric of rows without a metric cell")
-    parser.add_argument("--prefix", default="folder", help="record id prefix")
-    add_common_arguments(parser)
+class FolderParams(CommonParams):
+    csv: Path = Field(description="CSV: image,question,answer[,family]")
+    images: Path | None = Field(None, description="image folder (default: the CSV's)")
+    family: str | None = Field(None, description="family of rows without a family cell")
+    metric: str | None = Field(None, description="metric of rows without a metric cell")
+    prefix: str = Field("folder", description="record id prefix")
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert folder` entry point."""
-    from polyvis.eval.metrics import METRICS
-
-    path = require_file(args.csv, "CSV file")
+@register_converter("folder", family="mixed", params=FolderParams)
+def convert(params: FolderParams, out_dir: Path) -> list[dict[str, Any]]:
+    """image folder + CSV (image, question, answer[, family]) -> records"""
+    path = require_file(params.csv, "CSV file")
     rows = read_rows(path)
     if rows and "split" in rows[0][1]:
-        rows = pick_split(((row["split"], (n, row)) for n, row in rows), args.split, path)
+        rows = pick_split(((row["split"], (n, row)) for n, row in rows), params.split, path)
     if not rows:
         raise DataError(f"{path}: no rows")
-    images = ImageResolver(args.images or path.parent, out_dir, args.allow_missing)
-    records = rows_to_records(rows, images, args, set(METRICS.names()))
-    nonempty(records, path, images)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "folder",
-    Converter(
-        name="folder",
-        help="image folder + CSV (image, question, answer[, family]) -> records",
-        family="mixed",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+    images = ImageResolver(params.images or path.parent, out_dir, params.allow_missing)
+    records = rows_to_records(rows, images, params)
+    return nonempty(records, path, images, params.limit)

@@ -8,23 +8,18 @@ The dataset's layout (Deng et al., 2017):
   `formula_images/{image_name}.png`. The im2markup "filtered" lists (`image_name.png formula_idx`)
   are read too.
 
-Family "latex" (metric: normalised edit similarity). `--split val` reads `im2latex_validate.lst`.
+Family "latex" (metric: normalised edit similarity). Split "val" reads `im2latex_validate.lst`.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
-from polyvis.data.converters._util import (
-    ImageResolver,
-    add_common_arguments,
-    limited,
-    nonempty,
-    require_file,
-)
+from pydantic import Field
+
+from polyvis.data.converters import register_converter
+from polyvis.data.converters._util import CommonParams, ImageResolver, nonempty, require_file
 from polyvis.errors import DataError
 
 # Same wording as the synthetic latex family, so real and synthetic data train the same task.
@@ -85,43 +80,25 @@ def list_to_records(
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--formulas", type=Path, required=True, help="im2latex_formulas.lst")
-    parser.add_argument(
-        "--list",
-        type=Path,
-        default=None,
-        help="split list (default: im2latex_{split}.lst next to --formulas)",
+class Im2LatexParams(CommonParams):
+    formulas: Path = Field(description="im2latex_formulas.lst")
+    list: Path | None = Field(
+        None, description="split list (default: im2latex_{split}.lst next to formulas)"
     )
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="rendered formulas (default: formula_images/ next to --formulas)",
+    images: Path | None = Field(
+        None, description="rendered formulas (default: formula_images/ next to formulas)"
     )
-    parser.add_argument("--prefix", default="im2latex", help="record id prefix")
-    add_common_arguments(parser)
+    prefix: str = Field("im2latex", description="record id prefix")
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert im2latex` entry point."""
-    formulas = read_formulas(args.formulas)
-    root = Path(args.formulas).parent
-    list_name = f"im2latex_{SPLIT_FILES.get(args.split, args.split)}.lst"
-    list_path = require_file(args.list or root / list_name, f"split list for {args.split!r}")
-    images = ImageResolver(args.images or root / "formula_images", out_dir, args.allow_missing)
-    records = list_to_records(list_path, formulas, images, args.split, args.prefix)
-    nonempty(records, list_path, images)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "im2latex",
-    Converter(
-        name="im2latex",
-        help="im2latex-100k formula lists + rendered images -> LaTeX transcription",
-        family="latex",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+@register_converter("im2latex", family="latex", params=Im2LatexParams)
+def convert(params: Im2LatexParams, out_dir: Path) -> list[dict[str, Any]]:
+    """im2latex-100k formula lists + rendered images -> LaTeX transcription"""
+    formulas = read_formulas(params.formulas)
+    root = params.formulas.parent
+    split = params.split
+    list_name = f"im2latex_{SPLIT_FILES.get(split, split)}.lst"
+    list_path = require_file(params.list or root / list_name, f"split list for {split!r}")
+    images = ImageResolver(params.images or root / "formula_images", out_dir, params.allow_missing)
+    records = list_to_records(list_path, formulas, images, split, params.prefix)
+    return nonempty(records, list_path, images, params.limit)

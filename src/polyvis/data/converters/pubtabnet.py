@@ -6,7 +6,7 @@ with the images in `{split}/{filename}` (train, val). Structure tokens are HTML 
 ("<thead>", "<tr>", "<td>", or "<td", ' colspan="2"', ">" for spanning cells, "</td>", ...); the
 cells list holds each cell's content tokens (characters and tags like "<b>"), in `<td>` order.
 
-Two targets (`--target`):
+Two targets (`target`):
 - `markdown` (default): "Transcribe the table as markdown." -> a GitHub markdown table like the
   synthetic table family's: the first row is the header; a spanning cell's text sits in its
   top-left slot and the slots it covers are empty; formatting tags are dropped and "|" is escaped.
@@ -17,19 +17,19 @@ Two targets (`--target`):
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
     field,
-    limited,
     nonempty,
     require_file,
 )
@@ -125,14 +125,26 @@ def table_markdown(tokens: list[str], contents: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+class PubTabNetParams(CommonParams):
+    annotations: Path = Field(description="PubTabNet_2.0.0.jsonl")
+    images: Path | None = Field(
+        None, description="folder holding train/, val/ (default: the annotations' folder)"
+    )
+    target: Literal["html", "markdown"] = Field(
+        "markdown",
+        description="answer as a markdown table (spans flattened) or PubTabNet's full HTML",
+    )
+    prefix: str = Field("pubtabnet", description="record id prefix")
+
+
 def jsonl_to_records(
-    path: Path, images_root: Path, out_dir: Path, args: argparse.Namespace
+    path: Path, images_root: Path, out_dir: Path, params: PubTabNetParams
 ) -> list[dict[str, Any]]:
     from polyvis.data.records import make_record
 
     images: ImageResolver | None = None  # made on the first entry of the split: a wrong
-    # --split should report the splits present, not a missing image folder
-    render = table_markdown if args.target == "markdown" else table_html
+    # split should report the splits present, not a missing image folder
+    render = table_markdown if params.target == "markdown" else table_html
     records, splits = [], set()
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -145,7 +157,7 @@ def jsonl_to_records(
                 raise DataError(f"{where}: not valid JSON ({err})") from None
             split = field(entry, "split", where)
             splits.add(split)
-            if split != args.split:
+            if split != params.split:
                 continue
             name = field(entry, "filename", where)
             where = f"{path}:{n} ({name})"
@@ -154,59 +166,32 @@ def jsonl_to_records(
                 answer = render(tokens, contents)
             except ValueError as err:
                 raise DataError(f"{where}: {err}") from None
-            images = images or ImageResolver(images_root / args.split, out_dir, args.allow_missing)
+            images = images or ImageResolver(
+                images_root / params.split, out_dir, params.allow_missing
+            )
             image = images.path(name, where)
             if image is None:
                 continue
             key = entry.get("imgid", Path(name).stem)
             records.append(
                 make_record(
-                    f"{args.prefix}-{args.split}-{key}",
+                    f"{params.prefix}-{params.split}-{key}",
                     image,
-                    [(QUESTIONS[args.target], answer)],
+                    [(QUESTIONS[params.target], answer)],
                     "table",
                     metric="edit_similarity",
                 )
             )
     if images is None:
         found = ", ".join(sorted(splits)) or "none"
-        raise DataError(f"{path}: no entries for split {args.split!r} (splits present: {found})")
+        raise DataError(f"{path}: no entries for split {params.split!r} (splits present: {found})")
     nonempty(records, path, images)
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--annotations", type=Path, required=True, help="PubTabNet_2.0.0.jsonl")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        default=None,
-        help="folder holding train/, val/ (default: the annotations' folder)",
-    )
-    parser.add_argument(
-        "--target",
-        choices=sorted(QUESTIONS),
-        default="markdown",
-        help="answer as a markdown table (spans flattened) or PubTabNet's full HTML",
-    )
-    parser.add_argument("--prefix", default="pubtabnet", help="record id prefix")
-    add_common_arguments(parser)
-
-
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert pubtabnet` entry point."""
-    path = require_file(args.annotations, "PubTabNet annotations")
-    images_root = Path(args.images) if args.images is not None else path.parent
-    return limited(jsonl_to_records(path, images_root, out_dir, args), args.limit)
-
-
-CONVERTERS.add(
-    "pubtabnet",
-    Converter(
-        name="pubtabnet",
-        help="PubTabNet JSONL -> table transcription as markdown or HTML",
-        family="table",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+@register_converter("pubtabnet", family="table", params=PubTabNetParams)
+def convert(params: PubTabNetParams, out_dir: Path) -> list[dict[str, Any]]:
+    """PubTabNet JSONL -> table transcription as markdown or HTML"""
+    path = require_file(params.annotations, "PubTabNet annotations")
+    images_root = params.images if params.images is not None else path.parent
+    return jsonl_to_records(path, images_root, out_dir, params)[: params.limit]

@@ -13,22 +13,22 @@ once with `json.dump(pickle.load(open("refs(unc).p", "rb")), open("refs.json", "
 
 One record per sentence: 'Where is "man in red"? Answer with a box [x1, y1, x2, y2].' ->
 "[12, 40, 96, 200]" in pixel ints (the COCO converter's `box_text`), family "scene", metric
-"box_accuracy" (IoU >= 0.5). `--split` selects the refs' `split` (train, val, testA, testB, test).
+"box_accuracy" (IoU >= 0.5). `split` selects the refs' `split` (train, val, testA, testB, test).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
     field,
     json_list,
-    limited,
     nonempty,
     pick_split,
 )
@@ -107,33 +107,20 @@ def refs_to_records(
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--refs", type=Path, required=True, help="refs(...).p exported as JSON")
-    parser.add_argument("--instances", type=Path, required=True, help="COCO instances.json")
-    parser.add_argument("--images", type=Path, required=True, help="COCO image folder")
-    parser.add_argument("--prefix", default="refcoco", help="record id prefix (refcoco+, ...)")
-    add_common_arguments(parser)
+class RefCOCOParams(CommonParams):
+    refs: Path = Field(description="refs(...).p exported as JSON")
+    instances: Path = Field(description="COCO instances.json")
+    images: Path = Field(description="COCO image folder")
+    prefix: str = Field("refcoco", description="record id prefix (refcoco+, ...)")
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert refcoco` entry point."""
+@register_converter("refcoco", family="scene", params=RefCOCOParams)
+def convert(params: RefCOCOParams, out_dir: Path) -> list[dict[str, Any]]:
+    """RefCOCO/+/g refs (JSON export) + COCO instances -> grounding with box answers"""
     from polyvis.data.converters.coco import load_coco
 
-    refs = json_list(args.refs, "refs JSON", key="refs")
-    coco = load_coco(args.instances)
-    images = ImageResolver(args.images, out_dir, args.allow_missing)
-    records = refs_to_records(refs, coco, images, args.split, args.prefix, Path(args.refs))
-    nonempty(records, args.refs, images)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "refcoco",
-    Converter(
-        name="refcoco",
-        help="RefCOCO/+/g refs (JSON export) + COCO instances -> grounding with box answers",
-        family="scene",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+    refs = json_list(params.refs, "refs JSON", key="refs")
+    coco = load_coco(params.instances)
+    images = ImageResolver(params.images, out_dir, params.allow_missing)
+    records = refs_to_records(refs, coco, images, params.split, params.prefix, params.refs)
+    return nonempty(records, params.refs, images, params.limit)

@@ -3,28 +3,28 @@
 `TextCaps_0.1_{train,val}.json` is `{"dataset_type", ..., "data": [entry, ...]}` with one entry
 per caption: `{image_id, image_path, image_name, set_name, caption_id, caption_str,
 reference_strs: [all captions of the image], ...}`; the images are TextVQA's (`train_images/`).
-An entry's image is looked up as `--images/image_path`, then by its base name (TextVQA keeps the
+An entry's image is looked up as `images/image_path`, then by its base name (TextVQA keeps the
 images flat), then as `{image_id}.jpg`.
 
 Default: one record per image, answer = its first caption, `references` = all its captions (CIDEr
-is meant to be scored against all of them). `--per-caption`: one record per caption (training).
-`--split` matches the entries' `set_name` (else the file's `dataset_type`). The test file has
+is meant to be scored against all of them). `per_caption`: one record per caption (training).
+`split` matches the entries' `set_name` (else the file's `dataset_type`). The test file has
 no captions, so it cannot be converted.
 """
 
 from __future__ import annotations
 
-import argparse
 import posixpath
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.converters import CONVERTERS, Converter
+from pydantic import Field
+
+from polyvis.data.converters import register_converter
 from polyvis.data.converters._util import (
+    CommonParams,
     ImageResolver,
-    add_common_arguments,
     field,
-    limited,
     load_json,
     nonempty,
     pick_split,
@@ -101,43 +101,31 @@ def entries_to_records(
     return records
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--annotations", type=Path, required=True, help="TextCaps_0.1_{split}.json")
-    parser.add_argument("--images", type=Path, required=True, help="TextVQA image folder")
-    parser.add_argument("--per-caption", action="store_true", help="one record per caption")
-    parser.add_argument("--prefix", default="textcaps", help="record id prefix")
-    add_common_arguments(parser)
+class TextCapsParams(CommonParams):
+    annotations: Path = Field(description="TextCaps_0.1_{split}.json")
+    images: Path = Field(description="TextVQA image folder")
+    per_caption: bool = Field(False, description="one record per caption")
+    prefix: str = Field("textcaps", description="record id prefix")
 
 
-def convert(args: argparse.Namespace, out_dir: Path) -> list[dict[str, Any]]:
-    """The `polyvis data convert textcaps` entry point."""
-    data = load_json(args.annotations, "TextCaps annotations")
+@register_converter("textcaps", family="ocr", params=TextCapsParams)
+def convert(params: TextCapsParams, out_dir: Path) -> list[dict[str, Any]]:
+    """TextCaps captions -> text-aware captioning (family ocr, CIDEr)"""
+    path = params.annotations
+    data = load_json(path, "TextCaps annotations")
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{args.annotations}: expected an object with a 'data' list")
-    default_split = data.get("dataset_type", args.split)
+        raise DataError(f"{path}: expected an object with a 'data' list")
+    default_split = data.get("dataset_type", params.split)
     for i, e in enumerate(data["data"]):
         if not isinstance(e, dict):
-            raise DataError(f"{args.annotations}: data[{i}] is a {type(e).__name__}, not an object")
+            raise DataError(f"{path}: data[{i}] is a {type(e).__name__}, not an object")
     entries = pick_split(
         (((e.get("set_name") or default_split), (i, e)) for i, e in enumerate(data["data"])),
-        args.split,
-        args.annotations,
+        params.split,
+        path,
     )
-    images = ImageResolver(args.images, out_dir, args.allow_missing)
+    images = ImageResolver(params.images, out_dir, params.allow_missing)
     records = entries_to_records(
-        entries, images, args.split, args.prefix, args.per_caption, Path(args.annotations)
+        entries, images, params.split, params.prefix, params.per_caption, path
     )
-    nonempty(records, args.annotations, images)
-    return limited(records, args.limit)
-
-
-CONVERTERS.add(
-    "textcaps",
-    Converter(
-        name="textcaps",
-        help="TextCaps captions -> text-aware captioning (family ocr, CIDEr)",
-        family="ocr",
-        add_arguments=add_arguments,
-        convert=convert,
-    ),
-)
+    return nonempty(records, path, images, params.limit)

@@ -24,6 +24,7 @@ from polyvis.data.records import check_records, write_records
 from polyvis.data.synthetic.base import FAMILIES, image_rel_path
 from polyvis.data.synthetic.common import item_rng, parse_difficulty
 from polyvis.errors import ConfigError
+from polyvis.progress import progress_bar
 
 SPLIT_NAMES = ("train", "val", "test")
 _PNG = re.compile(r"^\d{6}\.png$")
@@ -108,24 +109,6 @@ def _clean(folder: Path, split: str) -> None:
                 p.unlink()
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 def generate(
     families: Sequence[str] | str,
     n: int,
@@ -153,7 +136,7 @@ def generate(
             (out / fam / "images" / split).mkdir(parents=True, exist_ok=True)
             jobs += [(fam, split, i, seed, image_size, levels[fam], str(out)) for i in range(count)]
     metas: dict[tuple[str, str], dict[int, dict]] = {}
-    with _progress(progress) as bar:
+    with progress_bar(progress, elapsed=False) as bar:
         task = bar.add_task(f"rendering {','.join(fams)}", total=len(jobs))
         if workers == 1:
             results = map(_render_one, jobs)

@@ -1,0 +1,35 @@
+"""Options shared by the commands that load a model (chat, eval, serve, export) and their checks."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --dtype, as `load_cli_model` reads them."""
+    parser.add_argument(
+        "--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if any)"
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default=None)
+
+
+def load_cli_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, processor) from args.model on args.device (default: cuda when there is one)."""
+    import torch
+
+    from polyvis.models.build import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(args.model, dtype=args.dtype, device=device)
+
+
+def require_at_least_one(values: dict[str, int | None]) -> None:
+    """ConfigError naming the first option (flag -> value) below 1; None means not given."""
+    from polyvis.errors import ConfigError
+
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise ConfigError(flag, f"must be at least 1, got {value}")
