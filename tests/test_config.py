@@ -82,7 +82,7 @@ ERRORS = {
         ["model.adapter.bogus=1"],
         False,
         "model.adapter.bogus",
-        "unknown option",
+        "unknown field",
     ),
     "bad adapter option value": (
         ["model.adapter.depth=0"],
@@ -132,6 +132,69 @@ ERRORS = {
         False,
         "model.encoders",
         "encoder names must be unique; repeated: clip",
+    ),
+    "scales auto on another fusion": (
+        ["model.fusion={type: add, scales: auto}"],
+        False,
+        "model.fusion.scales",
+        "'auto' needs a concat-channel fusion over 2 or more encoders",
+    ),
+    "scales auto at build": (
+        ["model.fusion.scales=auto"],
+        True,
+        "model.fusion.scales",
+        "'auto' is measured when training starts",
+    ),
+    "scale option without auto": (
+        ["model.fusion.scale_images=8"],
+        False,
+        "model.fusion.scale_images",
+        "only used with scales: auto",
+    ),
+    "bad scale image count": (
+        ["model.fusion.scales=auto", "model.fusion.scale_images=0"],
+        False,
+        "model.fusion.scale_images",
+        "must be a positive integer, got 0",
+    ),
+    "unknown scale reference": (
+        ["model.fusion.scales=auto", "model.fusion.scale_reference=vary"],
+        False,
+        "model.fusion.scale_reference",
+        "no encoder 'vary'; valid: clip, dino",
+    ),
+    "missing adapter init file": (
+        ["model.adapter={type: linear, init_from: MISSING}"],
+        True,
+        "model.adapter.init_from",
+        "no-such-checkpoint: projector weights not found",
+    ),
+    "unknown adapter init encoder": (
+        ["model.adapter={type: linear, init_from: p.safetensors, init_encoder: vary}"],
+        False,
+        "model.adapter.init_encoder",
+        "no encoder 'vary'; valid: clip, dino",
+    ),
+    "adapter init encoder on an mlp": (
+        ["model.adapter={type: mlp, init_from: p.safetensors, init_encoder: dino}"],
+        False,
+        "model.adapter.init_encoder",
+        "needs a linear adapter with a bias",
+    ),
+    "adapter init encoder over proj_dim": (
+        [
+            "model.fusion.proj_dim=32",
+            "model.adapter={type: linear, init_from: p.safetensors, init_encoder: dino}",
+        ],
+        False,
+        "model.adapter.init_encoder",
+        "needs a concat-channel fusion without proj_dim",
+    ),
+    "adapter init encoder without a file": (
+        ["model.adapter={type: linear, init_encoder: dino}"],
+        False,
+        "model.adapter.init_encoder",
+        "needs model.adapter.init_from",
     ),
 }
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from polyvis.cli import main
 from polyvis.config import load_config
+from polyvis.errors import DataError
 from polyvis.train import train
 from polyvis.train.loop import TrainingError
 
@@ -194,3 +195,36 @@ def test_resume_refuses_a_different_config(tmp_path, synth_dir):
     cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=2", "model.fusion.type=add"))
     with pytest.raises(Exception, match="model: differs"):
         train(cfg, run, progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_data_without_answer_tokens_stops_with_an_error(tmp_path, synth_dir):
+    # no answer fits in 8 tokens: every record is skipped, so no group has an answer token
+    cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=3", "data.max_length=8"))
+    with pytest.raises(DataError, match=r"^data\.train: a whole epoch .* no answer token"):
+        train(cfg, tmp_path / "empty", progress=False)
+
+
+@pytest.mark.timeout(120)
+def test_groups_without_answer_tokens_mid_run_are_passed_over(tmp_path, synth_dir):
+    # every other record's answer is pushed past max_length: with batches of one, every other
+    # group has no answer token, and the run still takes its steps and ends
+    records = []
+    source = synth_dir / "ocr" / "train.jsonl"
+    for i, line in enumerate(source.read_text().splitlines()[:8]):
+        rec = json.loads(line)
+        rec["image"] = str(source.parent / rec["image"])
+        if i % 2:
+            rec["conversations"][0]["value"] += " word" * 400
+        records.append(rec)
+    data = tmp_path / "half.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    sets = [
+        "train.stage=finetune",
+        "train.batch_size=1",
+        "train.max_steps=6",
+        f"data.train=[{data}]",
+    ]
+    train(load_config(CFG, sets), tmp_path / "half", progress=False)
+    assert len(losses(tmp_path / "half")) == 6
+    assert json.loads((tmp_path / "half" / "done.json").read_text())["skipped_records"] > 0

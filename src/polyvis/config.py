@@ -13,7 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from polyvis.errors import ConfigError
+from polyvis.errors import ConfigError, config_error_from
+from polyvis.errors import field_name as field_name  # re-exported: older callers import it here
+from polyvis.options import resolve_typed
+from polyvis.registry import registry
 
 
 class _Strict(BaseModel):
@@ -137,42 +140,87 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _registered(self) -> Config:
-        # Fusion and adapter options are checked against their registries at load time.
-        from polyvis.models.adapters import ADAPTERS
-        from polyvis.models.fusion import FUSIONS
-        from polyvis.options import resolve_typed
-
-        resolve_typed(FUSIONS, self.model.fusion, "model.fusion")
-        resolve_typed(ADAPTERS, self.model.adapter, "model.adapter")
+        # Fusion and adapter options are checked against their registries (filled on first use)
+        # once the keys that polyvis itself reads are set aside.
+        section = self.model
+        names = [e.name for e in section.encoders]
+        resolve_typed(registry("fusion"), fusion_options(section.fusion), "model.fusion")
+        resolve_typed(registry("adapter"), adapter_options(section.adapter), "model.adapter")
+        check_scales(section.fusion, names)
+        check_adapter_init(section.fusion, section.adapter, names)
         return self
 
 
-def field_name(loc: tuple[Any, ...]) -> str:
-    """('model', 'encoders', 1, 'layers') -> 'model.encoders[1].layers'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("list[int]", "literal['all']") or str(part).startswith(
-            ("function-", "literal")
-        ):
-            continue  # pydantic's union-branch labels are not fields
-        else:
-            out += f".{part}" if out else str(part)
+# `model.fusion.scales: auto`: measured when training starts (polyvis.train.scales), with these
+# options; `model.adapter.init_from` / `init_encoder`: a pretrained projector (models.pretrained).
+AUTO = "auto"
+SCALE_KEYS = ("scale_images", "scale_reference")
+ADAPTER_INIT_KEYS = ("init_from", "init_encoder")
+
+
+def fusion_options(fusion: dict[str, Any]) -> dict[str, Any]:
+    """The fusion's own options: without `scales: auto` and its measuring options."""
+    out = {k: v for k, v in fusion.items() if k not in SCALE_KEYS}
+    if out.get("scales") == AUTO:
+        del out["scales"]
     return out
+
+
+def adapter_options(adapter: dict[str, Any]) -> dict[str, Any]:
+    """The adapter's own options: without the pretrained-projector keys."""
+    return {k: v for k, v in adapter.items() if k not in ADAPTER_INIT_KEYS}
+
+
+def _check_name(value: Any, names: list[str], field: str) -> None:
+    if value not in names:
+        raise ConfigError(field, f"no encoder {value!r}; valid: {', '.join(names)}")
+
+
+def check_scales(fusion: dict[str, Any], names: list[str]) -> None:
+    """`scales: auto` only where it can be measured; its options only with it."""
+    auto = fusion.get("scales") == AUTO
+    for key in SCALE_KEYS:
+        if key in fusion and not auto:
+            raise ConfigError(f"model.fusion.{key}", "only used with scales: auto")
+    if not auto:
+        return
+    if fusion.get("type") != "concat-channel" or len(names) < 2:
+        raise ConfigError(
+            "model.fusion.scales",
+            f"'auto' needs a concat-channel fusion over 2 or more encoders "
+            f"(got {fusion.get('type')} over {len(names)})",
+        )
+    n = fusion.get("scale_images")
+    if "scale_images" in fusion and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+        raise ConfigError("model.fusion.scale_images", f"must be a positive integer, got {n!r}")
+    if "scale_reference" in fusion:
+        _check_name(fusion["scale_reference"], names, "model.fusion.scale_reference")
+
+
+def check_adapter_init(fusion: dict[str, Any], adapter: dict[str, Any], names: list[str]) -> None:
+    """`init_from` is a path; `init_encoder` names an encoder of a linear-over-concat model."""
+    init_from, encoder = adapter.get("init_from"), adapter.get("init_encoder")
+    if "init_from" in adapter and (not isinstance(init_from, str) or not init_from):
+        raise ConfigError("model.adapter.init_from", f"must be a file path, got {init_from!r}")
+    if "init_encoder" not in adapter:
+        return
+    field = "model.adapter.init_encoder"
+    if init_from is None:
+        raise ConfigError(field, "needs model.adapter.init_from (the projector's weights)")
+    _check_name(encoder, names, field)
+    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim"):
+        raise ConfigError(
+            field, f"needs a concat-channel fusion without proj_dim (got {fusion.get('type')})"
+        )
+    if adapter.get("type") != "linear" or adapter.get("bias") is False:
+        raise ConfigError(field, f"needs a linear adapter with a bias (got {adapter.get('type')})")
 
 
 def _validate(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        original = first.get("ctx", {}).get("error")
-        if isinstance(original, ConfigError):  # raised by a validator: it already names its field
-            raise original from None
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        msg = msg.removeprefix("Value error, ")
-        raise ConfigError(field_name(first["loc"]), msg) from None
+        raise config_error_from(err) from None
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:

@@ -6,19 +6,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from polyvis.errors import ConfigError
+from polyvis.errors import ConfigError, config_error_from
 from polyvis.registry import Registry
 
 
 def pydantic_error_to_config_error(err: ValidationError, prefix: str) -> ConfigError:
     """The first error of a pydantic ValidationError as one line naming the dotted field."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown option"
-    return ConfigError(field, msg)
+    return config_error_from(err, prefix)
 
 
 def resolve_typed(reg: Registry, cfg: dict[str, Any] | BaseModel, field: str) -> tuple[type, Any]:

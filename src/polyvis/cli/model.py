@@ -16,22 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_init_model)
 
 
-def load_all_registries() -> dict:
-    """Import every module that registers something, then return the registries."""
-    import polyvis.eval.metrics  # noqa: F401
-    import polyvis.models.adapters  # noqa: F401
-    import polyvis.models.fusion  # noqa: F401
-    from polyvis.registry import all_registries
-
-    try:
-        import polyvis.data.converters  # noqa: F401
-        import polyvis.data.synthetic  # noqa: F401
-    except ImportError:  # data extras not installed
-        pass
-    return all_registries()
-
-
 def cmd_list(args: argparse.Namespace) -> int:
+    from polyvis.registry import load_all_registries
+
     for kind, reg in sorted(load_all_registries().items()):
         for name in reg.names():
             print(f"{kind}: {name}")

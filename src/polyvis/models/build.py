@@ -24,8 +24,9 @@ except ImportError:  # pragma: no cover - older transformers
     from transformers import ViTImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from polyvis.config import Config, EncoderSpec, LLMSpec, ModelSection
+from polyvis.config import AUTO, Config, EncoderSpec, LLMSpec, ModelSection, adapter_options
 from polyvis.errors import ConfigError
+from polyvis.models.adapters.pretrained import apply_adapter_init
 from polyvis.models.encoders import (
     backbone_from_config,
     describe,
@@ -224,6 +225,12 @@ def build_model(
 ) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
     """Build the (untrained) model and its processor from a config's model section."""
     section = cfg.model if isinstance(cfg, Config) else cfg
+    if section.fusion.get("scales") == AUTO:
+        raise ConfigError(
+            "model.fusion.scales",
+            "'auto' is measured when training starts (polyvis train); "
+            "give one number per encoder to build a model without training",
+        )
     dtype = DTYPES[section.dtype]
     backbones, procs, entries = [], {}, []
     for i, spec in enumerate(section.encoders):
@@ -238,7 +245,7 @@ def build_model(
         text_config=text_config,
         encoders=entries,
         fusion=dict(section.fusion),
-        adapter=dict(section.adapter),
+        adapter=adapter_options(section.adapter),  # init_from only says where weights start
         image_token_id=ids[IMAGE_TOKEN],
         image_start_token_id=ids[IMAGE_START_TOKEN],
         image_end_token_id=ids[IMAGE_END_TOKEN],
@@ -259,6 +266,7 @@ def build_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to(dtype)
+    apply_adapter_init(model, section.fusion, section.adapter)
     model.eval()  # like from_pretrained; training code switches to train()
     sizes = {e["name"]: tuple(e["image_size"]) for e in entries}
     processor = PolyVisProcessor(tokenizer, procs, sizes, model.image_seq_length)

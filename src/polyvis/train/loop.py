@@ -19,10 +19,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from polyvis.config import Config, config_to_dict, dump_config
-from polyvis.errors import ConfigError, PolyVisError
+from polyvis.errors import ConfigError, DataError, PolyVisError
+from polyvis.progress import progress_bar
 from polyvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from polyvis.train.data import EpochSampler, data_files
 from polyvis.train.feature_cache import prepare_feature_cache
+from polyvis.train.scales import resolve_scales
 from polyvis.train.stages import configure_stage, parameter_groups
 
 # Config parts that must match for a run directory to be resumed.
@@ -53,19 +55,25 @@ def _check_resumable(run: Path, cfg: Config) -> None:
             )
 
 
+def _init_dir(cfg: Config) -> Path | None:
+    """The model directory train.init_from names (a run directory: its final model), or None."""
+    if not cfg.train.init_from:
+        return None
+    src = Path(cfg.train.init_from)
+    if (src / "final").is_dir():  # a run directory: start from its final model
+        src = src / "final"
+    if not (src / "config.json").is_file():
+        raise ConfigError(
+            "train.init_from", f"{src} is neither a model directory nor a finished run"
+        )
+    return src
+
+
 def _start_model(cfg: Config):
     from polyvis.models.build import build_model, load_model
 
-    if cfg.train.init_from:
-        src = Path(cfg.train.init_from)
-        if (src / "final").is_dir():  # a run directory: start from its final model
-            src = src / "final"
-        if not (src / "config.json").is_file():
-            raise ConfigError(
-                "train.init_from", f"{src} is neither a model directory nor a finished run"
-            )
-        return load_model(src)
-    return build_model(cfg)
+    src = _init_dir(cfg)
+    return load_model(src) if src is not None else build_model(cfg)
 
 
 def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
@@ -193,6 +201,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes",
         )
     main = accelerator.is_main_process
+    # measured scales are part of the model: resolved first, so a resumed run compares them
+    init_dir = _init_dir(cfg)
+    init_config = json.loads((init_dir / "config.json").read_text()) if init_dir else None
+    cfg = resolve_scales(cfg, init_config)
     _check_resumable(run, cfg)
     if (run / "done.json").is_file() and (run / "final" / "config.json").is_file():
         if main:
@@ -236,6 +248,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     batches_per_epoch = len(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
     skipped = 0
+    # micro-batches in a row without an answer token: twice an epoch's worth holds one whole
+    # epoch, so data that never supervises a token stops with an error instead of looping
+    empty_run = 0
 
     def batches():
         nonlocal micro
@@ -249,65 +264,80 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
                 yield batch
 
     stream = batches()
-    bar = _progress(progress and main, tc.max_steps, step)
-    t_start, tokens_seen, samples_seen = time.perf_counter(), 0, 0
-    while step < tc.max_steps:
-        group = [next(stream) for _ in range(tc.grad_accum)]
-        skipped += sum(int(b.get("skipped", 0)) for b in group)
-        n_local = torch.tensor(
-            float(sum(_answer_tokens(b) for b in group)), device=accelerator.device
-        )
-        n_global = accelerator.reduce(n_local, "sum")
-        if float(n_global) == 0:
-            continue
-        norm = n_global / accelerator.num_processes  # DDP averages gradients over processes
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for i, batch in enumerate(group):
-            sync = i == len(group) - 1
-            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            with ctx:
-                out = model(
-                    **_model_inputs(batch, accelerator.device, cache),
-                    num_items_in_batch=norm,
-                    answer_logits_only=True,
+    bar = progress_bar(progress and main, label="train", fields="loss {task.fields[loss]:.4f}")
+    task = bar.add_task("train", total=tc.max_steps, completed=step, loss=float("nan"))
+    with bar:  # stopped on an error too, so the error's line is not drawn over
+        t_start, tokens_seen, samples_seen = time.perf_counter(), 0, 0
+        while step < tc.max_steps:
+            group = [next(stream) for _ in range(tc.grad_accum)]
+            skipped += sum(int(b.get("skipped", 0)) for b in group)
+            n_local = torch.tensor(
+                float(sum(_answer_tokens(b) for b in group)), device=accelerator.device
+            )
+            n_global = accelerator.reduce(n_local, "sum")
+            if float(n_global) == 0:
+                empty_run += len(group)
+                if empty_run >= 2 * batches_per_epoch:
+                    raise DataError(
+                        "data.train: a whole epoch of training data has no answer token to learn "
+                        "(every answer is missing, masked or cut off by data.max_length)"
+                    )
+                continue
+            empty_run = 0
+            norm = n_global / accelerator.num_processes  # DDP averages gradients over processes
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for i, batch in enumerate(group):
+                sync = i == len(group) - 1
+                ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+                with ctx:
+                    out = model(
+                        **_model_inputs(batch, accelerator.device, cache),
+                        num_items_in_batch=norm,
+                        answer_logits_only=True,
+                    )
+                    accelerator.backward(out.loss)
+                loss_sum += out.loss.detach()
+                tokens_seen += int(batch["attention_mask"].sum())
+                samples_seen += int(batch["input_ids"].shape[0])
+            loss = float(accelerator.reduce(loss_sum, "mean"))
+            if not math.isfinite(loss):
+                last = latest_checkpoint(run)
+                raise TrainingError(
+                    f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: {last or 'none'}"
                 )
-                accelerator.backward(out.loss)
-            loss_sum += out.loss.detach()
-            tokens_seen += int(batch["attention_mask"].sum())
-            samples_seen += int(batch["input_ids"].shape[0])
-        loss = float(accelerator.reduce(loss_sum, "mean"))
-        if not math.isfinite(loss):
-            last = latest_checkpoint(run)
-            raise TrainingError(
-                f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: {last or 'none'}"
-            )
-        if tc.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
-        else:
-            grad_norm = float("nan")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.perf_counter() - t_start
-        row = {
-            "step": step,
-            "loss": loss,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "samples_per_s": samples_seen * accelerator.num_processes / max(elapsed, 1e-9),
-            "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9),
-            "skipped": skipped,
-        }
-        if val_loader is not None and step % tc.eval_every == 0:
-            row["val_loss"] = evaluate_loss(model, val_loader, accelerator, cache)
-        log.write(row)
-        bar.update(step, loss)
-        if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:
-            save_checkpoint(
-                run, step, model, optimizer, scheduler, {"micro": micro}, tc.keep_last, accelerator
-            )
-    bar.close()
+            if tc.max_grad_norm:
+                grad_norm = float(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
+            else:
+                grad_norm = float("nan")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed = time.perf_counter() - t_start
+            row = {
+                "step": step,
+                "loss": loss,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "samples_per_s": samples_seen * accelerator.num_processes / max(elapsed, 1e-9),
+                "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9),
+                "skipped": skipped,
+            }
+            if val_loader is not None and step % tc.eval_every == 0:
+                row["val_loss"] = evaluate_loss(model, val_loader, accelerator, cache)
+            log.write(row)
+            bar.update(task, completed=step, loss=loss)
+            if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:
+                save_checkpoint(
+                    run,
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"micro": micro},
+                    tc.keep_last,
+                    accelerator,
+                )
 
     accelerator.wait_for_everyone()
     final = run / "final"
@@ -336,38 +366,3 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
-
-
-class _progress:
-    """A rich progress bar with loss and speed (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"))
-            self.bar.start()
-
-    def update(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=loss)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from polyvis.config import TrainSection
@@ -88,10 +87,3 @@ def parameter_groups(
     if not groups:
         raise ConfigError("train.stage", "nothing to train: every parameter is frozen")
     return groups
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (what a checkpoint must hold)."""
-    return {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }

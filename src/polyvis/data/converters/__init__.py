@@ -131,3 +131,7 @@ __all__ = [
     "relative_image_path",
     "run_converter",
 ]
+
+
+# Importing the package registers every converter, so the registry's discovery finds them all.
+load_converters()
