@@ -1,56 +1,77 @@
-"""Run plans of the nano world: an align stage before a run, and the demo budget's align steps."""
+"""Nano runs: typed stage configs built once, the stages a run still needs, the worker's calls
+(the same evaluation as `polyvis eval`), a failed run's error, and the demo's starts."""
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from polyvis.errors import ConfigError
-from polyvis.nano.demo import align_stage
-from polyvis.nano.runs import RunSpec, _stages, stage_configs, train_seconds
+from polyvis.config import load_config
+from polyvis.errors import ConfigError, PolyVisError
+from polyvis.nano import runs
+from polyvis.nano.demo import align_stage, nano_config, projector_init
+from polyvis.nano.runs import RunSpec, pending_stages, stage_configs, train_runs, train_seconds
+from polyvis.nano.worker import EvalStage, TrainStage, run_stages
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = load_config(ROOT / "configs" / "nano-tiny.yaml").model_dump(mode="json", exclude_none=True)
 CFG = {
-    "model": {"encoders": [{"name": "a", "path": "x"}]},
+    "model": TINY["model"],
     "data": {"train": ["qa.jsonl"], "max_length": 256},
     "train": {"stage": "finetune", "max_steps": 70, "lr": 2e-3, "lr_llm": 5e-4, "seed": 3},
 }
 
 
-def test_a_run_without_align_is_one_train_command(tmp_path: Path):
-    spec = RunSpec("r", CFG, tmp_path / "r", [])
-    assert stage_configs(spec) == {"run-config.yaml": CFG}
-    (cmd,) = _stages(spec, evaluate=False)
-    assert cmd[cmd.index("train") + 1] == str(tmp_path / "r" / "run-config.yaml")
+def test_a_run_without_align_is_one_typed_train_stage_then_its_evaluation(tmp_path: Path):
+    out = tmp_path / "r"
+    spec = RunSpec.build("r", CFG, out, [tmp_path / "t.jsonl"], eval_limit=5)
+    assert spec.config == load_config(CFG) and spec.align is None
+    train, ev = pending_stages(spec)
+    assert train == TrainStage(spec.config, out)
+    assert ev == EvalStage(out / "final", [tmp_path / "t.jsonl"], out / "eval", "r", 32, 48, 5)
+    assert pending_stages(spec, evaluate=False) == [train]
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "results.json").write_text("{}")
+    (out / "done.json").write_text('{"seconds": 1.5}')
+    assert pending_stages(spec) == [] and train_seconds(spec) == 1.5
 
 
 def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
     out = tmp_path / "r"
     stage = {"train": {"max_steps": 30}, "data": {"train": ["captions.jsonl"]}}
-    spec = RunSpec("r", CFG, out, [tmp_path / "t.jsonl"], align=stage)
-    cfgs = stage_configs(spec)
-    align, main = cfgs["align-config.yaml"]["train"], cfgs["run-config.yaml"]["train"]
+    main, first = stage_configs(CFG, out, stage)
     # its own data, the rest of the data section kept; the run itself keeps its data
-    assert cfgs["align-config.yaml"]["data"] == {"train": ["captions.jsonl"], "max_length": 256}
-    assert cfgs["run-config.yaml"]["data"] == CFG["data"]
-    assert cfgs["align-config.yaml"]["model"] == CFG["model"]
+    assert first["data"] == {"train": ["captions.jsonl"], "max_length": 256}
+    assert main["data"] == CFG["data"] and first["model"] == CFG["model"]
     # a section the run's config lacks is still the align stage's
-    bare = RunSpec("r", {k: v for k, v in CFG.items() if k != "data"}, out, [], align=stage)
-    assert stage_configs(bare)["align-config.yaml"]["data"] == {"train": ["captions.jsonl"]}
+    bare = {k: v for k, v in CFG.items() if k != "data"}
+    assert stage_configs(bare, out, stage)[1]["data"] == {"train": ["captions.jsonl"]}
     # the align stage: LLM frozen, the run's own lr and seed, its own steps, no LLM rate
+    align = first["train"]
     assert align["stage"] == "align" and align["max_steps"] == 30 and "lr_llm" not in align
     assert align["lr"] == 2e-3 and align["seed"] == 3 and "init_from" not in align
-    assert main == {**CFG["train"], "init_from": str(out / "align")}
-    assert CFG["train"].get("init_from") is None  # the spec's own config is not changed
-    first, second, ev = _stages(spec, evaluate=True)
-    assert first[first.index("--out") + 1] == str(out / "align")
-    assert second[second.index("--out") + 1] == str(out) and "eval" in ev
+    assert main["train"] == {**CFG["train"], "init_from": str(out / "align")}
+    assert CFG["train"].get("init_from") is None  # the run's own config is not changed
+    # typed once, in the parent; both stages then train in order, the evaluation last
+    spec = RunSpec.build("r", CFG, out, [tmp_path / "t.jsonl"], align=stage)
+    assert spec.align == load_config(first) and spec.config == load_config(main)
+    a, b, ev = pending_stages(spec)
+    assert (a.out, a.config, b.out, b.config) == (out / "align", spec.align, out, spec.config)
+    assert isinstance(ev, EvalStage)
     # a finished align stage is not trained again; seconds count both stages
     (out / "align").mkdir(parents=True)
     (out / "align" / "done.json").write_text('{"seconds": 2.5}')
-    assert [c[c.index("--out") + 1] for c in _stages(spec, evaluate=False)] == [str(out)]
+    assert pending_stages(spec, evaluate=False) == [b]
     (out / "done.json").write_text('{"seconds": 4.0}')
-    assert _stages(spec, evaluate=False) == [] and train_seconds(spec) == 6.5
+    assert pending_stages(spec, evaluate=False) == [] and train_seconds(spec) == 6.5
+    # an error in the align sections alone names them
+    with pytest.raises(ConfigError) as err:
+        RunSpec.build("r", CFG, out, [], align={"train": {"max_stepz": 3}})
+    assert err.value.field == "align.train.max_stepz" and str(err.value).count(":") == 1
 
 
 def test_demo_budget_align_steps_are_part_of_the_steps():
@@ -62,17 +83,126 @@ def test_demo_budget_align_steps_are_part_of_the_steps():
         align_stage({"steps": 100, "align_steps": 100})
 
 
-def test_a_runs_stages_share_one_process_and_stop_at_the_first_failure(tmp_path: Path, capsys):
-    from polyvis.nano.stages import run_stages
+def test_the_worker_evaluates_as_polyvis_eval_does(tmp_path: Path, monkeypatch):
+    """One route to evaluation, with the arguments the `polyvis eval` command line gave it."""
+    import polyvis.eval.runner as runner
+    import polyvis.models.build as build
+    from polyvis.cli import main
 
-    synth = ["data", "synth", "--families", "ocr", "--n", "3", "--no-progress"]
-    ok = run_stages(
-        [[*synth, "--out", str(tmp_path / "a")], [*synth, "--out", str(tmp_path / "b")]]
-    )
-    assert ok == 0 and (tmp_path / "a" / "ocr").is_dir() and (tmp_path / "b" / "ocr").is_dir()
-    bad = [
-        [*synth, "--families", "nope", "--out", str(tmp_path / "c")],
-        [*synth, "--out", str(tmp_path / "d")],
-    ]
-    assert run_stages(bad) == 2
-    assert "nope" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    calls = []
+
+    class Stop(PolyVisError):
+        pass
+
+    def fake_load(*args, **kwargs):
+        calls.append(("load", args, kwargs))
+        return "MODEL", "PROCESSOR"
+
+    def fake_evaluate(*args, **kwargs):
+        calls.append(("evaluate", args, kwargs))
+        raise Stop("recorded")
+
+    monkeypatch.setattr(build, "load_model", fake_load)
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runner, "load_items", lambda *a, **k: [])
+    out, files = tmp_path / "r", [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    spec = RunSpec.build("clip | add", CFG, out, files, eval_limit=7)
+    (ev,) = pending_stages(spec)[1:]
+    assert run_stages([ev]) == 2
+    # the command runs.py launched before the worker called evaluate itself
+    cli = [
+        "eval", str(out / "final"), "--data", *map(str, files), "--out", str(out / "eval"),
+        "--batch-size", "32", "--max-new-tokens", "48", "--name", "clip | add", "--device",
+        "cpu", "--no-progress", "--limit", "7",
+    ]  # fmt: skip
+    assert main(cli) == 2
+    assert len(calls) == 4 and calls[:2] == calls[2:]
+    assert calls[1][2]["model_dir"] == str(out / "final") and calls[1][2]["limit"] == 7
+
+
+def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypatch):
+    procs = []
+    launch = runs._launch
+
+    def tracked(*args):
+        proc, log = launch(*args)
+        procs.append(proc)
+        return proc, log
+
+    monkeypatch.setattr(runs, "_launch", tracked)
+    missing = {**CFG, "train": {**CFG["train"], "init_from": str(tmp_path / "none")}}
+    bad = RunSpec.build("bad", missing, tmp_path / "bad", [])
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "white.png")
+    qa = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "white"}]
+    records = tmp_path / "qa.jsonl"
+    records.write_text(json.dumps({"id": "0", "image": "white.png", "conversations": qa}))
+    endless = copy.deepcopy(CFG)
+    endless["data"]["train"] = [str(records)]
+    endless["train"]["max_steps"] = 10**9
+    long = RunSpec.build("long", endless, tmp_path / "long", [])
+    done = []
+    with pytest.raises(PolyVisError) as err:
+        train_runs([bad, long], jobs=2, on_done=lambda s, t: done.append(s.name))
+    msg = str(err.value)
+    assert msg.startswith(f"run bad failed (see {tmp_path / 'bad' / 'train.log'}): ")
+    assert msg.endswith(f"polyvis: error: train.init_from: {tmp_path / 'none'} is neither a model "
+                        "directory nor a finished run")  # fmt: skip
+    assert "\n" not in msg
+    assert len(procs) == 2 and all(p.poll() is not None for p in procs) and done == []
+    assert not (tmp_path / "long" / "done.json").exists()
+
+
+def test_demo_runs_start_from_the_experts_projector_and_scale_mixed_encoders(tmp_path: Path):
+    vary, clip = tmp_path / "vary-nano", tmp_path / "clip-nano"
+    (vary / "decoder").mkdir(parents=True)
+    (vary / "decoder" / "projector.safetensors").write_bytes(b"")
+    encoders = {
+        "clip": {"name": "clip", "path": str(clip), "layers": [-2]},
+        "vary": {"name": "vary", "path": str(vary), "layers": [-1]},
+    }
+
+    def cfg(names, fusion="concat-channel", adapter=None, llm=None):
+        return {
+            "model": {
+                "encoders": [encoders[n] for n in names],
+                "fusion": {"type": fusion},
+                "adapter": adapter or {"type": "linear"},
+                "llm": llm or {"path": str(vary / "decoder")},
+            }
+        }
+
+    init = {"init_from": str(vary / "decoder" / "projector.safetensors"), "init_encoder": "vary"}
+    budget = {"balance_images": 64}
+    mixed = cfg(["clip", "vary"])
+    out = nano_config(mixed, budget)
+    assert out["model"]["adapter"] == {"type": "linear", **init}
+    assert out["model"]["fusion"] == {
+        "type": "concat-channel",
+        "scales": "auto",
+        "scale_images": 64,
+    }
+    assert mixed == cfg(["clip", "vary"])  # a copy
+    alone = nano_config(cfg(["vary"]), budget)["model"]
+    assert alone["adapter"] == {"type": "linear", **init} and "scales" not in alone["fusion"]
+    # no projector start: another fusion, adapter or LM; no scales: one encoder, other fusions,
+    # given scales, or no images to measure on
+    for other in (
+        cfg(["clip", "vary"], fusion="omnifusion"),
+        cfg(["clip"]),
+        cfg(["clip", "vary"], adapter={"type": "mlp"}),
+        cfg(["clip", "vary"], adapter={"type": "linear", "bias": False}),
+        cfg(["clip", "vary"], llm={"path": str(tmp_path / "elsewhere")}),
+    ):
+        assert projector_init(other) is None
+    assert nano_config(cfg(["clip", "vary"], fusion="omnifusion"), budget)["model"]["fusion"] == {
+        "type": "omnifusion"
+    }
+    assert "scales" not in nano_config(mixed, {"balance_images": 0})["model"]["fusion"]
+    given = cfg(["clip", "vary"])
+    given["model"]["fusion"]["scales"] = [0.5, 1.0]
+    assert nano_config(given, budget)["model"]["fusion"]["scales"] == [0.5, 1.0]
+    # the typed config accepts them, in the run and in its align stage
+    spec = RunSpec.build("r", out, tmp_path / "r", [], align={"train": {"max_steps": 2}})
+    for stage in (spec.align, spec.config):
+        assert stage.model.adapter == {"type": "linear", **init}
+        assert stage.model.fusion["scales"] == "auto"

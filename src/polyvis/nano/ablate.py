@@ -33,8 +33,10 @@ import yaml
 
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
-from polyvis.nano.demo import finish_config
-from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
+from polyvis.nano.demo import nano_config
+from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
+
+KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align")
 
 
 def _typed(value: Any, field: str) -> dict[str, Any]:
@@ -55,11 +57,9 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("", f"{path}: ablation file not found")
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"nano", "base", "quick", "grid", "eval", "jobs"}
+    unknown = set(spec) - set(KEYS)
     if unknown:
-        raise ConfigError(
-            sorted(unknown)[0], "unknown field; valid: nano, base, quick, grid, eval, jobs, align"
-        )
+        raise ConfigError(sorted(unknown)[0], f"unknown field; valid: {', '.join(KEYS)}")
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
     grid = spec.get("grid") or {}
@@ -73,7 +73,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
 
 def _nano_base(
     spec: dict[str, Any], out: Path
-) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None, list[Path]]:
+) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None, dict[str, Any]]:
     from polyvis.nano import demo
 
     quick = bool(spec.get("quick"))
@@ -83,14 +83,14 @@ def _nano_base(
         ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
         quick, 0,
     )  # fmt: skip
-    images = demo.balance_images(world, budget)
-    return base, world.test, budget["eval_limit"], demo.align_stage(budget), images
+    return base, world.test, budget["eval_limit"], demo.align_stage(budget), budget
 
 
 def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     """Every (cell, seed) run of the grid, with its config."""
+    budget = None  # nano: the demo's budget, for the runs' projector start and encoder scales
     if spec.get("nano"):
-        base, eval_files, limit, align, images = _nano_base(spec, out)
+        base, eval_files, limit, align, budget = _nano_base(spec, out)
     else:
         src = spec["base"]
         base = (
@@ -98,7 +98,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
             if isinstance(src, str)
             else src
         )
-        eval_files, limit, align, images = [], None, None, []
+        eval_files, limit, align = [], None, None
     align = spec.get("align", align)
     if align is not None and not isinstance(align, dict):
         raise ConfigError(
@@ -129,32 +129,26 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         cfg["model"]["encoders"] = [by_name[n] for n in names]
         cfg.setdefault("train", {})["seed"] = seed
         cell = f"{'+'.join(names)} | {_label(fusion)} | {_label(adapter)}"
-        try:
-            load_config(cfg)
-        except ConfigError as err:
-            print(f"skipping {cell}: {err}")
-            continue
-        start = None
-        if spec.get("nano"):
-            cfg, start = finish_config(cfg, images)
+        if budget is not None:
+            cfg = nano_config(cfg, budget)
         slug = (
             "_".join([*names, _label(fusion), _label(adapter)]).replace("/", "-").replace(" ", "")
         )
-        runs.append(
-            (
-                cell,
-                seed,
-                RunSpec(
-                    f"{cell} | seed {seed}",
-                    cfg,
-                    out / "cells" / slug / f"seed-{seed}",
-                    eval_files,
-                    limit,
-                    align=align,
-                    start=start,
-                ),
+        try:
+            run = RunSpec.build(
+                f"{cell} | seed {seed}",
+                cfg,
+                out / "cells" / slug / f"seed-{seed}",
+                eval_files,
+                limit,
+                align=align,
             )
-        )
+        except ConfigError as err:
+            if err.field.startswith("align"):  # the ablation's own align section: every cell
+                raise
+            print(f"skipping {cell}: {err}")  # a fusion / adapter pair that cannot be built
+            continue
+        runs.append((cell, seed, run))
     return runs
 
 
@@ -170,7 +164,7 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
     )
     cells: dict[str, list[dict[str, float]]] = {}
     for cell, _seed, run in runs:
-        scores = family_scores(evaluate_run(run))
+        scores = family_scores(read_results(run))
         scores["mean"] = sum(scores.values()) / max(1, len(scores))
         cells.setdefault(cell, []).append(scores)
     summary = {cell: _mean_std(rows) for cell, rows in cells.items()}

@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+import copy
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import ConfigError
-from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
-from polyvis.nano.start import expert_start
+from polyvis.nano.runs import RunSpec, train_runs
 from polyvis.nano.tasks import select_split
 
 FAMILIES = ["scene", "ocr", "latex", "chart", "table", "mixed"]
@@ -35,10 +34,8 @@ LM = {
 QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1}  # fmt: skip
 
-# One linear map, as LLaVA-1 (and Vary) project: the runs with vary-nano and concat-channel
-# start it from vary-nano's own projector (polyvis.nano.start), so the LM, vary-nano's decoder,
-# reads from the first step. Concat-channel then kept vary-nano's OCR (40 vs 43 alone; with a
-# fresh 512-wide MLP 25 vs 31, with LLaVA-1.5's 128-wide one 19 vs 35; docs/nano.md).
+# One linear map, as LLaVA-1 and Vary project. Where it sees vary-nano's channels it starts from
+# vary-nano's own projector (nano_config), so the LM, vary-nano's decoder, reads from step one.
 ADAPTER = {"type": "linear"}
 
 # name, encoders, fusion
@@ -49,11 +46,9 @@ RUNS = [
     ("clip+vary concat-channel", ["clip", "vary"], "concat-channel"),
 ]
 
-# Batch 8: at the same number of samples, 2400 steps of 8 taught a run to read OCR (16.7 exact)
-# where 600 steps of 32 did not (1.3), and smaller batches pad less (docs/nano.md). 1000 steps
-# keep a second run (experts cached) near 6 minutes on 2 cores. The LM (vary-nano's decoder,
-# which already reads) trains at a quarter of the adapter's rate: at the adapter's rate it
-# forgot how to read before the adapter had learnt to feed it (OCR 0 vs 30 exact, docs/nano.md).
+# Many small steps teach more per sample than few large ones, and 1000 keep a second run near 6
+# minutes on 2 cores. The LM already reads, so it trains slower than the adapter: at the
+# adapter's rate it forgot how to read before the adapter fed it (figures: docs/nano.md).
 BUDGET = {
     "n": 1500,
     "per_family": 1500,
@@ -63,17 +58,12 @@ BUDGET = {
     "lr_llm": 5e-4,
     "eval_limit": 400,
     "vocab": 1024,
-    # One large sign (at 3 signs per 64 px image the words were too small for vary-nano to read)
-    # and 2 x 2 tables (larger text than medium's 3 x 3), as vary-nano pretrains on.
+    # one large sign and 2 x 2 tables: text large enough for vary-nano, as it pretrains on
     "difficulty": {"mixed": "easy", "table": "easy"},
-    # No align stage (LM frozen) first: with a fresh adapter it kept the mixed model reading
-    # (OCR 19 vs 5), but the start from vary-nano's projector does that job better (docs/nano.md).
-    # `polyvis demo` and the ablations still train one when this is set.
+    # steps of an align stage (LM frozen) first: none, the projector start keeps the LM reading
     "align_steps": 0,
-    # concat-channel runs scale each encoder's features to the RMS of the one whose projector
-    # they start from (polyvis.nano.balance), measured on this many training images: unscaled,
-    # clip-nano's 1.8x larger features cost the mixed model part of vary-nano's reading
-    # (mean 36.2 vs 37.0 scaled, over 3 seeds, docs/nano.md item 7).
+    # mixed concat-channel runs: the training images their encoder scales are measured on
+    # (`scales: auto`), so that clip-nano's larger features do not drown vary-nano's
     "balance_images": 64,
 }
 QUICK_BUDGET = {
@@ -227,23 +217,44 @@ def run_config(
     }
 
 
-def balance_images(world: World, budget: dict[str, Any]) -> list[Path]:
-    """The training images the runs' encoder scales are measured on ([] when not balancing)."""
-    from polyvis.nano.balance import sample_images
+def projector_init(config: dict[str, Any]) -> dict[str, str] | None:
+    """{"init_from", "init_encoder"}: where the config's adapter can start from an expert's
+    projector. That needs an LM that is the decoder saved inside one of its encoders' folders,
+    beside the projector it was trained with (as vary-nano saves it), a concat-channel fusion
+    without proj_dim and a linear adapter with a bias; otherwise None (a random start)."""
+    from polyvis.nano.vary import PROJECTOR_FILE
 
+    model = config.get("model", {})
+    fusion, adapter = model.get("fusion") or {}, model.get("adapter") or {}
+    if fusion.get("type") != "concat-channel" or fusion.get("proj_dim"):
+        return None
+    if adapter.get("type") != "linear" or adapter.get("bias") is False:
+        return None
+    lm = (model.get("llm") or {}).get("path")
+    if not lm or not (Path(lm) / PROJECTOR_FILE).is_file():
+        return None
+    for enc in model.get("encoders", []):
+        if enc.get("path") and Path(enc["path"]).resolve() == Path(lm).resolve().parent:
+            return {"init_from": str(Path(lm) / PROJECTOR_FILE), "init_encoder": enc["name"]}
+    return None
+
+
+def nano_config(config: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a run's config with the nano world's starts: the adapter from an expert's
+    projector where it can (projector_init), and for concat-channel over 2+ encoders, encoder
+    scales measured when training starts (`scales: auto` on budget["balance_images"] training
+    images, relative to that expert; none when 0). Given init_from or scales are kept."""
+    out = copy.deepcopy(config)
+    model = out["model"]
+    init = projector_init(out)
+    if init and "init_from" not in model["adapter"]:
+        model["adapter"] = {**model["adapter"], **init}
+    fusion = model.get("fusion") or {}
     n = int(budget.get("balance_images", 0))
-    return sample_images(world.train, n) if n else []
-
-
-def finish_config(cfg: dict[str, Any], images: list[Path]) -> tuple[dict[str, Any], dict | None]:
-    """A run's config with its encoder scales (when `images` are given), and its projector
-    start (polyvis.nano.start); the scales are relative to the encoder the start is for."""
-    from polyvis.nano.balance import balanced
-
-    start = expert_start(cfg)
-    if images:
-        cfg = balanced(cfg, images, start["encoder"] if start else None)
-    return cfg, start
+    multi = len(model.get("encoders") or []) >= 2
+    if n and multi and fusion.get("type") == "concat-channel" and not fusion.get("scales"):
+        model["fusion"] = {**fusion, "scales": "auto", "scale_images": n}
+    return out
 
 
 def align_stage(budget: dict[str, Any]) -> dict[str, Any] | None:
@@ -274,7 +285,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from polyvis.eval.report import compare_table, plot_compare
+    from polyvis.nano.demo_report import collect_results, write_report
 
     out = Path(out)
     start = time.perf_counter()
@@ -283,19 +294,15 @@ def run_demo(
         budget["align_steps"] = budget.get("align_steps", 0) * steps // budget["steps"]
         budget["steps"] = steps
     world = prepare_world(out, budget, quick, seed, jobs, progress, log=print)
-    images = balance_images(world, budget)
     specs = []
     for name, encoders, fusion in RUNS:
-        cfg, expert = finish_config(
-            run_config(
-                encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
-            ),
-            images,
+        cfg = run_config(
+            encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
         )
         specs.append(
-            RunSpec(
+            RunSpec.build(
                 name,
-                cfg,
+                nano_config(cfg, budget),
                 out / "runs" / _slug(name),
                 world.test,
                 budget["eval_limit"],
@@ -305,7 +312,6 @@ def run_demo(
                     "adapter": ADAPTER["type"],
                 },
                 align=align_stage(budget),
-                start=expert,
             )
         )
     print(
@@ -318,66 +324,6 @@ def run_demo(
         on_done=lambda s, t: print(f"      {s.name}: trained and scored in {t:.0f} s"),
     )
     print("[4/4] results")
-    runs = []
-    for spec in specs:
-        res = evaluate_run(spec)
-        scores = family_scores(res)
-        runs.append(
-            {
-                "name": spec.name,
-                **spec.meta,
-                "scores": scores,
-                "mean": sum(scores.values()) / max(1, len(scores)),
-                "train_seconds": seconds.get(spec.name, 0.0),
-            }
-        )
-    results = {
-        "runs": runs,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {_cpus()} cores",
-        "seconds": time.perf_counter() - start,
-        "budget": budget,
-        "quick": quick,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    as_results = [
-        {"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs
-    ]
-    table = compare_table([r["name"] for r in runs], as_results)
-    (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
-    plot_compare([r["name"] for r in runs], as_results, out / "results.png")
-    print("\n" + table)
-    _print_examples(specs)
-    print(
-        f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all"
-    )
+    results = collect_results(specs, seconds, budget, quick, time.perf_counter() - start)
+    write_report(out, results, specs)
     return results
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
-
-
-def _markdown(results: dict[str, Any], table: str) -> str:
-    b = results["budget"]
-    return (
-        "# polyvis demo: which encoders, mixed how?\n\n"
-        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, "
-        f"{b['n']} synthetic images per family. Scores are per family on held-out test records "
-        "(exact match, edit similarity, relaxed accuracy or ANLS by family), 0-1.\n\n"
-        f"{table}\n\nMachine: {results['machine']}; {results['seconds']:.0f} s in all.\n"
-    )
-
-
-def _print_examples(specs: list[RunSpec], per_run: int = 2) -> None:
-    print("\nexample answers:")
-    for spec in specs:
-        path = spec.out / "eval" / "answers.jsonl"
-        if not path.is_file():
-            continue
-        rows = [json.loads(line) for line in path.read_text().splitlines()[:per_run]]
-        for row in rows:
-            print(
-                f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> {row['prediction'][:40]!r} (ref {row['reference'][:40]!r})"
-            )

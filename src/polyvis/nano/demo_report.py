@@ -1,0 +1,86 @@
+"""The demo's report: OUT/results.{json,md,png}, the printed table and a few example answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from polyvis.nano.runs import RunSpec, family_scores, read_results
+
+
+def collect_results(
+    specs: list[RunSpec],
+    seconds: dict[str, float],
+    budget: dict[str, Any],
+    quick: bool,
+    elapsed: float,
+) -> dict[str, Any]:
+    """What OUT/results.json holds: per run its meta, family scores (points) and mean, and its
+    training seconds (`seconds`, from train_runs); the machine, the budget and the time taken."""
+    runs = []
+    for spec in specs:
+        scores = family_scores(read_results(spec))
+        runs.append(
+            {
+                "name": spec.name,
+                **spec.meta,
+                "scores": scores,
+                "mean": sum(scores.values()) / max(1, len(scores)),
+                "train_seconds": seconds.get(spec.name, 0.0),
+            }
+        )
+    cpus = os.cpu_count() or 1
+    return {
+        "runs": runs,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {cpus} cores",
+        "seconds": elapsed,
+        "budget": budget,
+        "quick": quick,
+    }
+
+
+def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> None:
+    """Write OUT/results.json, results.md and results.png, and print the table and examples."""
+    from polyvis.eval.report import compare_table, plot_compare
+
+    runs = results["runs"]
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    as_results = [
+        {"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs
+    ]
+    table = compare_table([r["name"] for r in runs], as_results)
+    (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
+    plot_compare([r["name"] for r in runs], as_results, out / "results.png")
+    print("\n" + table)
+    _print_examples(specs)
+    print(
+        f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all"
+    )
+
+
+def _markdown(results: dict[str, Any], table: str) -> str:
+    b = results["budget"]
+    return (
+        "# polyvis demo: which encoders, mixed how?\n\n"
+        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, "
+        f"{b['n']} synthetic images per family. Scores are per family on held-out test records "
+        "(exact match, edit similarity, relaxed accuracy or ANLS by family), 0-1.\n\n"
+        f"{table}\n\nMachine: {results['machine']}; {results['seconds']:.0f} s in all.\n"
+    )
+
+
+def _print_examples(specs: list[RunSpec], per_run: int = 2) -> None:
+    print("\nexample answers:")
+    for spec in specs:
+        path = spec.out / "eval" / "answers.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines()[:per_run]]
+        for row in rows:
+            print(
+                f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> "
+                f"{row['prediction'][:40]!r} (ref {row['reference'][:40]!r})"
+            )

@@ -1,0 +1,102 @@
+"""One nano run's process: its training stages, then its evaluation, as library calls.
+
+`polyvis.nano.runs` starts `python -m polyvis.nano.worker` once per run, with the run's stages
+pickled on its standard input and its output going to RUN/train.log; torch and transformers are
+then imported once per run, not once per stage. A subprocess rather than a multiprocessing
+child: it starts with the one-thread environment already set (before torch is imported), and
+the caller's `__main__` is not imported again, so scripts need no `__main__` guard.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from polyvis.errors import PolyVisError
+
+if TYPE_CHECKING:
+    from polyvis.config import Config
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    """`polyvis.train.train(config, out)`: resumes from out's checkpoints, a no-op when done."""
+
+    config: Config
+    out: Path
+
+    def run(self) -> None:
+        from polyvis.train import train
+
+        final = train(self.config, self.out, progress=False)
+        print(f"final model: {final}")
+
+
+@dataclass(frozen=True)
+class EvalStage:
+    """`polyvis.eval.runner.evaluate` of the model in model_dir on the records files."""
+
+    model_dir: Path
+    files: list[Path]
+    out: Path
+    name: str
+    batch_size: int
+    max_new_tokens: int
+    limit: int | None = None
+
+    def run(self) -> None:
+        from polyvis.eval.report import results_table
+        from polyvis.eval.runner import evaluate
+        from polyvis.models.build import load_model
+
+        # the arguments `polyvis eval MODEL --device cpu --no-progress ...` passes, so that
+        # answers and scores match a run scored from the command line
+        model_dir = str(self.model_dir)
+        model, processor = load_model(model_dir, dtype=None, device="cpu")
+        results = evaluate(
+            model,
+            processor,
+            list(self.files),
+            out_dir=self.out,
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            num_beams=1,
+            metric=None,
+            limit=self.limit or None,
+            progress=False,
+            name=self.name,
+            model_dir=model_dir,
+        )
+        print(results_table(results))
+
+
+Stage = TrainStage | EvalStage
+
+
+def run_stages(stages: list[Stage]) -> int:
+    """Run the stages in order in this process; stops at the first failure. Returns an exit
+    status: 0, 2 for a PolyVisError (printed as one line), 1 for any other error (traceback)."""
+    try:
+        for stage in stages:
+            stage.run()
+    except PolyVisError as err:
+        print(f"polyvis: error: {err}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def main() -> int:
+    stages = pickle.load(sys.stdin.buffer)
+    sys.stdin.close()
+    return run_stages(stages)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
