@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from polyvis.nano import demo
-from polyvis.nano.runs import RunSpec, evaluate_run, family_scores, train_runs
-from polyvis.nano.start import expert_start
+from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 
 
 def main() -> None:
@@ -89,15 +88,17 @@ def main() -> None:
         node[last] = json.loads(value)
     if a.lm and a.lm != "scratch":
         cfg["model"]["llm"] = {"path": a.lm}
-    align = demo.align_stage(budget)
-    spec = RunSpec(
+    init = demo.projector_init(cfg)
+    if init and not a.no_start:
+        cfg["model"]["adapter"] = {**cfg["model"]["adapter"], **init}
+    spec = RunSpec.build(
         a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit,
-        align=align, start=None if a.no_start else expert_start(cfg),
+        align=demo.align_stage(budget),
     )  # fmt: skip
     t0 = time.perf_counter()
     train_runs([spec], jobs=1)
     t1 = time.perf_counter()
-    scores = family_scores(evaluate_run(spec))
+    scores = family_scores(read_results(spec))
     t2 = time.perf_counter()
     mean = sum(scores.values()) / max(1, len(scores))
     print("| run | " + " | ".join(scores) + " | mean | train s | eval s |")
