@@ -249,7 +249,7 @@ def test_perceiver_heads_must_divide_width():
 
 @pytest.mark.parametrize("name", ALL)
 def test_unknown_option_names_the_field(name):
-    with pytest.raises(ConfigError, match="unknown option") as err:
+    with pytest.raises(ConfigError, match="unknown field") as err:
         make(name, widht=3)
     assert err.value.field == "model.adapter.widht"
 
@@ -263,7 +263,7 @@ def test_bad_value_and_unknown_type_name_the_field():
     assert err.value.field == "model.adapter.type"
     with pytest.raises(ConfigError, match="greater than or equal to 1") as err:
         make("ldp", pool_grid=[0, 3])
-    assert err.value.field == "model.adapter.pool_grid.0"
+    assert err.value.field == "model.adapter.pool_grid[0]"
     with pytest.raises(ConfigError, match="at most 2 items") as err:
         make("cabstractor", pool_grid=[2, 2, 2])
     assert err.value.field == "model.adapter.pool_grid"

@@ -229,7 +229,7 @@ def test_gated_gates_sum_to_one_and_start_as_mean():
 
 def test_unknown_option_names_field():
     for name in NAMES:
-        with pytest.raises(ConfigError, match=r"model\.fusion\.bogus: unknown option"):
+        with pytest.raises(ConfigError, match=r"model\.fusion\.bogus: unknown field"):
             build_fusion({"type": name, "bogus": 1}, [E_A])
 
 

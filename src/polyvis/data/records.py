@@ -12,12 +12,12 @@ Image paths are relative to the records file's folder (or absolute). Other field
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from polyvis.errors import DataError
+from polyvis.paths import atomic_file
 
 IMAGE_TOKEN = "<image>"
 ROLES = ("human", "gpt")
@@ -112,17 +112,13 @@ def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]
 def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write records as JSONL (or as a JSON list when the name ends in .json)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    # A per-process temporary name: two writers of one file never rename each other's half-file.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         if path.suffix == ".json":
             json.dump(records, f, ensure_ascii=False, indent=1)
         else:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

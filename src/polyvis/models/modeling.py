@@ -10,13 +10,21 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 from polyvis.errors import DataError
 from polyvis.models.adapters import build_adapter
 from polyvis.models.encoders import VisionEncoder, backbone_from_config, prepare_backbone
 from polyvis.models.fusion import EncoderInfo, build_fusion
+from polyvis.models.processing import PolyVisProcessor
 
 
 class PolyVisConfig(PreTrainedConfig):
@@ -336,4 +344,8 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
                 p.requires_grad_(flags[role])
 
 
+# transformers' documented way for models outside the library: after this module is imported,
+# AutoConfig / AutoModelForImageTextToText / AutoProcessor load a polyvis model directory.
 AutoConfig.register("polyvis", PolyVisConfig, exist_ok=True)
+AutoModelForImageTextToText.register(PolyVisConfig, PolyVisForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(PolyVisConfig, PolyVisProcessor, exist_ok=True)

@@ -22,6 +22,13 @@ PROCESSOR_FILE = "polyvis_processor.json"
 
 
 class PolyVisProcessor:
+    """Tokenizer + one image processor per encoder (saved under image_processors/<name>/).
+
+    Not a transformers ProcessorMixin, whose fixed attributes hold a single image processor;
+    AutoProcessor finds it through the registration beside the model (models/modeling.py) and
+    calls `from_pretrained`.
+    """
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
@@ -133,7 +140,12 @@ class PolyVisProcessor:
         (directory / PROCESSOR_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> PolyVisProcessor:
+    def from_pretrained(cls, directory: str | Path, **hub_kwargs: Any) -> PolyVisProcessor:
+        """Load the processor saved in a local model directory.
+
+        hub_kwargs: what AutoProcessor.from_pretrained passes on (revision, cache_dir, ...);
+        they concern downloads, and a local directory needs none, so they are not used.
+        """
         directory = Path(directory)
         meta_path = directory / PROCESSOR_FILE
         if not meta_path.is_file():

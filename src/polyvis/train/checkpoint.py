@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically (temporary dir, then rename), the last K kept.
+"""Checkpoints: written atomically (polyvis.paths.atomic_dir), the last K kept.
 
 A checkpoint holds what training changes and nothing more: the trainable parameters
 (safetensors), optimizer and scheduler state (torch.save, read back with weights_only=True), the
@@ -8,7 +8,6 @@ RNG states of every process and the data position. Frozen weights come from the 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -16,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from polyvis.errors import PolyVisError
+from polyvis.paths import atomic_dir
 
 PREFIX = "step-"
 
@@ -72,36 +73,33 @@ def save_checkpoint(
     keep_last: int,
     accelerator: Any,
 ) -> Path:
-    """Write RUN/checkpoints/step-N atomically; every process writes its own RNG state."""
+    """Write RUN/checkpoints/step-N atomically, with every process's RNG state.
+
+    The main process writes the folder; the others' RNG states reach it by gather_object (a
+    no-op with one process), so no process writes into another's temporary folder.
+    """
     root = checkpoint_dir(run)
     final = root / f"{PREFIX}{step}"
-    tmp = root / f".tmp-{PREFIX}{step}"
+    rng_states = gather_object([rng_state()])
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    (tmp / f"rng-{accelerator.process_index}.json").write_text(json.dumps(rng_state()))
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        tensors = {
-            n: p.detach().cpu().contiguous()
-            for n, p in unwrapped.named_parameters()
-            if p.requires_grad
-        }
-        save_file(tensors, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for path in (tmp / "state.json", tmp / "trainable.safetensors"):
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_dir(final, replace=True) as tmp:
+            for index, rng in enumerate(rng_states):
+                (tmp / f"rng-{index}.json").write_text(json.dumps(rng))
+            unwrapped = accelerator.unwrap_model(model)
+            tensors = {
+                n: p.detach().cpu().contiguous()
+                for n, p in unwrapped.named_parameters()
+                if p.requires_grad
+            }
+            save_file(tensors, str(tmp / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         for old in list_checkpoints(run)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+        # folders of a process killed while writing (temporary names carry its pid)
+        for stale in root.glob(f".{PREFIX}*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

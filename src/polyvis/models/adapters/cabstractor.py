@@ -11,10 +11,9 @@ from polyvis.models.adapters._grid import (
     GridSize,
     clamp_grid,
     map_to_tokens,
-    require_grid,
     tokens_to_map,
 )
-from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams
+from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams, position_embedding
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -102,36 +101,27 @@ class CAbstractorAdapter(Adapter):
         pool_grid: GridSize = (8, 8)
         pos_emb: bool = True
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        self.in_grid = require_grid(in_grid, in_tokens, "cabstractor")
-        self.pool_grid = clamp_grid(params.pool_grid, self.in_grid)
-        hidden = params.hidden_dim or in_dim
-        if params.pos_emb:
-            self.pos_emb = nn.Parameter(torch.empty(1, in_tokens, in_dim))
-            nn.init.trunc_normal_(self.pos_emb, std=0.02)
-        else:
-            self.pos_emb = None
+    needs_grid = True
+    params: Params
+
+    def build(self) -> int:
+        p, in_dim, out_dim = self.params, self.in_dim, self.out_dim
+        self.pool_grid = clamp_grid(p.pool_grid, self.in_grid)
+        hidden = p.hidden_dim or in_dim
+        self.pos_emb = position_embedding(self.in_tokens, in_dim) if p.pos_emb else None
         pool = nn.AdaptiveAvgPool2d(self.pool_grid)
-        if params.depth:
+        if p.depth:
             self.net = nn.Sequential(
-                RegStage(params.depth, in_dim, hidden), pool, RegStage(params.depth, hidden, hidden)
+                RegStage(p.depth, in_dim, hidden), pool, RegStage(p.depth, hidden, hidden)
             )
         else:
             self.net = nn.Sequential(pool)
             hidden = in_dim
         layers: list[nn.Module] = [nn.Linear(hidden, out_dim)]
-        for _ in range(params.mlp_depth - 1):
+        for _ in range(p.mlp_depth - 1):
             layers += [nn.SiLU(), nn.Linear(out_dim, out_dim)]
         self.readout = nn.Sequential(*layers)
-        self.num_tokens = self.pool_grid[0] * self.pool_grid[1]
+        return self.pool_grid[0] * self.pool_grid[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_emb is not None:

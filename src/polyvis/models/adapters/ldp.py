@@ -10,7 +10,6 @@ from polyvis.models.adapters._grid import (
     GridSize,
     clamp_grid,
     map_to_tokens,
-    require_grid,
     tokens_to_map,
 )
 from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams
@@ -29,20 +28,15 @@ class LDPAdapter(Adapter):
     class Params(AdapterParams):
         pool_grid: GridSize = (12, 12)
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        self.in_grid = require_grid(in_grid, in_tokens, "ldp")
-        self.pool_grid = clamp_grid(params.pool_grid, self.in_grid)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-        self.peg = nn.Conv2d(out_dim, out_dim, 3, 1, 1, bias=True, groups=out_dim)
-        self.num_tokens = self.pool_grid[0] * self.pool_grid[1]
+    needs_grid = True
+    params: Params
+
+    def build(self) -> int:
+        d = self.out_dim
+        self.pool_grid = clamp_grid(self.params.pool_grid, self.in_grid)
+        self.mlp = nn.Sequential(nn.Linear(self.in_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.peg = nn.Conv2d(d, d, 3, 1, 1, bias=True, groups=d)
+        return self.pool_grid[0] * self.pool_grid[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tokens_to_map(self.mlp(x), self.in_grid)

@@ -15,17 +15,11 @@ class LinearAdapter(Adapter):
     class Params(AdapterParams):
         bias: bool = True
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        self.proj = nn.Linear(in_dim, out_dim, bias=params.bias)
-        self.num_tokens = in_tokens
+    params: Params
+
+    def build(self) -> int:
+        self.proj = nn.Linear(self.in_dim, self.out_dim, bias=self.params.bias)
+        return self.in_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)

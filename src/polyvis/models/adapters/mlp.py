@@ -25,22 +25,17 @@ class MLPAdapter(Adapter):
         # concatenated along channels can need more than the LM's width to pass through.
         hidden: int | None = Field(None, gt=0)
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        hidden = params.hidden or out_dim
-        widths = [in_dim] + [hidden] * (params.depth - 1) + [out_dim]
+    params: Params
+
+    def build(self) -> int:
+        p = self.params
+        hidden = p.hidden or self.out_dim
+        widths = [self.in_dim] + [hidden] * (p.depth - 1) + [self.out_dim]
         layers: list[nn.Module] = [nn.Linear(widths[0], widths[1])]
         for a, b in zip(widths[1:-1], widths[2:]):
             layers += [nn.GELU(), nn.Linear(a, b)]
         self.mlp = nn.Sequential(*layers)
-        self.num_tokens = in_tokens
+        return self.in_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)

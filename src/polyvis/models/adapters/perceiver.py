@@ -7,8 +7,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from polyvis.errors import ConfigError
-from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams
+from polyvis.models.adapters.base import (
+    ADAPTERS,
+    Adapter,
+    AdapterParams,
+    check_heads,
+    position_embedding,
+)
 
 
 class PerceiverAttention(nn.Module):
@@ -66,35 +71,20 @@ class PerceiverAdapter(Adapter):
         ff_mult: int = Field(4, ge=1)
         pos_emb: bool = False
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        if in_dim % params.heads:
-            raise ConfigError(
-                "model.adapter.heads",
-                f"{params.heads} heads must divide the input width {in_dim}",
-            )
-        self.latents = nn.Parameter(torch.randn(params.num_latents, in_dim))
-        if params.pos_emb:
-            self.pos_emb = nn.Parameter(torch.empty(1, in_tokens, in_dim))
-            nn.init.trunc_normal_(self.pos_emb, std=0.02)
-        else:
-            self.pos_emb = None
+    params: Params
+
+    def build(self) -> int:
+        p, dim = self.params, self.in_dim
+        check_heads(p.heads, dim)
+        self.latents = nn.Parameter(torch.randn(p.num_latents, dim))
+        self.pos_emb = position_embedding(self.in_tokens, dim) if p.pos_emb else None
         self.layers = nn.ModuleList(
-            nn.ModuleList(
-                [PerceiverAttention(in_dim, params.heads), FeedForward(in_dim, params.ff_mult)]
-            )
-            for _ in range(params.depth)
+            nn.ModuleList([PerceiverAttention(dim, p.heads), FeedForward(dim, p.ff_mult)])
+            for _ in range(p.depth)
         )
-        self.norm = nn.LayerNorm(in_dim)
-        self.proj = nn.Linear(in_dim, out_dim)
-        self.num_tokens = params.num_latents
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, self.out_dim)
+        return p.num_latents
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_emb is not None:

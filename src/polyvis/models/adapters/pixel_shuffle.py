@@ -7,7 +7,6 @@ from pydantic import Field
 from torch import nn
 
 from polyvis.errors import ConfigError
-from polyvis.models.adapters._grid import require_grid
 from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams
 
 
@@ -32,24 +31,18 @@ class PixelShuffleAdapter(Adapter):
     class Params(AdapterParams):
         factor: int = Field(2, ge=1)
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        self.in_grid = require_grid(in_grid, in_tokens, "pixel-shuffle")
-        r = params.factor
-        if self.in_grid[0] % r or self.in_grid[1] % r:
+    needs_grid = True
+    params: Params
+
+    def build(self) -> int:
+        h, w = self.in_grid
+        r = self.params.factor
+        if h % r or w % r:
             raise ConfigError(
-                "model.adapter.factor",
-                f"the {self.in_grid[0]}x{self.in_grid[1]} token grid is not divisible by factor {r}",
+                "model.adapter.factor", f"the {h}x{w} token grid is not divisible by factor {r}"
             )
-        self.proj = nn.Linear(in_dim * r * r, out_dim, bias=False)
-        self.num_tokens = in_tokens // (r * r)
+        self.proj = nn.Linear(self.in_dim * r * r, self.out_dim, bias=False)
+        return self.in_tokens // (r * r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(pixel_shuffle(x, self.in_grid, self.params.factor))

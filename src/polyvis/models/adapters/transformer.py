@@ -8,8 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from polyvis.errors import ConfigError
-from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams
+from polyvis.models.adapters.base import ADAPTERS, Adapter, AdapterParams, check_heads
 
 
 @ADAPTERS.register("transformer")
@@ -38,31 +37,22 @@ class TransformerAdapter(Adapter):
         dropout: float = Field(0.1, ge=0.0, lt=1.0)
         activation: Literal["relu", "gelu"] = "relu"
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        in_grid: tuple[int, int] | None,
-        in_tokens: int,
-        params: Params,
-    ):
-        super().__init__(in_dim, out_dim, in_grid, in_tokens, params)
-        if in_dim % params.heads:
-            raise ConfigError(
-                "model.adapter.heads",
-                f"{params.heads} heads must divide the input width {in_dim}",
-            )
+    params: Params
+
+    def build(self) -> int:
+        p = self.params
+        check_heads(p.heads, self.in_dim)
         self.transformer_layer = nn.TransformerEncoderLayer(
-            d_model=in_dim,
-            nhead=params.heads,
-            dim_feedforward=params.ffn_dim,
-            dropout=params.dropout,
-            activation=params.activation,
+            d_model=self.in_dim,
+            nhead=p.heads,
+            dim_feedforward=p.ffn_dim,
+            dropout=p.dropout,
+            activation=p.activation,
             batch_first=True,
             norm_first=False,
         )
-        self.linear = nn.Linear(in_dim, out_dim)
-        self.num_tokens = in_tokens
+        self.linear = nn.Linear(self.in_dim, self.out_dim)
+        return self.in_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.transformer_layer(x))

@@ -3,44 +3,33 @@
 from __future__ import annotations
 
 import torch
-from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from polyvis.errors import ConfigError
-from polyvis.models.fusion.base import FUSIONS, EncoderInfo, Fusion
+from polyvis.models.fusion.base import FUSIONS, EncoderInfo
 from polyvis.models.fusion.common import (
     FIELD,
-    AlignParams,
-    align_all,
+    ProjectAlignFusion,
+    ProjectAlignParams,
     concat_layers,
-    default_dim,
-    in_width,
-    require_encoders,
-    resolve_grid,
 )
 
 
 @FUSIONS.register("add")
-class AddFusion(Fusion):
+class AddFusion(ProjectAlignFusion):
     """z = sum_k w_k * P_k(x_k) on a common grid (founding research; A-MoF in Eyes Wide Shut).
 
     `weights` are the initial w (default 1/K each); `learn_weights` makes them trainable,
     otherwise they stay fixed (alpha and 1 - alpha in A-MoF).
     """
 
-    class Params(AlignParams):
-        dim: PositiveInt | None = None
+    class Params(ProjectAlignParams):
         weights: list[float] | None = None
         learn_weights: bool = True
 
     def __init__(self, encoders: list[EncoderInfo], params: Params):
         super().__init__(encoders, params)
-        require_encoders(encoders)
         k = len(encoders)
-        self.out_dim = default_dim(encoders, params.dim)
-        self.grid = resolve_grid(encoders, params.grid, params.align)
-        self.num_tokens = self.grid[0] * self.grid[1]
-        self.proj = nn.ModuleList(nn.Linear(in_width(e), self.out_dim) for e in encoders)
         if params.weights is not None and len(params.weights) != k:
             raise ConfigError(
                 f"{FIELD}.weights", f"has {len(params.weights)} values for {k} encoders"
@@ -53,8 +42,5 @@ class AddFusion(Fusion):
             self.register_buffer("weights", init, persistent=False)
 
     def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        xs = concat_layers(feats, self.encoders)
-        # project first: affine maps commute with interpolate/pool, and pad leaves zeros
-        ys = [p(x) for p, x in zip(self.proj, xs)]
-        ys = torch.stack(align_all(ys, self.encoders, self.grid, self.params.align))  # (K,B,N,d)
+        ys = torch.stack(self.project_aligned(concat_layers(feats, self.encoders)))  # (K,B,N,d)
         return (self.weights.to(ys.dtype).view(-1, 1, 1, 1) * ys).sum(0)

@@ -102,10 +102,6 @@ def align_tokens(
     return grid_to_tokens(fmap)
 
 
-def largest_grid(encoders: list[EncoderInfo]) -> tuple[int, int]:
-    return max((e.grid for e in encoders), key=lambda g: (g[0] * g[1], g))
-
-
 def square_side(n: int) -> int | None:
     r = math.isqrt(n)
     return r if r * r == n else None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from pydantic import PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from polyvis.errors import ConfigError
-from polyvis.models.fusion.base import AlignPolicy, EncoderInfo, FusionParams, align_tokens
+from polyvis.models.fusion.base import AlignPolicy, EncoderInfo, Fusion, FusionParams, align_tokens
 
 # build_fusion validates options under this prefix; constructor-time checks name the same field.
 FIELD = "model.fusion"
@@ -100,3 +100,39 @@ def align_all(
 ) -> list[Tensor]:
     """Bring every encoder's tokens to `grid` by `policy`."""
     return [align_tokens(x, e.grid, grid, policy) for x, e in zip(xs, encoders)]
+
+
+class ProjectAlignParams(AlignParams):
+    """AlignParams plus `dim`, the common width (default the widest encoder input)."""
+
+    dim: PositiveInt | None = None
+
+
+class ProjectAlignFusion(Fusion):
+    """Base of the methods that map each encoder to `dim` with its own Linear (`proj.k`) and
+    combine them position by position on one grid (`align_grid`).
+
+    Sets out_dim, align_grid, grid (= align_grid) and num_tokens (one per grid position);
+    subclasses add their own parameters after calling this __init__ (their creation order is
+    part of the initial weights under a seed) and may redefine grid and num_tokens.
+    """
+
+    Params = ProjectAlignParams
+
+    def __init__(self, encoders: list[EncoderInfo], params: ProjectAlignParams):
+        super().__init__(encoders, params)
+        require_encoders(encoders)
+        self.out_dim = default_dim(encoders, params.dim)
+        self.align_grid = resolve_grid(encoders, params.grid, params.align)
+        self.grid: tuple[int, int] | None = self.align_grid
+        self.num_tokens = self.align_grid[0] * self.align_grid[1]
+        self.proj = nn.ModuleList(nn.Linear(in_width(e), self.out_dim) for e in encoders)
+
+    def align(self, xs: list[Tensor]) -> list[Tensor]:
+        """Bring every encoder's tokens to `align_grid` by the configured policy."""
+        return align_all(xs, self.encoders, self.align_grid, self.params.align)
+
+    def project_aligned(self, xs: list[Tensor]) -> list[Tensor]:
+        """Each encoder through its linear map, then aligned: (B, h*w, dim) each."""
+        # project first: affine maps commute with interpolate/pool, and pad leaves zeros
+        return self.align([p(x) for p, x in zip(self.proj, xs)])
