@@ -195,13 +195,9 @@ def test_contrastive_loss_leaves_last_layer_patches_without_gradient(
 
 
 def test_transcription_selection_and_vocabularies() -> None:
-    from polyvis.nano.vary import (
-        BpeVocab,
-        CharVocab,
-        _ctc_target,
-        is_transcription,
-        table_cells,
-    )
+    from polyvis.nano.vary import is_transcription
+    from polyvis.nano.vary_loss import ctc_target, table_cells
+    from polyvis.nano.vary_tokenizer import BpeVocab, CharVocab
 
     def rec(q: str, task: str | None = None) -> dict:
         r = {
@@ -221,36 +217,38 @@ def test_transcription_selection_and_vocabularies() -> None:
     assert v.decode(v.encode("a|1\nd") + [v.eos_id, 5]) == "a|1\nd"
     assert v.encode("z") == [v.unk_id]
     book = CharVocab(["book"])
-    assert _ctc_target("book", (2, 5), True, book) == ("columns", book.encode("book"))  # + 1 repeat
-    assert _ctc_target("book", (2, 4), True, book) is None
+    assert ctc_target("book", (2, 5), True, book) == ("columns", book.encode("book"))  # + 1 repeat
+    assert ctc_target("book", (2, 4), True, book) is None
     assert (
-        _ctc_target("a\nb", (8, 8), True, v) is None and _ctc_target("ab", (8, 8), False, v) is None
+        ctc_target("a\nb", (8, 8), True, v) is None and ctc_target("ab", (8, 8), False, v) is None
     )
     # a markdown table is read in raster order: its cells, the rule line left out
     md = "| Item | Qty |\n| --- | --- |\n| oak | 7 |"
     assert table_cells(md) == "Item Qty oak 7" and table_cells("a\nb") is None
     cells = CharVocab([md])
-    assert _ctc_target(md, (4, 4), True, cells) == ("raster", cells.encode("Item Qty oak 7"))
-    assert _ctc_target(md, (3, 4), True, cells) is None  # 14 chars > 12 positions
+    assert ctc_target(md, (4, 4), True, cells) == ("raster", cells.encode("Item Qty oak 7"))
+    assert ctc_target(md, (3, 4), True, cells) is None  # 14 chars > 12 positions
     b = BpeVocab(["| Item | Size |\n| --- | --- |"] * 8, 300)
     assert b.decode(b.encode("| Size |\n| --- |") + [b.eos_id]) == "| Size |\n| --- |"
 
 
 def test_raster_ctc_reads_every_patch_and_column_ctc_pools_rows() -> None:
-    from polyvis.nano.vary import VarySettings, _step, build_vary
+    from polyvis.nano.vary import VarySettings
+    from polyvis.nano.vary_loss import batch_loss
+    from polyvis.nano.vary_model import build_vary
 
     torch.manual_seed(0)
     model, _ = build_vary(VarySettings(**{**VARY, "families": ["table"]}), 50, 20)
     pv, targets = torch.randn(2, 3, 64, 64), [[1, 5, 6, 2], [1, 7, 2]]
     for kind, pooled in (("raster", False), ("columns", True)):
         model.zero_grad()
-        loss, dec, aux = _step(model, pv, targets, [(kind, [3, 4, 5]), None], 1.0, 0)
+        loss, dec, aux = batch_loss(model, pv, targets, [(kind, [3, 4, 5]), None], 1.0, 0)
         loss.backward()
         assert aux is not None and aux > 0 and loss.item() > dec
         # only the column CTC pools the rows with the learned per-column attention
         assert (model.col_score.weight.grad is not None) is pooled
         assert model.col_head[1].weight.grad.abs().sum() > 0
-    loss, dec, aux = _step(model, pv, targets, [None, None], 1.0, 0)
+    loss, dec, aux = batch_loss(model, pv, targets, [None, None], 1.0, 0)
     assert aux is None and loss.item() == dec
 
 
@@ -288,6 +286,8 @@ def test_ensure_experts_builds_once_then_reuses(
     monkeypatch.setattr(experts, "build_expert", fail)
     assert experts.ensure_experts(data_dir, quick=True, progress=False) == paths
     assert {n: (p / "expert.json").stat().st_mtime_ns for n, p in paths.items()} == stamps
+    # each expert was built in a temporary folder renamed into place: none is left over
+    assert not [p.name for p in paths["clip-nano"].parent.iterdir() if p.name.startswith(".")]
     # Another setting is another expert (a new cache entry), and only that one is built.
     built = []
     monkeypatch.setattr(experts, "build_expert", lambda name, *a, **k: built.append(name))
@@ -297,12 +297,15 @@ def test_ensure_experts_builds_once_then_reuses(
 
 
 def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    """`polyvis experts build` trains both in worker processes; `experts list` shows them."""
+    """`polyvis nano experts build` trains both in worker processes; `list` shows them."""
     from polyvis.cli import main
 
     sets = ["--set", "clip-nano.steps=3", "--set", "vary-nano.steps=3"]
     assert (
-        main(["experts", "build", "--quick", "--data", str(data_dir), "--no-progress", *sets]) == 0
+        main(
+            ["nano", "experts", "build", "--quick", "--data", str(data_dir), "--no-progress", *sets]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     assert "clip-nano: final loss" in out and "vary-nano: final loss" in out
@@ -310,16 +313,16 @@ def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture)
     logs = [json.loads((p / "training_log.json").read_text()) for p in paths]
     assert sorted(len(x["loss_curve"]) for x in logs) == [3, 3]
     assert all(x["settings"]["threads"] == 1 for x in logs)
-    assert main(["experts", "list"]) == 0
+    assert main(["nano", "experts", "list"]) == 0
     listed = capsys.readouterr().out
     assert all(str(p) in listed for p in paths)
 
 
-def test_vocab_train_cli_passes_its_options(data_dir: Path, tmp_path: Path) -> None:
+def test_vary_train_cli_passes_its_options(data_dir: Path, tmp_path: Path) -> None:
     from polyvis.cli import main
 
     out = tmp_path / "vary-cli"
-    argv = ["vocab", "train", "--images-from", str(data_dir), "--families", "ocr,table",
+    argv = ["nano", "vary", "train", "--images-from", str(data_dir), "--families", "ocr,table",
             "--out", str(out), "--config", json.dumps(TINY_VIT), "--decoder", json.dumps(TINY_DEC),
             "--steps", "3", "--batch-size", "4", "--aux-families", "table, ",
             "--eval-samples", "0", "--no-progress"]  # fmt: skip
@@ -329,3 +332,38 @@ def test_vocab_train_cli_passes_its_options(data_dir: Path, tmp_path: Path) -> N
     assert log["settings"]["steps"] == 3 and len(log["loss_curve"]) == 3
     # only tables have CTC targets, so a logged CTC loss is the raster one
     assert any(v is not None for v in log["ctc_loss_curve"])
+
+
+def test_same_settings_train_the_same_bytes(
+    vary: tuple[Path, dict], data_dir: Path, tmp_path: Path
+) -> None:
+    """The shared loop fixes every random number: the experts cache relies on it."""
+    from polyvis.nano.vary import train_vary
+
+    log = train_vary([data_dir], tmp_path / "again", VARY, progress=False)
+    assert log["loss_curve"] == vary[1]["loss_curve"]
+    assert log["ctc_loss_curve"] == vary[1]["ctc_loss_curve"]
+    again = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert again == (vary[0] / "model.safetensors").read_bytes()
+
+
+def test_nano_command_group_replaces_the_old_commands(capsys: pytest.CaptureFixture) -> None:
+    from polyvis.cli import build_parser, main
+    from polyvis.cli.nano import _clip_train, _experts_build, _vary_train
+
+    parser = build_parser()
+    args = parser.parse_args(["nano", "clip", "train", "--images-from", "d", "--out", "o",
+                              "--qa-texts", "0.5", "--steps", "7"])  # fmt: skip
+    assert args.func is _clip_train and args.qa_texts == 0.5 and args.steps == 7
+    args = parser.parse_args(["nano", "vary", "train", "--images-from", "d", "--out", "o",
+                              "--aux-ctc", "0", "--tokenizer", "bpe"])  # fmt: skip
+    assert args.func is _vary_train and args.aux_ctc == 0.0 and args.tokenizer == "bpe"
+    args = parser.parse_args(["nano", "experts", "build", "--quick", "--set", "clip-nano.lr=1"])
+    assert args.func is _experts_build and args.quick and args.set == ["clip-nano.lr=1"]
+    assert main(["nano"]) == 1  # the group alone prints its help
+    shown = capsys.readouterr().out
+    assert all(group in shown for group in ("experts", "vary", "clip"))
+    for old in ("vocab", "clip", "experts"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([old, "--help"])
+        assert f"invalid choice: '{old}'" in capsys.readouterr().err

@@ -1,10 +1,8 @@
-"""Pieces both nano expert trainers share: settings, records -> pixels, schedule, progress, logs."""
+"""Pieces the nano experts share: settings, records -> pixels, LR schedule, batches, small helpers."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,9 +13,13 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polyvis.errors import ConfigError, DataError
+from polyvis.errors import ConfigError, DataError, config_error_from
+from polyvis.progress import progress_bar
 
 S = TypeVar("S", bound=BaseModel)
+
+# The progress bars' extra column while training: the smoothed loss.
+LOSS_FIELD = "loss {task.fields[loss]:.4f}"
 
 
 class Settings(BaseModel):
@@ -27,16 +29,12 @@ class Settings(BaseModel):
 
 
 def parse_settings(cls: type[S], data: dict[str, Any] | None, prefix: str = "") -> S:
-    """Validate a settings dict; the first problem becomes a ConfigError naming its field."""
-    from polyvis.config import field_name
-
+    """Validate a settings dict; the first problem becomes a ConfigError naming its field
+    (`prefix.field`, e.g. settings.vary-nano.steps)."""
     try:
         return cls.model_validate(dict(data or {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        name = field_name(first["loc"])
-        raise ConfigError(f"{prefix}{name}" if prefix else name, msg) from None
+        raise config_error_from(err, prefix) from None
 
 
 def read_mapping(text: str | None, field: str) -> dict[str, Any] | None:
@@ -112,13 +110,22 @@ def load_pixels(paths: Sequence[Path], processor: Any, progress: bool = False) -
     from polyvis.data.images import load_image
 
     chunks = []
-    with make_progress(progress, "images") as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("loading images", total=len(paths), loss=float("nan"))
         for i in range(0, len(paths), 256):
             images = [load_image(p) for p in paths[i : i + 256]]
             chunks.append(processor(images=images, return_tensors="pt")["pixel_values"].float())
             bar.advance(task, len(images))
     return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+def square_processor(size: int, mean: list[float], std: list[float]) -> Any:
+    """A ViT image processor: resize to size x size, then normalise with mean and std."""
+    try:
+        from transformers import ViTImageProcessorPil as Proc
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import ViTImageProcessor as Proc
+    return Proc(size={"height": size, "width": size}, image_mean=mean, image_std=std)
 
 
 def unique_images(samples: Sequence[Sample]) -> tuple[list[Path], list[int]]:
@@ -150,27 +157,6 @@ def batches(
         pos += batch_size
 
 
-def make_progress(enabled: bool, what: str = "train"):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}" if what == "train" else ""),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run with `n` intra-op threads, then restore the caller's setting."""
@@ -190,14 +176,6 @@ def smooth(values: Iterable[float], k: int = 20) -> list[float]:
         window = (window + [v])[-k:]
         out.append(sum(window) / len(window))
     return out
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def count_params(module: torch.nn.Module) -> int:

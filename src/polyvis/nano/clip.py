@@ -14,7 +14,6 @@ vision tower by path, as it would a real CLIP checkpoint.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,24 +21,17 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from polyvis.errors import ConfigError
 from polyvis.nano._common import (
-    Sample,
     Settings,
     answer_of,
-    batches,
     collect_samples,
     count_params,
     load_pixels,
-    lr_at,
-    make_progress,
-    parse_settings,
     question_of,
-    require_samples,
-    smooth,
-    torch_threads,
-    unique_images,
-    write_json,
+    square_processor,
 )
+from polyvis.nano.trainer import Recipe, train_expert
 
 VISION_NANO = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
                "num_attention_heads": 4, "patch_size": 8}  # fmt: skip
@@ -97,8 +89,6 @@ def clip_tokenizer(texts: list[str], vocab_size: int) -> Any:
 def build_clip(s: ClipSettings, tokenizer: Any) -> Any:
     from transformers import CLIPConfig, CLIPModel
 
-    from polyvis.errors import ConfigError
-
     text = {**s.text, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id}  # fmt: skip
     vision = {**s.vision, "image_size": s.size}
@@ -110,11 +100,7 @@ def build_clip(s: ClipSettings, tokenizer: Any) -> Any:
 
 
 def image_processor(size: int) -> Any:
-    try:
-        from transformers import ViTImageProcessorPil as Proc
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers import ViTImageProcessor as Proc
-    return Proc(size={"height": size, "width": size}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return square_processor(size, CLIP_MEAN, CLIP_STD)
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -182,6 +168,78 @@ def _qa_collect(dirs: list[Path], families: list[str], split: str) -> dict[Path,
     return out
 
 
+class ClipRecipe(Recipe[ClipSettings]):
+    """clip-nano in the shared loop: contrastive loss on image-caption batches."""
+
+    name = "clip-nano"
+    settings_class = ClipSettings
+    samples = "captions"
+    read_layer = -2
+
+    @staticmethod
+    def select(rec: dict[str, Any], family: str) -> bool:
+        return is_caption(rec, family)
+
+    def vocabulary(self) -> None:
+        s = self.s
+        self.qa = _qa_collect(self.dirs, s.families, "train") if s.qa_texts > 0 else {}
+        corpus = [x.text for x in self.train] + [t for ts in self.qa.values() for t in ts]
+        self.tokenizer = clip_tokenizer(corpus, s.vocab_size)
+
+    def build(self) -> tuple[Any, Any]:
+        return build_clip(self.s, self.tokenizer), image_processor(self.s.size)
+
+    def prepare(self) -> None:
+        s = self.s
+        test = collect_samples(self.eval_dirs, s.families, "test", is_caption)[: s.eval_samples]
+        self.test_px = load_pixels([x.image for x in test], self.processor) if test else None
+        self.test_texts = [x.text for x in test]
+        self.init_eval = self._retrieval()
+        self.rng = random.Random(s.seed)
+
+    def _retrieval(self) -> dict[str, float]:
+        if not self.test_texts:
+            return {}
+        return retrieval(self.model, self.tokenizer, self.test_px, self.test_texts)
+
+    def loss(
+        self, idx: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float | None]]:
+        texts = []
+        for i in idx.tolist():
+            extra = self.qa.get(self.train[i].image)
+            use_qa = extra and self.rng.random() < self.s.qa_texts
+            texts.append(self.rng.choice(extra) if use_qa else self.train[i].text)
+        enc = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        out = self.model(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            pixel_values=pixels,
+            return_loss=True,
+        )
+        return out.loss, {}
+
+    def after_step(self) -> None:
+        with torch.no_grad():  # CLIP's temperature cap (logit scale <= 100)
+            self.model.logit_scale.clamp_(max=4.6052)
+
+    def evaluate(self) -> dict[str, Any]:
+        return {"retrieval": self._retrieval(), "retrieval_random_init": self.init_eval}
+
+    def save(self, out: Path) -> None:
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        self.processor.save_pretrained(out)
+
+    def facts(self, train_images: int) -> dict[str, Any]:
+        return {"train_images": train_images, "vocab_size": len(self.tokenizer),
+                "eos_token_id": self.tokenizer.eos_token_id}  # fmt: skip
+
+    def params(self) -> dict[str, int]:
+        return {"vision": count_params(self.model.vision_model),
+                "text": count_params(self.model.text_model)}  # fmt: skip
+
+
 def train_clip(
     data_dirs: list[str | Path],
     out: str | Path,
@@ -194,83 +252,4 @@ def train_clip(
 
     Retrieval is measured on the test split of `eval_dirs` (default: the data dirs).
     """
-    s = settings if isinstance(settings, ClipSettings) else parse_settings(ClipSettings, settings)
-    dirs, out = [Path(d) for d in data_dirs], Path(out)
-    t0 = time.perf_counter()
-    with torch_threads(s.threads):
-        train: list[Sample] = collect_samples(dirs, s.families, "train", is_caption)
-        require_samples(train, dirs, f"captions of {','.join(s.families)}")
-        qa = _qa_collect(dirs, s.families, "train") if s.qa_texts > 0 else {}
-        corpus = [x.text for x in train] + [t for ts in qa.values() for t in ts]
-        tokenizer = clip_tokenizer(corpus, s.vocab_size)
-        torch.manual_seed(s.seed)
-        model = build_clip(s, tokenizer)
-        model.train()
-        processor = image_processor(s.size)
-        paths, where = unique_images(train)
-        pixels = load_pixels(paths, processor, progress)
-        where_t = torch.tensor(where)
-        held_out = [Path(d) for d in eval_dirs] if eval_dirs is not None else dirs
-        test = collect_samples(held_out, s.families, "test", is_caption)[: s.eval_samples]
-        test_px = load_pixels([x.image for x in test], processor) if test else None
-        init_eval = retrieval(model, tokenizer, test_px, [x.text for x in test]) if test else {}
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
-        )
-        gen, rng = torch.Generator().manual_seed(s.seed), random.Random(s.seed)
-        losses: list[float] = []
-        t_train = time.perf_counter()
-        with make_progress(progress) as bar:
-            task = bar.add_task("clip-nano", total=s.steps, loss=float("nan"))
-            for step, idx in enumerate(batches(len(train), s.batch_size, s.steps, gen)):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
-                texts = []
-                for i in idx.tolist():
-                    extra = qa.get(train[i].image)
-                    use_qa = extra and rng.random() < s.qa_texts
-                    texts.append(rng.choice(extra) if use_qa else train[i].text)
-                enc = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-                loss = model(
-                    input_ids=enc["input_ids"],
-                    attention_mask=enc["attention_mask"],
-                    pixel_values=pixels[where_t[idx]],
-                    return_loss=True,
-                ).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                with torch.no_grad():  # CLIP's temperature cap (logit scale <= 100)
-                    model.logit_scale.clamp_(max=4.6052)
-                losses.append(loss.item())
-                shown = smooth(losses[-20:])[-1]
-                bar.update(task, advance=1, loss=shown)
-                if callback is not None:
-                    callback(step + 1, s.steps, shown)
-        train_secs = time.perf_counter() - t_train
-        final_eval = retrieval(model, tokenizer, test_px, [x.text for x in test]) if test else {}
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        processor.save_pretrained(out)
-    result = {
-        "expert": "clip-nano",
-        "settings": s.model_dump(),
-        "data": [str(d) for d in dirs],
-        "train_images": len(paths),
-        "vocab_size": len(tokenizer),
-        "eos_token_id": tokenizer.eos_token_id,
-        "params": {
-            "vision": count_params(model.vision_model),
-            "text": count_params(model.text_model),
-        },
-        "read_layer": -2,
-        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-        "train_seconds": train_secs,
-        "total_seconds": time.perf_counter() - t0,
-        "eval": {"retrieval": final_eval, "retrieval_random_init": init_eval},
-        "loss_curve": losses,
-    }
-    write_json(out / "training_log.json", result)
-    return result
+    return train_expert(ClipRecipe, data_dirs, out, settings, progress, callback, eval_dirs)

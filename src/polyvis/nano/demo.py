@@ -168,7 +168,7 @@ def nano_lm(experts: dict[str, Path], corpus: Path, budget: dict, quick: bool) -
             raise ConfigError(
                 "vary-nano.tokenizer",
                 f"{decoder} is missing: the nano LM is vary-nano's decoder, saved only when it "
-                "trains with tokenizer 'bpe' (the default); rebuild with `polyvis experts build`",
+                "trains with tokenizer 'bpe' (the default); rebuild with `polyvis nano experts build`",
             )
         return {"path": str(decoder)}
     return {

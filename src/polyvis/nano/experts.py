@@ -6,8 +6,8 @@
 Each expert lives in cache_root()/experts/<name>-<hash of its settings and data>/ as a
 save_pretrained checkpoint with its image processor, so a config lists it as an encoder `path:`
 (clip-nano: layers [-2]; vary-nano: layers [-1]). Experts that are not cached yet are trained in
-parallel worker processes with one thread each: on small models two threads are only 1.3-1.8x
-faster than one, so two independent one-thread jobs finish sooner than two jobs in turn.
+parallel worker processes with one thread each: on models this small, two one-thread jobs side
+by side finish sooner than two two-thread jobs in turn (docs/nano.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,20 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import ConfigError, DataError, PolyVisError
+from polyvis.paths import atomic_dir, cache_root, write_json_atomic
+from polyvis.progress import progress_bar
 
 EXPERTS = ("clip-nano", "vary-nano")
 # Bump an expert's version when its trainer changes what it produces for the same settings
-# (invalidates its cache entries). vary-nano 2: a ResNet encoder by default instead of a ViT.
+# (invalidates its cache entries; the versions' history is in docs/nano.md).
 RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2}
 
 # What each expert trains on when no data folder is given: ensure_synthetic options (seed 0 and
 # 64 px unless set; "eval": false keeps a set out of the held-out measurement, "train": false
-# makes it a held-out set only). Easy OCR (large dark words on white) is where a ViT trained from
-# scratch first learns glyphs; the medium set is what the nano world's models see. Few latex,
-# table and chart images: their long transcripts cost the most and teach mostly layout. Easy
-# tables are the exception, read with the raster CTC loss: with 600 of them and no CTC the
-# decoder invented every cell and the runs' table lookups scored 1 (ANLS); with 2000 and the CTC
-# vary-nano's runs score 13 (a third of the digits right; docs/nano.md).
+# makes it a held-out set only). Easy OCR is where an encoder trained from scratch first learns
+# glyphs; the medium set is what the nano world's models see. Few latex, table and chart images:
+# their long transcripts cost the most and teach mostly layout; easy tables are the exception,
+# so that vary-nano learns to read their cells (docs/nano.md, "Tables vary-nano can read").
 DATA: dict[str, list[dict[str, Any]]] = {
     "clip-nano": [{"families": ["scene"], "n": 3000}],
     "vary-nano": [
@@ -58,17 +57,16 @@ QUICK_DATA: dict[str, list[dict[str, Any]]] = {
 }
 _SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
 
-# vary-nano's decoder is every nano run's starting LM (polyvis.nano.demo.nano_lm), so it uses a
-# byte-level BPE with 3 merges: in effect characters, which a decoder learns to read from the
-# patches far faster than word-sized tokens (medium OCR 0.43 exact vs 0.12 with a 512-token
-# BPE), and a transformers tokenizer saved beside it.
+# vary-nano's decoder is every nano run's starting LM (polyvis.nano.demo.nano_lm), so it needs a
+# transformers tokenizer saved beside it: a byte-level BPE with 3 merges, in effect characters,
+# which a decoder learns to read from the patches far faster than word-sized tokens.
 NANO_LM_TOKENIZER = {"tokenizer": "bpe", "bpe_vocab_size": 262}
 SETTINGS: dict[str, dict[str, Any]] = {
     "clip-nano": {},
     "vary-nano": {
         "families": ["ocr", "latex", "table", "chart", "mixed"],
-        # the per-column character loss on the one-word signs too: it read 0.56-0.74 of them exactly
-        # instead of 0.24-0.29; on tables it reads their cells in raster order (docs/nano.md)
+        # the CTC loss per column on the one-word signs too, and in raster order on tables'
+        # cells: without it vary-nano reads few signs and invents the cells (docs/nano.md)
         "aux_families": ["ocr", "mixed", "table"],
         # a projector without LayerNorm: one linear map, which the runs' adapters start from
         "projector_norm": False,
@@ -114,7 +112,7 @@ def resolve_settings(name: str, settings: dict[str, Any] | None, quick: bool) ->
 
     base = copy.deepcopy((QUICK_SETTINGS if quick else SETTINGS)[name])
     base.update(copy.deepcopy((settings or {}).get(name) or {}))
-    return parse_settings(_settings_class(name), base, f"settings.{name}.").model_dump()
+    return parse_settings(_settings_class(name), base, f"settings.{name}").model_dump()
 
 
 def resolve_data(data: str | Path | list | dict | None, name: str, quick: bool) -> dict[str, Any]:
@@ -173,8 +171,6 @@ def expert_key(name: str, settings: dict[str, Any], data: dict[str, Any]) -> str
 
 
 def expert_dir(name: str, settings: dict[str, Any], data: dict[str, Any]) -> Path:
-    from polyvis.paths import cache_root
-
     return cache_root() / "experts" / f"{name}-{expert_key(name, settings, data)}"
 
 
@@ -207,15 +203,14 @@ def build_expert(
     out: Path,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one expert into `out` (via a temporary folder, so `out` is complete or absent).
+    """Train one expert into `out` (via a temporary folder, so `out` is complete or absent; when
+    another process finished `out` first, its copy is kept).
 
     report gets {"event": "stage", "stage": "data"} and {"event": "step", "step", "total", "loss"}.
     """
     report = report or (lambda event: None)
     report({"event": "stage", "stage": "data"})
     dirs, held_out = data_dirs(data)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     if name == "clip-nano":
         from polyvis.nano.clip import train_clip as train
     else:
@@ -224,15 +219,12 @@ def build_expert(
     def step(i: int, total: int, loss: float) -> None:
         report({"event": "step", "step": i, "total": total, "loss": loss})
 
-    log = train(dirs, tmp, settings, progress=False, callback=step, eval_dirs=held_out)
-    info = {"expert": name, "settings": settings, "data": data, "data_dirs": [str(d) for d in dirs],
-            "final_loss": log["final_loss"], "eval": log["eval"]}  # fmt: skip
-    (tmp / "expert.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        log = train(dirs, tmp, settings, progress=False, callback=step, eval_dirs=held_out)
+        info = {"expert": name, "settings": settings, "data": data,
+                "data_dirs": [str(d) for d in dirs], "final_loss": log["final_loss"],
+                "eval": log["eval"]}  # fmt: skip
+        write_json_atomic(tmp / "expert.json", info)
     return log
 
 
@@ -277,9 +269,9 @@ class _Bars:
     """One rich progress bar per expert, fed by reports from this process or from workers."""
 
     def __init__(self, enabled: bool):
-        from polyvis.nano._common import make_progress
+        from polyvis.nano._common import LOSS_FIELD
 
-        self.progress = make_progress(enabled)
+        self.progress = progress_bar(enabled, fields=LOSS_FIELD)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _Bars:

@@ -1,27 +1,45 @@
-"""`polyvis vocab | clip | experts`: train the nano experts (vision encoders built here).
+"""`polyvis nano experts | vary | clip`: the nano world's experts (vision encoders built here).
 
-polyvis vocab train --images-from DATA[,DATA] --out DIR [--init PATH | --config JSON] --steps N
-polyvis clip train --images-from DATA[,DATA] --out DIR --steps N
-polyvis experts build [--data DIR[,DIR]] [--quick] [--set vary-nano.steps=300]
-polyvis experts list
+polyvis nano experts build [--data DIR[,DIR]] [--quick] [--set vary-nano.steps=300]
+polyvis nano experts list
+polyvis nano vary train --images-from DATA[,DATA] --out DIR [--init PATH | --config JSON] --steps N
+polyvis nano clip train --images-from DATA[,DATA] --out DIR --steps N
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `vocab`, `clip` and `experts` commands."""
-    v = subparsers.add_parser("vocab", help="vary-nano: a document vision encoder, Vary-tiny style")
-    v.set_defaults(func=lambda a: _usage(v))
-    vt = v.add_subparsers(dest="action", metavar="ACTION").add_parser(
-        "train", help="train an encoder + small decoder to transcribe images; save the encoder"
+    """Add the `nano` command group: `experts`, `vary` and `clip`."""
+    n = subparsers.add_parser("nano", help="the nano experts: build, list, or train one yourself")
+    n.set_defaults(func=lambda a: _usage(n))
+    sub = n.add_subparsers(dest="group", metavar="GROUP")
+
+    e = sub.add_parser("experts", help="build (or reuse) both nano experts, cached")
+    e.set_defaults(func=lambda a: _usage(e))
+    esub = e.add_subparsers(dest="action", metavar="ACTION")
+    eb = esub.add_parser("build", help="train the experts not cached yet (in parallel)")
+    eb.add_argument("--data", help="data folder(s), comma-separated (default: generate synthetic)")
+    eb.add_argument("--quick", action="store_true", help="tiny experts in seconds (tests, smoke)")
+    eb.add_argument("--set", action="append", default=[], metavar="EXPERT.KEY=VALUE",
+                    help="a setting, e.g. vary-nano.steps=300 (repeatable; values are YAML)")  # fmt: skip
+    eb.add_argument("--sequential", action="store_true", help="one after the other, in-process")
+    eb.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    eb.set_defaults(func=_experts_build)
+    el = esub.add_parser("list", help="the cached experts with their measured numbers")
+    el.set_defaults(func=_experts_list)
+
+    vt = _train_parser(
+        sub.add_parser("vary", help="vary-nano: a document vision encoder, Vary-tiny style"),
+        "train an encoder + small decoder to transcribe images; save the encoder",
+        "ocr,latex,table,chart",
     )
-    _common_args(vt, "ocr,latex,table,chart")
     src = vt.add_mutually_exclusive_group()
     src.add_argument("--init", help="start from this checkpoint dir (CLIP: its vision tower)")
     src.add_argument("--config", help="a transformers vision config as JSON / YAML (or a file)")
@@ -37,32 +55,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--aux-families", help="families the CTC loss reads, comma-separated (default ocr)"
     )
     vt.add_argument("--max-target-len", type=int, help="transcript tokens kept")
-    vt.set_defaults(func=_vocab_train)
+    vt.set_defaults(func=_vary_train)
 
-    c = subparsers.add_parser("clip", help="clip-nano: a tiny CLIP trained on scene captions")
-    c.set_defaults(func=lambda a: _usage(c))
-    ct = c.add_subparsers(dest="action", metavar="ACTION").add_parser(
-        "train", help="train a CLIPModel contrastively; save model + tokenizer + processor"
+    ct = _train_parser(
+        sub.add_parser("clip", help="clip-nano: a tiny CLIP trained on scene captions"),
+        "train a CLIPModel contrastively; save model + tokenizer + processor",
+        "scene",
     )
-    _common_args(ct, "scene")
     ct.add_argument("--vision", help="CLIP vision config overrides as JSON / YAML")
     ct.add_argument("--text", help="CLIP text config overrides as JSON / YAML")
     ct.add_argument("--qa-texts", type=float, help="chance a step shows 'question answer' text")
     ct.set_defaults(func=_clip_train)
-
-    e = subparsers.add_parser("experts", help="build (or reuse) both nano experts, cached")
-    e.set_defaults(func=lambda a: _usage(e))
-    esub = e.add_subparsers(dest="action", metavar="ACTION")
-    eb = esub.add_parser("build", help="train the experts not cached yet (in parallel)")
-    eb.add_argument("--data", help="data folder(s), comma-separated (default: generate synthetic)")
-    eb.add_argument("--quick", action="store_true", help="tiny experts in seconds (tests, smoke)")
-    eb.add_argument("--set", action="append", default=[], metavar="EXPERT.KEY=VALUE",
-                    help="a setting, e.g. vary-nano.steps=300 (repeatable; values are YAML)")  # fmt: skip
-    eb.add_argument("--sequential", action="store_true", help="one after the other, in-process")
-    eb.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    eb.set_defaults(func=_experts_build)
-    el = esub.add_parser("list", help="the cached experts with their measured numbers")
-    el.set_defaults(func=_experts_list)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -70,7 +73,12 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 1
 
 
-def _common_args(p: argparse.ArgumentParser, families: str) -> None:
+def _train_parser(
+    group: argparse.ArgumentParser, action_help: str, families: str
+) -> argparse.ArgumentParser:
+    """An expert's `train` action with the options both trainers take."""
+    group.set_defaults(func=lambda a: _usage(group))
+    p = group.add_subparsers(dest="action", metavar="ACTION").add_parser("train", help=action_help)
     p.add_argument("--images-from", required=True, help="data folder(s) with FAMILY/SPLIT.jsonl")
     p.add_argument("--families", default=families, help=f"comma-separated (default {families})")
     p.add_argument("--eval-from", help="held-out data folder(s) (default: --images-from)")
@@ -83,6 +91,7 @@ def _common_args(p: argparse.ArgumentParser, families: str) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
 
 
 def _names(text: str) -> list[str]:
@@ -100,7 +109,7 @@ def _given(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
 _KEYS = ["steps", "batch_size", "lr", "size", "eval_samples", "seed", "threads"]
 
 
-def _vocab_train(args: argparse.Namespace) -> int:
+def _vary_train(args: argparse.Namespace) -> int:
     from polyvis.nano._common import read_mapping
     from polyvis.nano.vary import train_vary
 
@@ -111,15 +120,7 @@ def _vocab_train(args: argparse.Namespace) -> int:
         settings["decoder"] = read_mapping(args.decoder, "--decoder")
     if args.aux_families is not None:
         settings["aux_families"] = _names(args.aux_families)
-    log = train_vary(
-        _dirs(args.images_from, "--images-from"),
-        args.out,
-        settings,
-        progress=not args.no_progress,
-        eval_dirs=_dirs(args.eval_from, "--eval-from") if args.eval_from else None,
-    )
-    _summary(log, args.out)
-    return 0
+    return _train(train_vary, args, settings)
 
 
 def _clip_train(args: argparse.Namespace) -> int:
@@ -130,7 +131,12 @@ def _clip_train(args: argparse.Namespace) -> int:
     for key in ("vision", "text"):
         if getattr(args, key) is not None:
             settings[key] = read_mapping(getattr(args, key), f"--{key}")
-    log = train_clip(
+    return _train(train_clip, args, settings)
+
+
+def _train(train: Callable[..., dict[str, Any]], args: argparse.Namespace, settings: dict) -> int:
+    """Run one expert's trainer with the options every `train` action shares; print its summary."""
+    log = train(
         _dirs(args.images_from, "--images-from"),
         args.out,
         settings,
@@ -201,7 +207,7 @@ def _experts_list(args: argparse.Namespace) -> int:
     root = cache_root() / "experts"
     found = sorted(root.glob("*/expert.json")) if root.is_dir() else []
     if not found:
-        print(f"no experts cached under {root} (build them: polyvis experts build)")
+        print(f"no experts cached under {root} (build them: polyvis nano experts build)")
         return 0
     for info in found:
         _summary(json.loads((info.parent / "training_log.json").read_text(encoding="utf-8")), None)
