@@ -17,15 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from safetensors.torch import save_file
 
 from polyvis.nano._common import (
     Sample,
-    Settings,
     collect_samples,
     count_params,
     load_pixels,
@@ -33,7 +31,7 @@ from polyvis.nano._common import (
 )
 from polyvis.nano.trainer import Recipe, train_expert
 from polyvis.nano.vary_loss import batch_loss, ctc_target
-from polyvis.nano.vary_model import DECODER_NANO, VaryNano, build_vary
+from polyvis.nano.vary_model import VaryNano, VarySettings, build_vary
 from polyvis.nano.vary_tokenizer import BpeVocab, CharVocab
 
 # the decoder's map from the encoder's tokens to its inputs, saved beside it (OUT/decoder/)
@@ -48,32 +46,6 @@ TRANSCRIPTION = {
     "mixed": ("transcribe", "Read the signs."),
 }
 _PROMPTS = {prompt for _, prompt in TRANSCRIPTION.values()}
-
-
-class VarySettings(Settings):
-    """Everything that decides a vary-nano encoder (the experts cache hashes these)."""
-
-    families: list[str] = Field(default_factory=lambda: ["ocr", "latex", "table", "chart"])
-    init: str | None = None  # a checkpoint dir (CLIP: its vision tower) ...
-    encoder: dict[str, Any] | None = None  # ... or a vision config (default RESNET_NANO)
-    decoder: dict[str, Any] = Field(default_factory=lambda: dict(DECODER_NANO))
-    tokenizer: Literal["chars", "bpe"] = "chars"
-    bpe_vocab_size: int = Field(default=512, gt=260)
-    size: int = Field(default=64, ge=16)
-    steps: int = Field(default=450, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-    lr: float = Field(default=2e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup: float = Field(default=0.05, ge=0, lt=1)
-    max_target_len: int = Field(default=64, gt=0)
-    aux_ctc: float = Field(default=1.0, ge=0)  # weight of the auxiliary CTC loss (0 = off)
-    aux_families: list[str] = Field(default_factory=lambda: ["ocr"])
-    # LayerNorm before the projector's linear map; without it the projector is one linear map,
-    # which a polyvis `linear` adapter can start from (OUT/decoder/projector.safetensors)
-    projector_norm: bool = True
-    eval_samples: int = Field(default=200, ge=0)  # held-out images per family decoded at the end
-    seed: int = 0
-    threads: int = Field(default=1, ge=1)
 
 
 def is_transcription(rec: dict[str, Any], family: str) -> bool:

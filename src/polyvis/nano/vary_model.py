@@ -8,16 +8,14 @@ order: polyvis.nano.vary_loss).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from polyvis.errors import ConfigError
-from polyvis.nano._common import square_processor
-
-if TYPE_CHECKING:
-    from polyvis.nano.vary import VarySettings
+from polyvis.nano._common import Settings, square_processor
 
 # The default encoder: a small ResNet (stem /4, a 64-channel stage, a 128-channel stage /2), an
 # 8x8 grid of 128-d tokens at 64 px. A convolutional stem learns glyphs from scratch far faster
@@ -27,6 +25,32 @@ RESNET_NANO = {"model_type": "resnet", "embedding_size": 32, "hidden_sizes": [64
 DECODER_NANO = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 256,
                 "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "max_position_embeddings": 512, "tie_word_embeddings": True}  # fmt: skip
+
+
+class VarySettings(Settings):
+    """Everything that decides a vary-nano encoder (the experts cache hashes these)."""
+
+    families: list[str] = Field(default_factory=lambda: ["ocr", "latex", "table", "chart"])
+    init: str | None = None  # a checkpoint dir (CLIP: its vision tower) ...
+    encoder: dict[str, Any] | None = None  # ... or a vision config (default RESNET_NANO)
+    decoder: dict[str, Any] = Field(default_factory=lambda: dict(DECODER_NANO))
+    tokenizer: Literal["chars", "bpe"] = "chars"
+    bpe_vocab_size: int = Field(default=512, gt=260)
+    size: int = Field(default=64, ge=16)
+    steps: int = Field(default=450, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup: float = Field(default=0.05, ge=0, lt=1)
+    max_target_len: int = Field(default=64, gt=0)
+    aux_ctc: float = Field(default=1.0, ge=0)  # weight of the auxiliary CTC loss (0 = off)
+    aux_families: list[str] = Field(default_factory=lambda: ["ocr"])
+    # LayerNorm before the projector's linear map; without it the projector is one linear map,
+    # which a polyvis `linear` adapter can start from (OUT/decoder/projector.safetensors)
+    projector_norm: bool = True
+    eval_samples: int = Field(default=200, ge=0)  # held-out images per family decoded at the end
+    seed: int = 0
+    threads: int = Field(default=1, ge=1)
 
 
 class VaryNano(nn.Module):
