@@ -1,6 +1,7 @@
 """The lmms-eval plugin against a stand-in of lmms-eval's interface (lmms-eval itself is not
 installed: it pulls in torchvision, wandb, ...). The stand-in copies lmms-eval 0.7.3's `lmms` base
-class, `Instance` and `ModelManifest`; requests are built the way its tasks build them."""
+class, `Instance` and `ModelManifest`; requests are built the way its tasks build them, and
+multiple-choice answers are scored by a copy of its scorer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,7 +222,7 @@ def test_loglikelihood_matches_a_token_by_token_computation(stand_in, model_dir,
     model, processor, tok = lm.model, lm.processor, lm.tokenizer
 
     def manual(doc: dict, cont: list[int]) -> tuple[float, bool]:
-        """Sum of log p, one unpadded forward per continuation token."""
+        """Mean of -log p (lmms-eval's llava loss), one unpadded forward per continuation token."""
         prompt = prompt_ids(processor, [{"role": "user", "content": "<image>\n" + doc["question"]}])
         pv = processor.preprocess_images([doc["image"]])
         total, greedy = 0.0, True
@@ -230,7 +232,7 @@ def test_loglikelihood_matches_a_token_by_token_computation(stand_in, model_dir,
                 logits = model(input_ids=ids, pixel_values=pv).logits[0, -1].float()
                 total += float(torch.log_softmax(logits, -1)[t])
                 greedy &= int(logits.argmax()) == t
-        return total, greedy
+        return -total / len(cont), greedy
 
     # The greedy continuation (cut at EOS), kept where its text re-tokenises to the same ids.
     greedy_texts = {}
@@ -271,8 +273,84 @@ def test_loglikelihood_matches_a_token_by_token_computation(stand_in, model_dir,
     assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-3)
     assert all(g[1] for g in got[len(docs) :])  # the greedy continuations are greedy
     # lmms-eval's unconditional requests: (context, continuation), no image.
-    ((logp, _),) = lm.loglikelihood([_request("loglikelihood", 0, ("", " yes"))])
-    assert logp < 0
+    ((loss, _),) = lm.loglikelihood([_request("loglikelihood", 0, ("", " yes"))])
+    assert loss > 0
+
+
+def lmms_eval_multiple_choice(results: list[tuple[float, bool]], choices: list[str], gold: int):
+    """lmms-eval's score of one multiple_choice doc, copied from lmms_eval/api/task.py,
+    `ConfigurableTask.process_results`, its `OUTPUT_TYPE == "multiple_choice"` branch (lines
+    1606-1666 at EvolvingLMMs-Lab/lmms-eval commit 75571cfe, v0.7.2-41; here without mutual
+    information and with one gold index): `pred = np.argmin(lls)` and
+    `pred_norm = np.argmin(lls / completion_len)`, an argmin because lmms-eval's llava models
+    return the continuation's mean loss (lmms_eval/models/simple/llava_hf.py, `loglikelihood`,
+    lines 235-243: `float(outputs["loss"])`)."""
+    lls, is_greedy = zip(*results)
+    completion_len = np.array([float(len(i)) for i in choices])
+    pred = np.argmin(lls)
+    pred_norm = np.argmin(lls / completion_len)
+    return {
+        "pred": int(pred),
+        "acc": 1.0 if pred == gold else 0.0,
+        "acc_norm": 1.0 if pred_norm == gold else 0.0,
+        "exact_match": int(is_greedy[gold]),
+    }
+
+
+def test_multiple_choice_picks_the_option_the_model_finds_most_likely(
+    stand_in, model_dir, records_file
+):
+    docs = _docs(records_file)[:3]
+    lm = stand_in(pretrained=str(model_dir), batch_size=3, progress=False)
+    lm.task_dict = {"charts": {"val": dict(enumerate(docs))}}
+    model, processor, tok = lm.model, lm.processor, lm.tokenizer
+    # Options that are one token each after lmms-eval's target_delimiter " ", so that "most
+    # likely" is plain: the highest next-token probability.
+    single = {}
+    for i in range(len(tok)):
+        text = tok.decode([i])
+        if (
+            len(text) > 1
+            and text[0] == " "
+            and tok(text, add_special_tokens=False)["input_ids"] == [i]
+        ):
+            single[i] = text[1:]
+    assert len(single) >= 20
+    for doc_id, doc in enumerate(docs):
+        prompt = prompt_ids(processor, [{"role": "user", "content": "<image>\n" + doc["question"]}])
+        with torch.no_grad():
+            logits = (
+                model(
+                    input_ids=torch.tensor([prompt]),
+                    pixel_values=processor.preprocess_images([doc["image"]]),
+                )
+                .logits[0, -1]
+                .float()
+            )
+        logp = torch.log_softmax(logits, -1)
+        ranked = sorted(single, key=lambda t: -float(logp[t]))
+        picks = [ranked[len(ranked) // 2], ranked[-1], ranked[0], ranked[len(ranked) // 4]]
+        choices = [single[t] for t in picks]
+        gold = 2  # the most likely option
+        # The requests lmms-eval's ConfigurableTask.construct_requests builds (task.py 1526-1547).
+        requests = [
+            _request(
+                "loglikelihood",
+                doc_id,
+                (doc["question"], f" {c}", _doc_to_visual, doc_id, "charts", "val"),
+            )
+            for c in choices
+        ]
+        results = lm.loglikelihood(requests)
+        assert [r[0] for r in results] == pytest.approx([-float(logp[t]) for t in picks], abs=1e-4)
+        assert [r[1] for r in results] == [t == int(logits.argmax()) for t in picks]
+        scored = lmms_eval_multiple_choice(results, choices, gold)
+        assert scored["pred"] == gold and scored["acc"] == 1.0
+        # Summed log-probabilities (what this plugin returned before) would pick the least likely.
+        assert (
+            lmms_eval_multiple_choice([(-loss, g) for loss, g in results], choices, gold)["pred"]
+            == 1
+        )
 
 
 def test_options_from_task_generation_kwargs():

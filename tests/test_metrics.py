@@ -81,8 +81,9 @@ def test_anls_hand_values_and_threshold():
 
 def test_parse_number():
     assert parse_number("1,234") == 1234
-    assert parse_number("12%") == 12
-    assert parse_number("12 %") == 12
+    assert parse_number("12%") == 0.12  # ChartQA reads a trailing % as / 100
+    assert parse_number("12 %") == 0.12
+    assert parse_number("-1,250.5%") == -12.505
     assert parse_number("3.0.") == 3
     assert parse_number("-0.5") == -0.5
     assert parse_number(".5") == 0.5
@@ -97,7 +98,13 @@ def test_parse_number():
         ("95", "100", 1),
         ("105", "100", 1),  # exactly 5 %
         ("106", "100", 0),
-        ("12%", "12", 1),
+        ("45%", "0.45", 1),  # a trailing % is / 100, as in ChartQA: both directions
+        ("0.45", "45%", 1),
+        ("46%", "0.45", 1),  # within 5 % of 0.45
+        ("48%", "0.45", 0),
+        ("12%", "12", 0),  # 0.12 is not 12
+        ("12", "12%", 0),
+        ("12%", "12 %", 1),
         ("1,234", "1234", 1),
         ("3.0", "3", 1),
         ("0", "0", 1),
@@ -113,6 +120,36 @@ def test_parse_number():
 )
 def test_relaxed_accuracy_cases(pred, ref, ok):
     assert relaxed_accuracy([pred], [[ref]]) == ok
+
+
+def _chartqa_relaxed_correctness(prediction: str, target: str, max_relative_change=0.05) -> bool:
+    """ChartQA's reference scorer, as lmms-eval 0.7.3 has it (lmms_eval/tasks/chartqa/utils.py,
+    `relaxed_correctness`, taken from Qwen-VL's evaluate_vqa.py)."""
+
+    def _to_float(text: str):
+        try:
+            if text.endswith("%"):
+                return float(text.rstrip("%")) / 100.0
+            return float(text)
+        except ValueError:
+            return None
+
+    prediction_float = _to_float(prediction)
+    target_float = _to_float(target)
+    if prediction_float is not None and target_float:
+        return abs(prediction_float - target_float) / abs(target_float) <= max_relative_change
+    return prediction.lower() == target.lower()
+
+
+def test_relaxed_accuracy_equals_chartqa_on_plain_numbers_and_percentages():
+    # Written the way both read them (no thousands commas, no zero reference, no padding):
+    # there polyvis and ChartQA's reference code agree, percentages and plain numbers alike.
+    values = ["45%", "0.45", "0.46", "47%", "45", "12", "12%", "12.5", "-3", "-3.1%", "100", "95"]
+    values += ["104.9", "106", ".5", "50%", "0.5", "7", "7%", "0.07", "0.0735", "yes", "Yes"]
+    for pred in values:
+        for ref in values:
+            want = float(_chartqa_relaxed_correctness(pred, ref))
+            assert relaxed_accuracy([pred], [[ref]]) == want, (pred, ref)
 
 
 def test_relaxed_accuracy_mean_and_tolerance():

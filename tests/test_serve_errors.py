@@ -196,3 +196,45 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_answering(server, image
         r = client.post("/v1/chat/completions", json={"messages": user("hi"), "max_tokens": 2})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_bodies_not_declared_json_get_415_naming_the_type_and_the_server_goes_on(server):
+    # A valid request: only its declared type is wrong. Browsers send text/plain, form and
+    # multipart bodies cross-site without a CORS preflight.
+    body = json.dumps({"messages": user("hi"), "max_tokens": 2}).encode()
+    refused = [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "text/json",
+        "",
+    ]
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
+        for ctype in refused:
+            r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": ctype})
+            assert r.status_code == 415, (ctype, r.text)
+            assert "\n" not in r.text.strip()
+            error = r.json()["error"]
+            assert error["code"] == "unsupported_media_type" and error["param"] is None
+            if ctype:
+                assert f"unsupported Content-Type {ctype!r}" in error["message"]
+            else:
+                assert error["message"] == "missing Content-Type; send application/json"
+        # no Content-Type header at all
+        r = client.post("/v1/chat/completions", content=body)
+        assert "content-type" not in r.request.headers
+        assert r.status_code == 415
+        assert r.json()["error"]["message"] == "missing Content-Type; send application/json"
+        # the key is still checked first
+        r = httpx.post(
+            f"{server}/v1/chat/completions", content=body, headers={"Content-Type": "text/plain"}
+        )
+        assert r.status_code == 401
+        # JSON with parameters or in upper case is JSON; the same connection still answers
+        for ctype in ("application/json; charset=utf-8", "Application/JSON"):
+            r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": ctype})
+            assert r.status_code == 200, (ctype, r.text)
+            assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"

@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument(
-        "--quick", action="store_true", help="the smallest version (a minute; used by the tests)"
+        "--quick",
+        action="store_true",
+        help="a smoke test: every step, smallest sizes (a minute); its scores mean nothing",
     )
     p.add_argument("--steps", type=int, default=None, help="training steps per model")
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one thread each)")

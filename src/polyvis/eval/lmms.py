@@ -183,9 +183,14 @@ class PolyVisLMMsBase:
         return answers
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        """(log p(continuation | context), is_greedy) per request; `.args` = (context,
+        """(mean loss of the continuation's tokens, is_greedy) per request; `.args` = (context,
         continuation or doc_to_target, doc_to_visual, doc_id, task, split), or (context,
-        continuation) for lmms-eval's unconditional requests."""
+        continuation) for lmms-eval's unconditional requests.
+
+        The first value is -(sum of log p(token | before)) / number of tokens: lmms-eval's own
+        LLaVA models return this (the LM's mean cross-entropy), and its multiple-choice scoring
+        picks the option with the smallest value (argmin). An empty continuation gives 0.0.
+        """
         prompts, conts, images = [], [], []
         for req in requests:
             args = req.args
@@ -204,13 +209,15 @@ class PolyVisLMMsBase:
         bar, task_id = self._bar(len(requests), "loglikelihood")
         with bar:
             for chunk in _chunks(list(range(len(requests))), self._batch_size):
-                results += score_continuations(
+                scored = score_continuations(
                     self._model,
                     self._processor,
                     [prompts[i] for i in chunk],
                     [conts[i] for i in chunk],
                     [images[i] for i in chunk],
                 )
+                for i, (logp, greedy) in zip(chunk, scored):
+                    results.append((-logp / len(conts[i]) if conts[i] else 0.0, greedy))
                 bar.update(task_id, advance=len(chunk))
         return results
 

@@ -93,15 +93,17 @@ def parse_number(text: str) -> float | None:
     """The number an answer states, or None.
 
     Accepts "3", "3.0", "-0.5", ".5", "1,234" (thousands commas only) and "12%" / "12 %",
-    which reads as 12: ChartQA labels write percentages as bare numbers. Trailing sentence
-    punctuation is ignored ("12." is 12). Anything else ("12 apples", "1e3", "inf") is None.
+    which reads as 0.12, as ChartQA's reference `relaxed_correctness` reads a trailing "%"
+    (so "45%" matches "0.45", and "12%" does not match "12"). Trailing sentence punctuation is
+    ignored ("12." is 12). Anything else ("12 apples", "1e3", "inf") is None.
     """
     text = normalize_answer(text).replace(" %", "%")
     m = _NUMBER.fullmatch(text)
     if not m or not (m.group(2) or m.group(3)):
         return None
-    sign, whole, frac, _ = m.groups()
-    return float(f"{sign}{(whole or '0').replace(',', '')}{frac or ''}")
+    sign, whole, frac, percent = m.groups()
+    value = float(f"{sign}{(whole or '0').replace(',', '')}{frac or ''}")
+    return value / 100.0 if percent else value
 
 
 def relaxed_accuracy_item(

@@ -54,6 +54,8 @@ def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> No
     table = compare_table([r["name"] for r in runs], as_results)
     (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
     plot_compare([r["name"] for r in runs], as_results, out / "results.png")
+    if results["quick"]:
+        print("\n" + quick_notice(results["budget"]))
     print("\n" + table)
     _print_examples(specs)
     print(
@@ -61,10 +63,22 @@ def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> No
     )
 
 
+def quick_notice(budget: dict[str, Any]) -> str:
+    """What `--quick` results say first: a smoke test, scores that mean nothing."""
+    return (
+        "SMOKE TEST (--quick): these numbers mean nothing. It only checks that every step runs "
+        f"(data, experts, training, evaluation, report); {budget['steps']} training steps on "
+        f"{budget['n']} images per family cannot learn the tasks. Run `polyvis demo` without "
+        "--quick to compare the models."
+    )
+
+
 def _markdown(results: dict[str, Any], table: str) -> str:
     b = results["budget"]
+    notice = f"**{quick_notice(b)}**\n\n" if results["quick"] else ""
     return (
         "# polyvis demo: which encoders, mixed how?\n\n"
+        f"{notice}"
         f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, "
         f"{b['n']} synthetic images per family. Scores are per family on held-out test records "
         "(exact match, edit similarity, relaxed accuracy or ANLS by family), 0-1.\n\n"

@@ -125,6 +125,7 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         authorize(request)
+        _require_json(request)
         with batcher.arriving():  # the worker waits for requests still being received
             req = parse_request(await _read_body(request, settings.max_body_bytes))
             if req.model is not None and req.model != name:
@@ -153,6 +154,26 @@ def create_app(
         )
 
     return app
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared application/json (parameters such as charset allowed).
+
+    Browsers send text/plain, form and multipart bodies cross-site without a CORS preflight, so
+    reading those as JSON would let any web page post requests; a missing type is refused too.
+    """
+    given = request.headers.get("content-type")
+    if given is None or not given.strip():
+        raise APIError(
+            415, "missing Content-Type; send application/json", code="unsupported_media_type"
+        )
+    if given.split(";", 1)[0].strip().lower() != "application/json":
+        shown = given if len(given) <= 100 else given[:100] + "..."
+        raise APIError(
+            415,
+            f"unsupported Content-Type {shown!r}; send application/json",
+            code="unsupported_media_type",
+        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
