@@ -298,6 +298,8 @@ def test_metric_for():
         "chart": "relaxed_accuracy",
         "table": "anls",
         "mixed": "exact_match",
+        "binding": "exact_match",
+        "chartbind": "relaxed_accuracy",
         "caption": "cider",
         "grounding": "box_accuracy",
     }

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 if TYPE_CHECKING:
     from polyvis.data.converters import ConverterParams
 
-ALL_FAMILIES = "scene,ocr,latex,chart,table,mixed"
+ALL_FAMILIES = "scene,ocr,latex,chart,table,mixed,binding,chartbind"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -125,6 +125,8 @@ FAMILY_METRICS: dict[str, str] = {
     "chart": "relaxed_accuracy",
     "table": "anls",
     "mixed": "exact_match",
+    "binding": "exact_match",
+    "chartbind": "relaxed_accuracy",
     "caption": "cider",
     "grounding": "box_accuracy",
 }

@@ -6,7 +6,8 @@ markdown tables, chart data) are scored with other metrics and cost most of a sm
 answer tokens, so the nano world leaves them out of the models' training and test sets; vary-nano
 still pretrains on the transcriptions (that is the Vary recipe). Every family then gets the same
 number of training records (cycled when a family has fewer), so a family with several questions
-per image does not crowd out the others.
+per image does not crowd out the others; the families that draw one question type per image
+(`BALANCED`) also give each type an equal share.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ SCORED_TASKS: dict[str, tuple[str, ...]] = {
     "chart": ("lookup", "extreme", "compare"),
     "table": ("lookup",),
     "mixed": ("read", "colour", "describe"),
+    "binding": ("position_colour", "colour_text", "position_text"),
+    "chartbind": ("colour_value",),
 }
+# Families that ask one question per image, its type drawn at random: a selection gives each
+# type an equal share, so no type weighs more in the family's mean by the luck of the draw.
+BALANCED: frozenset[str] = frozenset({"binding", "chartbind"})
 
 
 def select_split(
@@ -52,17 +58,46 @@ def select_split(
         ]
         if per_image:
             records = group_by_image(records, random.Random(f"{seed}-{fam}-{split}-turns"))
-        if per_family is not None and records:
-            rng = random.Random(f"{seed}-{fam}-{split}")
-            pool: list[dict] = []
-            for rep in range(-(-per_family // len(records))):
-                # A repeated record keeps its image and question under a new id (ids are unique).
-                chunk = [r if rep == 0 else {**r, "id": f"{r['id']}~{rep}"} for r in records]
-                rng.shuffle(chunk)
-                pool += chunk
-            records = pool[:per_family]
+        rng = random.Random(f"{seed}-{fam}-{split}")
+        if fam in BALANCED and records:
+            records = balance_tasks(records, per_family, rng)
+        elif per_family is not None and records:
+            records = cycled(records, per_family, rng)
         paths.append(write_records(data_dir / fam / f"{split}.{suffix}.jsonl", records))
     return paths
+
+
+def cycled(records: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """n records: the list shuffled, again and again, until n are drawn."""
+    pool: list[dict] = []
+    for rep in range(-(-n // len(records))):
+        # A repeated record keeps its image and question under a new id (ids are unique).
+        chunk = [r if rep == 0 else {**r, "id": f"{r['id']}~{rep}"} for r in records]
+        rng.shuffle(chunk)
+        pool += chunk
+    return pool[:n]
+
+
+def balance_tasks(records: list[dict], n: int | None, rng: random.Random) -> list[dict]:
+    """Equal shares of each question type (`task`).
+
+    n: that many records, each type's share (n // types, the first n % types types one more)
+    cycled from its own records, then all shuffled. None: the first m records of each type in
+    file order, m the count of the rarest type.
+    """
+    by_task: dict[str, list[dict]] = {}
+    for r in records:
+        by_task.setdefault(str(r.get("task")), []).append(r)
+    tasks = sorted(by_task)
+    if n is None:
+        m = min(len(v) for v in by_task.values())
+        keep = {id(r) for t in tasks for r in by_task[t][:m]}
+        return [r for r in records if id(r) in keep]
+    pool = []
+    for i, task in enumerate(tasks):
+        pool += cycled(by_task[task], n // len(tasks) + (i < n % len(tasks)), rng)
+    rng.shuffle(pool)
+    return pool
 
 
 def group_by_image(records: list[dict], rng: random.Random) -> list[dict]:

@@ -3,13 +3,23 @@
     from polyvis.data.synthetic import generate
     generate(["scene", "ocr"], n=100, seed=0, out="data/nano", image_size=64)
 
-Families (registry `FAMILIES`): scene, ocr, latex, chart, table, mixed. See docs/data.md.
+Families (registry `FAMILIES`): scene, ocr, latex, chart, table, mixed, and binding and
+chartbind (questions that need two experts at once). See docs/data.md.
 """
 
 from __future__ import annotations
 
 # Importing the family modules registers them.
-from polyvis.data.synthetic import chart, latex, mixed, ocr, scene, table  # noqa: F401
+from polyvis.data.synthetic import (  # noqa: F401
+    binding,
+    chart,
+    chartbind,
+    latex,
+    mixed,
+    ocr,
+    scene,
+    table,
+)
 from polyvis.data.synthetic.base import FAMILIES, Family, Item, image_rel_path, qa
 from polyvis.data.synthetic.common import LEVELS, item_rng, parse_difficulty
 from polyvis.data.synthetic.generate import SPLIT_NAMES, generate, split_sizes

@@ -212,3 +212,26 @@ def new_figure(size: int, dpi: int = 100) -> Any:
 def px_to_pt(px: float, dpi: int = 100) -> float:
     """matplotlib font sizes are points; synthetic layouts think in pixels."""
     return px * 72.0 / dpi
+
+
+def draw_sign(
+    draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], color: str, word: str
+) -> None:
+    """A rounded sign of a COLORS colour over box (x0, y0, x1, y1), its word as large as fits."""
+    x0, y0, x1, y1 = box
+    radius = max(1, (y1 - y0) // 5)
+    draw.rounded_rectangle((x0, y0, x1 - 1, y1 - 1), radius=radius, fill=COLORS[color])
+    fnt = fit_font(word, (x1 - x0) * 0.85, (y1 - y0) * 0.7, round((y1 - y0) * 0.7))
+    draw_text_centered(draw, (x0, y0, x1, y1), word, fnt, TEXT_ON[color])
+
+
+def spread(rng: np.random.Generator, lengths: Sequence[int], room: int, gap: int) -> list[int]:
+    """Start offsets of segments laid one after another in `room` pixels, at least `gap` apart,
+    the space left over split at random (before, between and after them)."""
+    slack = max(0, room - sum(lengths) - gap * (len(lengths) - 1))
+    cuts = sorted(uniform_int(rng, 0, slack) for _ in lengths)
+    starts, pos = [], 0
+    for cut, length in zip(cuts, lengths):
+        starts.append(cut + pos)
+        pos += length + gap
+    return starts
