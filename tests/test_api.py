@@ -109,3 +109,29 @@ def test_auto_classes_work_after_a_polyvis_name_in_a_fresh_process(tiny_model_di
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["PolyVisForConditionalGeneration", "PolyVisProcessor"]
+
+
+@pytest.mark.parametrize(
+    "imports",
+    ["import polyvis\nimport transformers", "import transformers\nimport polyvis"],
+    ids=["polyvis-first", "transformers-first"],
+)
+def test_auto_classes_work_after_a_plain_import_polyvis(tiny_model_dir: Path, imports: str):
+    """`import polyvis` alone, in either order with transformers: AutoConfig,
+    AutoModelForImageTextToText and AutoProcessor load a saved polyvis directory."""
+    res = run_python(
+        imports
+        + f"""
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+d = {str(tiny_model_dir)!r}
+print(type(AutoConfig.from_pretrained(d)).__name__)
+print(type(AutoModelForImageTextToText.from_pretrained(d)).__name__)
+print(type(AutoProcessor.from_pretrained(d)).__name__)
+"""
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == [
+        "PolyVisConfig",
+        "PolyVisForConditionalGeneration",
+        "PolyVisProcessor",
+    ]

@@ -5,13 +5,17 @@
 
 The names load on first use, so `import polyvis` itself stays light: every polyvis module (the
 config layer, the `polyvis` command) imports this package first and must not pay for torch and
-transformers. Loading any of them registers polyvis with transformers' AutoConfig,
-AutoModelForImageTextToText and AutoProcessor, which then load a saved model directory.
+transformers. polyvis registers with transformers' AutoConfig, AutoModelForImageTextToText and
+AutoProcessor (which then load a saved model directory) as soon as transformers is imported,
+before or after polyvis, or when any of these names is first used.
 """
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec, PathFinder
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -51,3 +55,42 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+def _register_auto_classes() -> None:
+    """Import the model module, whose last lines register the Auto classes. Skipped while a polyvis
+    module is itself being imported: that import chain may meet a half-built module, and the
+    polyvis modules that use the Auto classes import the model module themselves."""
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if name.startswith("polyvis.") and getattr(spec, "_initializing", False):
+            return
+    import_module("polyvis.models.modeling")
+
+
+class _AfterTransformers(MetaPathFinder):
+    """Runs _register_auto_classes once transformers' package has been imported: the Auto classes
+    need polyvis's model classes, whose import costs torch, so `import polyvis` cannot pay for it
+    up front."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            run(module)
+            _register_auto_classes()
+
+        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
+if "transformers" in sys.modules:
+    _register_auto_classes()
+elif not any(isinstance(f, _AfterTransformers) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterTransformers())
