@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a model on records files (per-family scores, report and plot)",
         description="Answer the last question of every record (after its earlier turns), score "
-        "it with its family's metric and write DIR/answers.jsonl, results.json, results.md and "
-        "results.png. Records with unusable images are skipped and counted.",
+        "it with its family's metric and write DIR/answers.jsonl, results.json, results.md, "
+        "results.png and results.html (the table, the plot and a sample of answers per family, "
+        "one self-contained file). Records with unusable images are skipped and counted.",
     )
     p.add_argument("model", help="polyvis model directory")
     p.add_argument(
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from polyvis.eval.html import write_eval_html
     from polyvis.eval.report import results_table
     from polyvis.eval.runner import ANSWERS_FILE, evaluate, load_items
 
@@ -60,9 +62,12 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         model_dir=args.model,
     )
+    write_eval_html(results, args.out)
     print(results_table(results))
     if results["skipped"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(results["skipped"].items()))
         print(f"\nskipped {len(results['skipped_ids'])} record(s) ({reasons})")
-    print(f"\nwrote {args.out / ANSWERS_FILE}, results.json, results.md and results.png")
+    print(
+        f"\nwrote {args.out / ANSWERS_FILE}, results.json, results.md, results.png and results.html"
+    )
     return 0

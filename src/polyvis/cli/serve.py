@@ -1,4 +1,5 @@
-"""`polyvis serve MODEL`: the OpenAI-compatible HTTP server (FastAPI + uvicorn)."""
+"""`polyvis serve MODEL [MODEL...]`: the OpenAI-compatible HTTP server (FastAPI + uvicorn) and
+its chat page; several models are served side by side, each under its own id."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import argparse
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 from polyvis.cli._model_args import DTYPES
-from polyvis.errors import PolyVisError
+from polyvis.errors import ConfigError, PolyVisError
 
 MiB = 1024 * 1024
 
@@ -16,11 +18,18 @@ MiB = 1024 * 1024
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve a model over an OpenAI-compatible HTTP API",
+        help="serve models over an OpenAI-compatible HTTP API, with a chat page",
         description="POST /v1/chat/completions (images as data: URIs, stream: true for server-sent "
-        "events), GET /v1/models, GET /health. Binds to 127.0.0.1 unless --host says otherwise.",
+        "events), GET /v1/models, GET /health, and a chat page at / (with a compare view when "
+        "several models are served). Binds to 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument("model", help="polyvis model directory")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="polyvis model directories, or ID=DIR to choose a model's id (default: the "
+        "directory's name, or as much of its path as tells it apart from the others)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -31,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="require 'Authorization: Bearer KEY' (default: $POLYVIS_API_KEY)",
     )
     p.add_argument(
-        "--model-name", default=None, help="model id in the API (default: the directory name)"
+        "--model-name",
+        default=None,
+        help="model id in the API, with one model (default: the directory name)",
     )
     p.add_argument(
         "--device", default=None, help="e.g. cuda, cpu (default: where load_model puts it)"
@@ -68,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="let requests name image files inside DIR (paths or file:// URIs); refused otherwise",
     )
+    p.add_argument("--no-web", action="store_true", help="no chat page at / (the API only)")
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -86,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
     from polyvis.serve.app import create_app
     from polyvis.serve.settings import ServeSettings
 
+    models = model_sources(args.models)
+    if args.model_name is not None:
+        if len(models) > 1:
+            raise ConfigError("--model-name", "names one model; with several, give ID=DIR")
+        models = {args.model_name: next(iter(models.values()))}
     api_key = args.api_key or os.environ.get("POLYVIS_API_KEY") or None
     settings = ServeSettings(
-        model_name=args.model_name,
         api_key=api_key,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
@@ -101,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         allow_local_files=args.allow_local_files,
         device=args.device,
         dtype=args.dtype,
+        web=not args.no_web,
     )
     if api_key is None and not _is_loopback(args.host):
         print(f"polyvis: warning: serving on {args.host} without an API key", file=sys.stderr)
@@ -108,9 +125,35 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    app = create_app(args.model, settings)
+    app = create_app(models, settings)
+    where = f"http://{args.host}:{args.port}/"
+    print(f"polyvis: serving {', '.join(models)}" + ("" if args.no_web else f"; chat at {where}"))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def model_sources(given: list[str]) -> dict[str, Path]:
+    """MODEL arguments -> {id: directory}: ID=DIR names a model; others get model_ids' names."""
+    from polyvis.serve.served import model_ids
+
+    pairs: list[tuple[str | None, Path]] = []
+    for arg in given:
+        name, sep, rest = arg.partition("=")
+        if sep and name and not Path(arg).is_dir():
+            pairs.append((name, Path(rest)))
+        else:
+            pairs.append((None, Path(arg)))
+    for _, path in pairs:
+        if not path.is_dir():
+            raise ConfigError("model", f"{path} is not a model directory")
+    defaults = iter(model_ids([p for name, p in pairs if name is None]))
+    models: dict[str, Path] = {}
+    for name, path in pairs:
+        key = name or next(defaults)
+        if key in models:
+            raise ConfigError("model", f"two models would have the id {key!r}; give ID=DIR")
+        models[key] = path
+    return models
 
 
 def _is_loopback(host: str) -> bool:

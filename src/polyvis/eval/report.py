@@ -1,4 +1,5 @@
-"""Evaluation reports: one run's results.md / results.png, and a comparison of several runs.
+"""Evaluation reports: one run's results.md / results.png, and a comparison of several runs
+(results.html, the self-contained HTML report with the answers, is polyvis.eval.html).
 
 A results dict (what an evaluation run writes to results.json) looks like
     {"model": "nano-clip", "scores": {"scene": 0.81, "ocr": 0.42}, "overall": 0.615,
@@ -77,7 +78,7 @@ def overall(results: dict[str, Any]) -> float:
     return float(sum(scores.values()) / len(scores))
 
 
-def _fmt(x: float | None) -> str:
+def fmt_score(x: float | None) -> str:
     return MISSING if x is None else f"{x:.4f}"
 
 
@@ -89,9 +90,11 @@ def results_table(results: dict[str, Any]) -> str:
     lines = ["| family | metric | score | n |", "|---|---|---:|---:|"]
     for fam in order_families(list(scores)):
         metric = metrics.get(fam) or FAMILY_METRICS.get(fam, "exact_match")
-        lines.append(f"| {fam} | {metric} | {_fmt(scores[fam])} | {counts.get(fam, MISSING)} |")
+        lines.append(
+            f"| {fam} | {metric} | {fmt_score(scores[fam])} | {counts.get(fam, MISSING)} |"
+        )
     total = sum(counts.values()) if counts else MISSING
-    lines.append(f"| **overall** |  | {_fmt(overall(results))} | {total} |")
+    lines.append(f"| **overall** |  | {fmt_score(overall(results))} | {total} |")
     return "\n".join(lines)
 
 
@@ -148,7 +151,7 @@ def write_report(
 # ---- comparing runs ------------------------------------------------------------------------
 
 
-def _run_names(result_dirs: Sequence[Path], runs: Sequence[dict[str, Any]]) -> list[str]:
+def run_names(result_dirs: Sequence[Path], runs: Sequence[dict[str, Any]]) -> list[str]:
     """Each run's "name", else its folder's name; repeats get " (2)", " (3)", ..."""
     names: list[str] = []
     for d, res in zip(result_dirs, runs):
@@ -183,7 +186,7 @@ def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for name, row in zip(names, rows):
-        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in row) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt_score(v) for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -219,7 +222,7 @@ def compare(result_dirs: Sequence[str | Path], out: str | Path) -> str:
         raise DataError("compare: no result directories given")
     dirs = [Path(d) for d in result_dirs]
     runs = [load_results(d / RESULTS_FILE) for d in dirs]
-    names = _run_names(dirs, runs)
+    names = run_names(dirs, runs)
     table = compare_table(names, runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

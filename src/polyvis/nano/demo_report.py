@@ -1,4 +1,5 @@
-"""The demo's report: OUT/results.{json,md,png}, the printed table and a few example answers."""
+"""The demo's report: OUT/results.{json,md,png,html}, the printed table and a few example
+answers."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def collect_results(
 
 
 def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> None:
-    """Write OUT/results.json, results.md and results.png, and print the table and examples."""
+    """Write OUT/results.json, results.md, results.png and results.html (the table, the plot and
+    every run's answers side by side), and print the table and examples."""
     from polyvis.eval.report import compare_table, plot_compare
 
     runs = results["runs"]
@@ -54,12 +56,44 @@ def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> No
     table = compare_table([r["name"] for r in runs], as_results)
     (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
     plot_compare([r["name"] for r in runs], as_results, out / "results.png")
+    write_demo_html(out, results, as_results, specs)
     if results["quick"]:
         print("\n" + quick_notice(results["budget"]))
     print("\n" + table)
     _print_examples(specs)
     print(
-        f"\nresults: {out / 'results.md'}, {out / 'results.png'}; {results['seconds']:.0f} s in all"
+        f"\nresults: {out / 'results.md'}, {out / 'results.png'}, {out / 'results.html'}; "
+        f"{results['seconds']:.0f} s in all"
+    )
+
+
+def write_demo_html(
+    out: Path, results: dict[str, Any], as_results: list[dict[str, Any]], specs: list[RunSpec]
+) -> Path:
+    """OUT/results.html: the table and plot of results.md, and each run's test answers."""
+    from polyvis.eval.html import Table, write_html_report
+    from polyvis.eval.report import compare_rows, fmt_score
+
+    names = [r["name"] for r in results["runs"]]
+    columns, values = compare_rows(as_results) if as_results else ([], [])
+    rows = [[n, *(fmt_score(v) for v in row)] for n, row in zip(names, values)]
+    b = results["budget"]
+    notes = [quick_notice(b)] if results["quick"] else []
+    notes.append(
+        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, {b['n']} "
+        f"synthetic images per family. Machine: {results['machine']}; "
+        f"{results['seconds']:.0f} s in all."
+    )
+    answers = {spec.name: spec.out / spec.eval_dir / "answers.jsonl" for spec in specs}
+    records = list(dict.fromkeys(f for spec in specs for f in spec.eval_files))
+    return write_html_report(
+        out / "results.html",
+        "polyvis demo: which encoders, mixed how?",
+        Table(["run", *columns], rows),
+        plot=out / "results.png",
+        answers=answers,
+        records=records,
+        notes=notes,
     )
 
 

@@ -1,4 +1,5 @@
-"""OpenAI-compatible serving: `create_app(model_dir, settings)` and the dynamic `Batcher`.
+"""OpenAI-compatible serving: `create_app(model_dir or {id: model_dir, ...}, settings)` (the API
+and the chat page) and the dynamic `Batcher`.
 
 Names are imported lazily, so `import polyvis.serve.<module>` stays cheap (no FastAPI import).
 """

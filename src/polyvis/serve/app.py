@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP app: POST /v1/chat/completions, GET /v1/models, GET /health."""
+"""The OpenAI-compatible HTTP app: POST /v1/chat/completions, GET /v1/models, GET /health,
+and the chat page at GET / (polyvis.serve.page)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,53 +16,49 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polyvis.serve.batcher import Batcher, Delta, Event, Failed, Finished, Job, Started
+from polyvis.serve.batcher import Delta, Event, Failed, Finished, Job, Started
 from polyvis.serve.completions import ResponseBuilder, check_limits, render_messages, sse
 from polyvis.serve.errors import APIError, error_body
+from polyvis.serve.page import add_web_routes
 from polyvis.serve.schema import parse_request
+from polyvis.serve.served import ModelSource, ServedModel, build_served, health_stats, pick
 from polyvis.serve.settings import ServeSettings
 
 _DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
 
 
 def create_app(
-    model_dir: str | Path,
+    model_dir: ModelSource | Mapping[str, ModelSource],
     settings: ServeSettings | None = None,
     loaded: tuple[Any, Any] | None = None,
 ) -> FastAPI:
-    """Load the model (or use `loaded` = (model, processor)) and build the app.
+    """Load the model(s) and build the app; GET / is the chat page unless settings.web is off.
 
-    The batcher thread starts with the app (lifespan) and stops with it.
+    model_dir: one model directory (or use `loaded` = (model, processor) for it), or a mapping
+    model id -> directory or (model, processor) to serve several side by side, each with its
+    own batcher thread. A request without "model" goes to the first one. The batcher threads
+    start with the app (lifespan) and stop with it.
     """
     settings = settings or ServeSettings()
-    if loaded is None:
-        from polyvis.models.build import load_model
-
-        loaded = load_model(model_dir, dtype=settings.dtype, device=settings.device)
-    model, processor = loaded
-    name = settings.model_name or Path(model_dir).resolve().name
-    batcher = Batcher(
-        model,
-        processor,
-        max_batch=settings.max_batch,
-        window_ms=settings.batch_window_ms,
-        max_queue=settings.max_queue,
-        max_tokens_limit=settings.max_tokens_limit,
-    )
+    served = build_served(model_dir, settings, loaded)
+    default = next(iter(served.values()))
     created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        for s in served.values():
+            s.batcher.start()
         try:
             yield
         finally:
-            await run_in_threadpool(batcher.stop)
+            for s in served.values():
+                await run_in_threadpool(s.batcher.stop)
 
     app = FastAPI(
         title="polyvis", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.state.batcher, app.state.settings, app.state.model_name = batcher, settings, name
+    app.state.settings, app.state.served = settings, served
+    app.state.batcher, app.state.model_name = default.batcher, default.name
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
@@ -89,58 +85,47 @@ def create_app(
                 code="invalid_api_key",
             )
 
-    def model_card() -> dict:
+    def model_card(name: str) -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "polyvis"}
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if not batcher.running:
+        if not all(s.batcher.running for s in served.values()):
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse(
-            {"status": "ok", "model": name, "queued": batcher.queued(), **batcher.stats}
-        )
+        head = {"status": "ok", "model": default.name, "models": list(served)}
+        return JSONResponse({**head, **health_stats(served)})
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
         authorize(request)
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(n) for n in served]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> dict:
         authorize(request)
-        if model_id != name:
-            raise APIError(
-                404,
-                f"no model {model_id!r}; this server serves {name!r}",
-                "model",
-                "model_not_found",
-            )
-        return model_card()
+        return model_card(pick(served, model_id).name)
 
-    def intake(req: Any) -> tuple[str, Any]:
+    def intake(req: Any, target: ServedModel) -> tuple[str, Any]:
         """Prompt and pixel tensor, made in a worker thread so the model's thread only generates."""
-        prompt, images = render_messages(req, processor, settings)
-        return prompt, batcher.preprocess(images)
+        prompt, images = render_messages(req, target.processor, settings)
+        return prompt, target.batcher.preprocess(images)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         authorize(request)
         _require_json(request)
-        with batcher.arriving():  # the worker waits for requests still being received
+        # Until the body names its model, the first one's worker waits for it, as for any
+        # request still being received; with several models the others start at once.
+        with default.batcher.arriving():
             req = parse_request(await _read_body(request, settings.max_body_bytes))
-            if req.model is not None and req.model != name:
-                raise APIError(
-                    404,
-                    f"no model {req.model!r}; this server serves {name!r}",
-                    "model",
-                    "model_not_found",
-                )
+            target = pick(served, req.model)
+        with target.batcher.arriving():
             params = check_limits(req, settings)
-            prompt, pixel_values = await run_in_threadpool(intake, req)
+            prompt, pixel_values = await run_in_threadpool(intake, req, target)
         events: asyncio.Queue[Event] = asyncio.Queue()
         sink = _threadsafe_sink(asyncio.get_running_loop(), events)
-        job = batcher.submit(prompt, pixel_values, params, sink)
-        out = ResponseBuilder(name)
+        job = target.batcher.submit(prompt, pixel_values, params, sink)
+        out = ResponseBuilder(target.name)
         first = await _next_event(events, request, job)
         if isinstance(first, Failed):
             raise _as_api_error(first.error)
@@ -153,6 +138,8 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    if settings.web:
+        add_web_routes(app)
     return app
 
 

@@ -19,6 +19,7 @@ class ServeSettings:
     max_queue: requests waiting beyond this are refused with 503.
     max_tokens_limit: the largest max_tokens a request may ask for (and the default).
     allow_local_files: a directory whose files requests may name as images (None: refused).
+    web: serve the chat page at GET / (it is one more client of /v1/chat/completions).
     """
 
     model_name: str | None = None
@@ -35,6 +36,7 @@ class ServeSettings:
     allow_local_files: Path | None = None
     device: str | None = None
     dtype: str | None = None
+    web: bool = True
 
     def __post_init__(self) -> None:
         from polyvis.errors import ConfigError

@@ -1,0 +1,186 @@
+"""The items of an HTML report: each run's answers (answers.jsonl) joined per question, sampled
+per family, with a thumbnail of the question's image.
+
+An answers.jsonl row (what `polyvis eval` writes) has id, family, metric, question, reference,
+prediction and score; it names no image, so thumbnails come from the records files that were
+evaluated (the run's results.json lists them under settings.data), matched on family and id.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polyvis.errors import DataError
+from polyvis.eval.metrics import FAMILY_METRICS
+
+RIGHT = (
+    0.5  # an answer counts as right from this score on (exact match is 0 or 1; ANLS cuts at 0.5)
+)
+THUMB_PX = 96
+
+
+@dataclass
+class Answer:
+    prediction: str
+    score: float
+
+    @property
+    def right(self) -> bool:
+        return self.score >= RIGHT
+
+
+@dataclass
+class Item:
+    """One question and every run's answer to it (runs that lack it are absent)."""
+
+    group: str  # the score group: the family, or "family/metric" as in results.json
+    family: str
+    id: str
+    question: str
+    reference: str
+    answers: dict[str, Answer] = field(default_factory=dict)
+    thumbnail: str | None = None  # a data: URI
+
+    @property
+    def disagree(self) -> bool:
+        """Some runs answer it right and others wrong."""
+        return len({a.right for a in self.answers.values()}) > 1
+
+
+def group_of(family: str, metric: Any) -> str:
+    """The runner's score group: the family, or "family/metric" for another metric."""
+    if metric is None or metric == FAMILY_METRICS.get(family, "exact_match"):
+        return family
+    return f"{family}/{metric}"
+
+
+def read_answers(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an answers.jsonl; a missing or malformed file is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: answers file not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["id"], row["family"], row["score"] = (
+                str(row["id"]),
+                str(row["family"]),
+                float(row["score"]),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{path}:{n}: not an answers row ({err!r})") from None
+        rows.append(row)
+    return rows
+
+
+def join_answers(answers: Mapping[str, str | Path]) -> list[Item]:
+    """Every run's answers (run name -> answers.jsonl) joined on family, id and occurrence, in
+    the order the runs first list them."""
+    items: dict[tuple[str, str, int], Item] = {}
+    for run, path in answers.items():
+        seen: dict[tuple[str, str], int] = {}
+        for row in read_answers(path):
+            fam_id = (row["family"], row["id"])
+            seen[fam_id] = seen.get(fam_id, 0) + 1
+            key = (*fam_id, seen[fam_id])
+            if key not in items:
+                items[key] = Item(
+                    group=group_of(row["family"], row.get("metric")),
+                    family=row["family"],
+                    id=row["id"],
+                    question=str(row.get("question", "")),
+                    reference=str(row.get("reference", "")),
+                )
+            items[key].answers[run] = Answer(str(row.get("prediction", "")), row["score"])
+    return list(items.values())
+
+
+def sample_items(items: list[Item], per_family: int) -> list[Item]:
+    """Up to `per_family` items of each group: those the runs disagree on first (they show what
+    tells the runs apart), then the others, each in their first order."""
+    groups: dict[str, list[Item]] = {}
+    for it in items:
+        groups.setdefault(it.group, []).append(it)
+    out = []
+    for group in groups.values():
+        ranked = [it for it in group if it.disagree] + [it for it in group if not it.disagree]
+        out += ranked[:per_family]
+    return out
+
+
+def image_index(records_files: Iterable[str | Path]) -> dict[tuple[str, str], Path]:
+    """(family, id) -> the record's first image, from records files; unreadable files are left
+    out (thumbnails are a convenience: a report without them is still a report)."""
+    from polyvis.data.records import read_records, record_image_paths
+
+    index: dict[tuple[str, str], Path] = {}
+    for f in records_files:
+        f = Path(f)
+        try:
+            records = read_records(f, validate=False)
+        except (DataError, OSError):
+            continue
+        for rec in records:
+            paths = record_image_paths(rec, f.parent) if isinstance(rec, dict) else []
+            if paths:
+                family = str(rec.get("family") or f.stem)
+                index.setdefault((family, str(rec.get("id"))), paths[0])
+    return index
+
+
+def records_of(results_json: str | Path) -> list[Path]:
+    """The records files a run evaluated (its results.json's settings.data), or none."""
+    path = Path(results_json)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [Path(f) for f in data["settings"]["data"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def thumbnail(path: str | Path, size: int = THUMB_PX) -> str | None:
+    """A small data: URI of the image (PNG when tiny, else JPEG), or None if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.thumbnail((size, size))
+            im = im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    buf = io.BytesIO()
+    small = max(im.size) <= 64  # the nano world's images: PNG keeps their pixels exact
+    im.save(buf, "PNG" if small else "JPEG", quality=85)
+    kind = "png" if small else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def report_items(
+    answers: Mapping[str, str | Path],
+    records: Iterable[str | Path] = (),
+    per_family: int = 8,
+) -> list[Item]:
+    """The sampled, joined items of some runs, with thumbnails where the records have images.
+
+    records: records files to find images in; each run's own results.json (beside its
+    answers.jsonl) adds the files it evaluated.
+    """
+    files = [Path(f) for f in records]
+    for path in answers.values():
+        files += [f for f in records_of(Path(path).parent / "results.json") if f not in files]
+    items = sample_items(join_answers(answers), per_family)
+    index = image_index(files) if items else {}
+    for it in items:
+        image = index.get((it.family, it.id))
+        if image is not None:
+            it.thumbnail = thumbnail(image)
+    return items

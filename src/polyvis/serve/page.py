@@ -1,0 +1,47 @@
+"""The chat page: GET / and its script and style, from the package's `serve/web/` folder.
+
+The page is one more client of /v1/chat/completions (the browser sends the API key as a Bearer
+token, as any client would); the server gives it no other access. Everything it needs comes
+from this server, and its Content-Security-Policy lets it load nothing from anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+WEB_DIR = Path(__file__).with_name("web")
+FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def add_web_routes(app: FastAPI) -> None:
+    """GET / (the page), GET /web/app.js and /web/style.css; read once, when the app is made."""
+    files = {name: (WEB_DIR / name).read_bytes() for name in FILES}
+
+    def send(name: str) -> Response:
+        charset = "; charset=utf-8"
+        return Response(files[name], media_type=FILES[name] + charset, headers=HEADERS)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return send("index.html")
+
+    @app.get("/web/app.js", include_in_schema=False)
+    async def script() -> Response:
+        return send("app.js")
+
+    @app.get("/web/style.css", include_in_schema=False)
+    async def style() -> Response:
+        return send("style.css")

@@ -1,0 +1,106 @@
+"""The models one server serves: each under its own id, each with its own batcher thread."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyvis.errors import ConfigError
+from polyvis.serve.batcher import Batcher
+from polyvis.serve.errors import APIError
+from polyvis.serve.settings import ServeSettings
+
+ModelSource = str | Path | tuple[Any, Any]  # a model directory, or (model, processor) loaded
+
+
+@dataclass
+class ServedModel:
+    name: str
+    batcher: Batcher
+    processor: Any
+
+
+def model_ids(dirs: Sequence[str | Path]) -> list[str]:
+    """An id per model directory: its name, or, where names repeat, the shortest path tail that
+    tells them apart (`demo/runs/clip-nano/final` -> `clip-nano/final` beside other `final`s)."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    if len(set(parts)) < len(parts):
+        raise ConfigError("models", "the same model directory is given twice")
+    ids = []
+    for mine in parts:
+        for k in range(1, len(mine) + 1):
+            tail = mine[-k:]
+            if sum(p[-k:] == tail for p in parts) == 1:
+                break
+        ids.append("/".join(tail))
+    return ids
+
+
+def build_served(
+    models: ModelSource | Mapping[str, ModelSource],
+    settings: ServeSettings,
+    loaded: tuple[Any, Any] | None = None,
+) -> dict[str, ServedModel]:
+    """Load every model and wrap each in a (not yet started) batcher, in the given order.
+
+    models: one directory (its id is settings.model_name or the directory's name; `loaded`
+    may hold its (model, processor)), or a mapping id -> directory or (model, processor).
+    """
+    if isinstance(models, Mapping):
+        if settings.model_name is not None:
+            raise ConfigError("model_name", "name each model in the mapping instead")
+        if loaded is not None:
+            raise ConfigError("loaded", "give (model, processor) pairs as the mapping's values")
+        sources = dict(models)
+    else:
+        name = settings.model_name or Path(models).resolve().name
+        sources = {name: loaded if loaded is not None else models}
+    if not sources:
+        raise ConfigError("models", "no model to serve")
+    served = {}
+    for name, source in sources.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError("models", f"a model id must be a non-empty string, got {name!r}")
+        if isinstance(source, tuple):
+            model, processor = source
+        else:
+            from polyvis.models.build import load_model
+
+            model, processor = load_model(source, dtype=settings.dtype, device=settings.device)
+        batcher = Batcher(
+            model,
+            processor,
+            max_batch=settings.max_batch,
+            window_ms=settings.batch_window_ms,
+            max_queue=settings.max_queue,
+            max_tokens_limit=settings.max_tokens_limit,
+        )
+        served[name] = ServedModel(name, batcher, processor)
+    return served
+
+
+def pick(served: dict[str, ServedModel], model_id: str | None) -> ServedModel:
+    """The model a request names (the first one served when it names none); 404 otherwise."""
+    if model_id is None:
+        return next(iter(served.values()))
+    if model_id not in served:
+        names = ", ".join(repr(n) for n in served)
+        raise APIError(
+            404, f"no model {model_id!r}; this server serves {names}", "model", "model_not_found"
+        )
+    return served[model_id]
+
+
+def health_stats(served: dict[str, ServedModel]) -> dict[str, Any]:
+    """The batchers' counters added up (maxima for max_*), and each model's own with several."""
+    stats = [s.batcher.stats for s in served.values()]
+    total = {"queued": sum(s.batcher.queued() for s in served.values())}
+    for key in stats[0]:
+        total[key] = (max if key.startswith("max") else sum)(s[key] for s in stats)
+    if len(served) > 1:
+        total["per_model"] = {
+            s.name: {"queued": s.batcher.queued(), **s.batcher.stats} for s in served.values()
+        }
+    return total
