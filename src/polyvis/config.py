@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from polyvis.errors import ConfigError, config_error_from
 from polyvis.errors import field_name as field_name  # re-exported: older callers import it here
@@ -21,6 +29,32 @@ from polyvis.registry import registry
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Tiles per image at most: each tile is one more encoder pass, so this bounds the work per image.
+MAX_TILES = 64
+
+
+class TilingSpec(_Strict):
+    """High resolution for one encoder: the image is cut into a grid of tiles of its input size.
+
+    grids: the allowed [rows, cols]; the processor picks, per image, the one that fits its size
+    and aspect ratio best (LLaVA-NeXT's rule, docs/tiling.md). thumbnail: also encode the whole
+    image at the encoder's input size.
+    """
+
+    grids: list[tuple[PositiveInt, PositiveInt]] = Field(min_length=1)
+    thumbnail: bool = False
+
+    @field_validator("grids")
+    @classmethod
+    def _distinct(cls, grids: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if len(set(grids)) != len(grids):
+            raise ValueError(f"grids {[list(g) for g in grids]} repeat a grid")
+        big = [list(g) for g in grids if g[0] * g[1] > MAX_TILES]
+        if big:
+            raise ValueError(f"grid {big[0]} has more than {MAX_TILES} tiles")
+        return grids
 
 
 class EncoderSpec(_Strict):
@@ -37,6 +71,7 @@ class EncoderSpec(_Strict):
     image_std: list[float] | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    tiling: TilingSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> EncoderSpec:
@@ -148,6 +183,7 @@ class Config(_Strict):
         resolve_typed(registry("adapter"), adapter_options(section.adapter), "model.adapter")
         check_scales(section.fusion, names)
         check_adapter_init(section.fusion, section.adapter, names)
+        check_tiling(section.encoders)
         return self
 
 
@@ -214,6 +250,18 @@ def check_adapter_init(fusion: dict[str, Any], adapter: dict[str, Any], names: l
         )
     if adapter.get("type") != "linear" or adapter.get("bias") is False:
         raise ConfigError(field, f"needs a linear adapter with a bias (got {adapter.get('type')})")
+
+
+def check_tiling(encoders: list[EncoderSpec]) -> None:
+    """One tiled encoder at most: every fusion lays the others out on that encoder's tile grid."""
+    tiled = [i for i, e in enumerate(encoders) if e.tiling is not None]
+    if len(tiled) > 1:
+        names = ", ".join(repr(encoders[i].name) for i in tiled)
+        raise ConfigError(
+            f"model.encoders[{tiled[1]}].tiling",
+            f"only one encoder may be tiled (tiling is set on {names}): the fusions lay every "
+            "other encoder out on that encoder's tile grid",
+        )
 
 
 def _validate(data: dict[str, Any]) -> Config:

@@ -2,7 +2,9 @@
 
 A batch is a dict:
     input_ids (B, T) long, attention_mask (B, T) long, labels (B, T) long (-100 at padding),
-    pixel_values (N, K, 3, H, W): every sample's images in order (absent when the batch has none),
+    pixel_values (N, S, 3, H, W): every sample's images in order (absent when the batch has none;
+        S is one slot per encoder, a tiled encoder's one per view: docs/tiling.md; samples whose
+        images have different token counts just have different lengths),
     ids: the B record ids, image_hashes: the N image hashes (row-aligned with pixel_values),
     skipped: how many None items (skipped records) were dropped from this batch.
 `model_inputs(batch)` keeps only what the model's forward takes.

@@ -4,6 +4,10 @@ Records are read and validated up front (a bad record stops the run with its id 
 are only opened in `__getitem__`. An item whose image is missing, corrupt or too large, or whose
 text cannot be kept within max_length, comes back as None (the Collator drops it) and is counted.
 
+With a tiled encoder whose tokens vary per image (docs/tiling.md), each `<image>` is expanded
+with its own image's count, so the images (or, without decoding, their headers' sizes) are read
+before the text is tokenised.
+
 The skip counts live in a small shared-memory tensor (one status code per record), so skips found
 inside DataLoader worker processes are visible in the main process as `dataset.skipped` and
 `dataset.skipped_ids`. Each record counts once, however many epochs see it.
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from polyvis.data.images import DEFAULT_MAX_PIXELS, ImageError, image_hash, load_image_and_hash
@@ -80,7 +85,7 @@ class ConversationDataset(Dataset):
                 self._file_of.append(k)
         self._status = torch.zeros(len(self.records), dtype=torch.int8).share_memory_()
         self._lengths: list[int] | None = None
-        k = len(processor.encoder_names)
+        k = getattr(processor, "num_slots", len(processor.encoder_names))
         h = max(s[0] for s in processor.image_sizes.values())
         w = max(s[1] for s in processor.image_sizes.values())
         self._empty_pixels = torch.zeros(0, k, 3, h, w)
@@ -92,24 +97,28 @@ class ConversationDataset(Dataset):
         """Record i's image files, resolved."""
         return record_image_paths(self.records[i], self._roots[self._file_of[i]])
 
+    @property
+    def _tokens_vary(self) -> bool:
+        return bool(getattr(self.processor, "tokens_vary", False))
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         rec = self.records[i]
-        enc = encode_conversation(rec, self.processor, self.max_length, self.template)
+        loaded = None
+        text_processor = self.processor
+        if self._tokens_vary:  # the images' sizes decide their token counts
+            loaded = self._load(i)
+            if loaded is None:
+                return None
+            text_processor = self.processor.for_images(loaded[2])
+        enc = encode_conversation(rec, text_processor, self.max_length, self.template)
         if enc is None:
             return self._skip(
                 i, "too_long", f"no answer token fits in max_length={self.max_length}"
             )
-        images, hashes = [], []
-        for path in self.image_paths(i):
-            try:
-                if self.decode_images:
-                    image, digest = load_image_and_hash(path, self.max_pixels)
-                else:
-                    image, digest = None, image_hash(path)
-            except ImageError as err:
-                return self._skip(i, err.reason, str(err))
-            images.append(image)
-            hashes.append(digest)
+        loaded = loaded or self._load(i)
+        if loaded is None:
+            return None
+        images, hashes, _ = loaded
         pixels = bool(images) and self.decode_images
         pixel_values = self.processor.preprocess_images(images) if pixels else self._empty_pixels
         if enc["truncated"]:
@@ -121,6 +130,25 @@ class ConversationDataset(Dataset):
             "pixel_values": pixel_values,
             "image_hashes": hashes,
         }
+
+    def _load(self, i: int) -> tuple[list, list[str], list[tuple[int, int]]] | None:
+        """Record i's images (None each without decoding), hashes and (height, width) sizes;
+        None when one cannot be used (the record is then skipped)."""
+        images, hashes, sizes = [], [], []
+        for path in self.image_paths(i):
+            try:
+                if self.decode_images:
+                    image, digest = load_image_and_hash(path, self.max_pixels)
+                    size = (image.height, image.width)
+                else:
+                    image, digest = None, image_hash(path)
+                    size = header_size(path) if self._tokens_vary else (0, 0)
+            except ImageError as err:
+                return self._skip(i, err.reason, str(err))
+            images.append(image)
+            hashes.append(digest)
+            sizes.append(size)
+        return images, hashes, sizes
 
     def _skip(self, i: int, reason: str, message: str) -> None:
         code = SKIP_REASONS.index(reason) + 1
@@ -150,7 +178,8 @@ class ConversationDataset(Dataset):
         ]
 
     def lengths(self) -> list[int]:
-        """Token length of every item (0 for records too long to keep); opens no image.
+        """Token length of every item (0 for records too long to keep); decodes no image (a
+        model whose tokens vary per image reads each image's size from its header).
 
         Tokenises every record once (cached): what length-grouped sampling needs. Records that
         cannot be kept are counted as "too_long" here already.
@@ -158,7 +187,11 @@ class ConversationDataset(Dataset):
         if self._lengths is None:
             lengths = []
             for i, rec in enumerate(self.records):
-                enc = encode_conversation(rec, self.processor, self.max_length, self.template)
+                text_processor = self._text_processor(i)
+                if text_processor is None:
+                    lengths.append(0)
+                    continue
+                enc = encode_conversation(rec, text_processor, self.max_length, self.template)
                 if enc is None:
                     self._skip(
                         i, "too_long", f"no answer token fits in max_length={self.max_length}"
@@ -168,3 +201,35 @@ class ConversationDataset(Dataset):
                 lengths.append(0 if enc is None else len(enc["input_ids"]))
             self._lengths = lengths
         return list(self._lengths)
+
+    def _text_processor(self, i: int) -> Any:
+        """The processor that expands record i's `<image>` markers; None when an image of a
+        tiled record cannot be read (the record is skipped)."""
+        if not self._tokens_vary:
+            return self.processor
+        try:
+            sizes = [header_size(p) for p in self.image_paths(i)]
+        except ImageError as err:
+            return self._skip(i, err.reason, str(err))
+        return self.processor.for_images(sizes)
+
+
+_ORIENTATION = 0x0112  # EXIF tag; values 5 to 8 turn the image by 90 degrees
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image as load_image returns it (EXIF rotation applied), read from
+    its header without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(_ORIENTATION) in (5, 6, 7, 8):
+                width, height = height, width
+    except FileNotFoundError as err:
+        raise ImageError(path, "missing", f"cannot read image ({err.strerror or err})") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(path, "too_large", f"refused by PIL: {err}") from None
+    except Exception as err:  # PIL raises many types for broken files
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageError(path, "corrupt", f"cannot read image header ({detail})") from None
+    return height, width

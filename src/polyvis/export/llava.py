@@ -16,6 +16,9 @@ What maps onto what:
 
 The export checks itself before writing: the LLaVA vision path must give polyvis's image features,
 and the LLaVA processor must give polyvis's token ids and pixels for a sample prompt.
+
+A tiled model is refused (LlavaNextForConditionalGeneration, the LLaVA with tiles, included): its
+tokens would not be the same ones in the same order (docs/tiling.md, "Export").
 """
 
 from __future__ import annotations
@@ -62,6 +65,14 @@ _CLIP_KEYS = (
 def check_exportable(config: Any) -> dict[str, Any]:
     """Why a PolyVisConfig cannot be LLaVA (ConfigError), else the LLaVA settings it maps to."""
     encoders = config.encoders
+    for k, entry in enumerate(encoders):
+        if entry.get("tiling"):
+            raise ConfigError(
+                f"model.encoders[{k}].tiling",
+                "not exportable: LLaVA has no tiles, and LLaVA-NeXT's AnyRes lays them out "
+                "differently (one stitched grid, padding rows cut, a learned newline per row; "
+                "polyvis keeps whole tiles, tile after tile), so no exact mapping exists",
+            )
     if len(encoders) != 1:
         names = ", ".join(e["name"] for e in encoders)
         raise ConfigError(

@@ -37,6 +37,7 @@ from polyvis.models.encoders import (
 )
 from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
 from polyvis.models.processing import PolyVisProcessor
+from polyvis.models.tiling import processor_tiling
 from polyvis.models.tokenizer import (
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
@@ -168,6 +169,11 @@ def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[An
         **entry,
         "config": json.loads(backbone.config.to_json_string(use_diff=False)),
     }
+    if spec.tiling is not None:  # only when used: untiled configs are saved as they always were
+        entry["tiling"] = {
+            "grids": [list(g) for g in spec.tiling.grids],
+            "thumbnail": spec.tiling.thumbnail,
+        }
     return backbone, proc, entry
 
 
@@ -269,7 +275,8 @@ def build_model(
     apply_adapter_init(model, section.fusion, section.adapter)
     model.eval()  # like from_pretrained; training code switches to train()
     sizes = {e["name"]: tuple(e["image_size"]) for e in entries}
-    processor = PolyVisProcessor(tokenizer, procs, sizes, model.image_seq_length)
+    tiling = processor_tiling(entries, model.fusion)
+    processor = PolyVisProcessor(tokenizer, procs, sizes, model.image_seq_length, tiling)
     return model, processor
 
 

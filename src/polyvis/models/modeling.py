@@ -25,6 +25,7 @@ from polyvis.models.adapters import build_adapter
 from polyvis.models.encoders import VisionEncoder, backbone_from_config, prepare_backbone
 from polyvis.models.fusion import EncoderInfo, build_fusion
 from polyvis.models.processing import PolyVisProcessor
+from polyvis.models.tiling import encode_views, find_tiling, fuse_tiled, views_of
 
 
 class PolyVisConfig(PreTrainedConfig):
@@ -32,12 +33,14 @@ class PolyVisConfig(PreTrainedConfig):
 
     encoders: one dict per encoder: name, config (the backbone's transformers config as a dict),
         layers (absolute hidden-state indices), num_prefix_tokens, grid, dim, image_size,
-        interpolate_pos_encoding. Written by `polyvis.build_model`, which probes each backbone.
+        interpolate_pos_encoding, and `tiling` ({grids, thumbnail}) only for a tiled encoder.
+        Written by `polyvis.build_model`, which probes each backbone.
     fusion / adapter: `{"type": name, ...options}` dicts of the fusion and adapter registries.
     text_config: the causal LM's config.
     image_token_id / image_start_token_id / image_end_token_id: ids of `<image>` (placeholder
         replaced by visual features), `<img_start>` and `<img_end>` (own trainable embeddings).
-    image_seq_length: visual tokens per image (the adapter's output length).
+    image_seq_length: visual tokens per image (the adapter's output length); with tiling, per
+        unit, an image having one unit per view for most fusions (docs/tiling.md).
     """
 
     model_type = "polyvis"
@@ -97,10 +100,11 @@ class PolyVisPreTrainedModel(PreTrainedModel):
 class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
     """Frozen-or-not encoders, a fusion method, an adapter and any causal LM, as one model.
 
-    forward(input_ids, pixel_values, ...): pixel_values is (num_images, K, 3, H, W), one slot per
-    encoder, each image resized for that encoder and zero-padded to the largest size (a single
-    tensor, so generate() can expand it for beams like any other input). Images are spliced in
-    order into the `<image>` placeholders of the batch.
+    forward(input_ids, pixel_values, ...): pixel_values is (num_images, S, 3, H, W), one slot per
+    encoder (a tiled encoder has one per view, NaN where an image has none: models/tiling.py),
+    each image resized for that encoder and zero-padded to the largest size (a single tensor, so
+    generate() can expand it for beams like any other input). Images are spliced in order into
+    the `<image>` placeholders of the batch.
     """
 
     def __init__(
@@ -125,9 +129,13 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             encoders.append(VisionEncoder(backbone, entry))
         self.encoders = nn.ModuleList(encoders)
         infos = [
-            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"]))
+            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"]), views_of(e))
             for e in config.encoders
         ]
+        self.tiling = find_tiling(config.encoders)  # (encoder index, Tiling) or None
+        counts = [views_of(e) for e in config.encoders]
+        self.slot_starts = [sum(counts[:k]) for k in range(len(counts))]
+        self.num_slots = sum(counts)
         self.fusion = build_fusion(config.fusion, infos)
         text_config = config.text_config
         self.adapter = build_adapter(
@@ -165,35 +173,49 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         return self.adapter.num_tokens
 
     def encode_images(self, pixel_values: torch.Tensor) -> list[list[torch.Tensor]]:
-        """(n, K, 3, H, W) -> per encoder, its selected layers' features (n, N_k, D_k)."""
-        if pixel_values.dim() == 4 and len(self.encoders) == 1:
+        """(n, S, 3, H, W) -> per encoder, its selected layers' features (n, N_k, D_k); a tiled
+        encoder's are (n, views, N_k, D_k), NaN in the views an image does not use."""
+        if pixel_values.dim() == 4 and self.num_slots == 1:
             pixel_values = pixel_values[:, None]
-        if pixel_values.dim() != 5 or pixel_values.shape[1] != len(self.encoders):
+        if pixel_values.dim() != 5 or pixel_values.shape[1] != self.num_slots:
             raise DataError(
-                f"pixel_values must be (num_images, {len(self.encoders)}, 3, H, W), got {tuple(pixel_values.shape)}"
+                f"pixel_values must be (num_images, {self.num_slots}, 3, H, W), got {tuple(pixel_values.shape)}"
             )
         feats = []
         for k, enc in enumerate(self.encoders):
-            h, w = enc.image_size
-            x = pixel_values[:, k, :, :h, :w]
             frozen = not any(p.requires_grad for p in enc.parameters())
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-                feats.append(enc(x))
+                feats.append(self.encode_with(k, pixel_values))
         return feats
+
+    def encode_with(self, k: int, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder k on its slot(s) of (n, S, 3, H, W) pixel_values: its layers' features."""
+        enc = self.encoders[k]
+        h, w = enc.image_size
+        start = self.slot_starts[k]
+        if self.tiling is None or self.tiling[0] != k:
+            return enc(pixel_values[:, start, :, :h, :w])
+        views = self.tiling[1].views
+        return encode_views(enc, pixel_values[:, start : start + views, :, :h, :w])
 
     def get_image_features(
         self,
         pixel_values: torch.Tensor | None = None,
         encoder_features: list[list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """Visual tokens in the LM's embedding space, (num_images, image_seq_length, D_llm).
+        """Visual tokens in the LM's embedding space, (num_images, image_seq_length, D_llm); with
+        a tiled encoder, (units, image_seq_length, D_llm): each image's units one after the other
+        (docs/tiling.md), which is what the `<image>` placeholders hold in the same order.
 
         encoder_features: precomputed encoder outputs (the feature cache), instead of pixels.
         """
         feats = (
             encoder_features if encoder_features is not None else self.encode_images(pixel_values)
         )
-        return self.adapter(self.fusion(feats))
+        if self.tiling is None:
+            return self.adapter(self.fusion(feats))
+        k, tiling = self.tiling
+        return self.adapter(fuse_tiled(self.fusion, feats, k, tiling))
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """LM embeddings, with `<img_start>` / `<img_end>` taken from their own parameters."""

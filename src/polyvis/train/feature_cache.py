@@ -6,7 +6,10 @@ processor settings and weights), so changing one encoder's layers, image size or
 its cache and never reuses stale features, while the other encoders' features are kept in
 `<cache_root()>/features/<fingerprint>/` (a FeatureStore: shards and their index).
 
-Features are computed with the encoder in eval mode, in its own dtype (no autocast).
+Features are computed with the encoder in eval mode, in its own dtype (no autocast). A tiled
+encoder's features of an image are (views, N, D), NaN in the views the image does not use (as
+the model's own encoder pass gives them, models/tiling.py); its tiling is part of its config
+entry, so the fingerprint, and with it the cache, is keyed by the tiling.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def encoder_fingerprint(
     entry = model.config.encoders[k]
     desc = {
         "format": FORMAT,
-        "entry": entry,  # backbone config, layers, num_prefix_tokens, grid, image size, ...
+        "entry": entry,  # backbone config, layers, num_prefix_tokens, grid, image size, tiling
         "source": source or {},
         "image_processor": processor.image_processors[entry["name"]].to_dict(),
         "weights": weights_digest(model.encoders[k]),
@@ -88,6 +91,8 @@ class FeatureCache:
             fp = encoder_fingerprint(model, processor, k, (sources or {}).get(entry["name"]))
             meta = {"format": FORMAT, "encoder": entry["name"], "layers": entry["layers"], "grid": entry["grid"],
                     "dim": entry["dim"], "image_size": entry["image_size"]}  # fmt: skip
+            if entry.get("tiling"):
+                meta["tiling"] = entry["tiling"]
             stores.append(FeatureStore(root / fp, len(entry["layers"]), meta))
             fps.append(fp)
         return cls(stores, fps)
@@ -107,7 +112,8 @@ class FeatureCache:
     def lookup(
         self, image_hashes: list[str], device: torch.device | str | None = None
     ) -> list[list[torch.Tensor]]:
-        """Features of these images, in order: per encoder, per layer, (n, N, D) on `device`."""
+        """Features of these images, in order: per encoder, per layer, (n, N, D) on `device`
+        ((n, views, N, D) for a tiled encoder)."""
         out = []
         for store in self.stores:
             per_image = [store.get(h) for h in image_hashes]
@@ -173,11 +179,10 @@ class FeatureCache:
             if not need:
                 continue
             param = next(enc.parameters())
-            h, w = enc.image_size  # each encoder's slot is zero-padded to the largest size
-            x = pixels[need, k, :, :h, :w].to(param.device)
+            x = pixels[need].to(param.device)
             was_training = enc.training
             enc.eval()  # features of the encoder as inference sees it (no dropout)
-            feats = enc(x)
+            feats = model.encode_with(k, x)  # its own slot(s), cropped to its size
             enc.train(was_training)
             for j, i in enumerate(need):
                 store.put(hashes[i], [f[j] for f in feats])

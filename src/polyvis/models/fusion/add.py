@@ -9,9 +9,12 @@ from polyvis.errors import ConfigError
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
 from polyvis.models.fusion.common import (
     FIELD,
+    ONE,
     ProjectAlignFusion,
     ProjectAlignParams,
+    Scale,
     concat_layers,
+    scaled,
 )
 
 
@@ -41,6 +44,7 @@ class AddFusion(ProjectAlignFusion):
             # rebuilt from the config, so it need not be saved with the weights
             self.register_buffer("weights", init, persistent=False)
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        ys = torch.stack(self.project_aligned(concat_layers(feats, self.encoders)))  # (K,B,N,d)
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        xs = concat_layers(feats, scaled(self.encoders, scale))
+        ys = torch.stack(self.project_aligned(xs, scale))  # (K,B,N,d)
         return (self.weights.to(ys.dtype).view(-1, 1, 1, 1) * ys).sum(0)

@@ -24,6 +24,8 @@ class EncoderInfo:
     dim: int  # hidden width D_k of one layer
     grid: tuple[int, int]  # (h, w) patch grid; tokens N_k = h * w
     num_layers: int  # how many layers were selected (L_k)
+    # A tiled encoder's view slots (thumbnail + tile canvas, models/tiling.py); 1 when untiled.
+    views: int = 1
 
     @property
     def num_tokens(self) -> int:
@@ -43,9 +45,15 @@ class Fusion(nn.Module):
     forward(feats) takes, per encoder, the list of its selected layers' hidden states,
     each (B, N_k, D_k), and returns (B, num_tokens, out_dim).
     `grid` is the output's (h, w) when the output is a spatial grid, else None.
+
+    `tile_rule` says how a tiled encoder's views meet the fusion (models/tiling.py,
+    docs/fusion.md): "stitch" (forward also takes `scale=(rows, cols)`: every grid, the
+    encoders' and the output's, multiplied by it), "views" (each view fused as an image of its
+    own) or "sequence" (the views' tokens joined into one sequence).
     """
 
     Params: ClassVar[type[FusionParams]] = FusionParams
+    tile_rule: ClassVar[str] = "stitch"
     out_dim: int
     num_tokens: int
     grid: tuple[int, int] | None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn
@@ -11,6 +13,21 @@ from polyvis.models.fusion.base import AlignPolicy, EncoderInfo, Fusion, FusionP
 
 # build_fusion validates options under this prefix; constructor-time checks name the same field.
 FIELD = "model.fusion"
+
+# A tile grid (rows, cols) that multiplies every grid of a "stitch" fusion; ONE leaves them as built.
+Scale = tuple[int, int]
+ONE: Scale = (1, 1)
+
+
+def scale_grid(grid: tuple[int, int], scale: Scale) -> tuple[int, int]:
+    return (grid[0] * scale[0], grid[1] * scale[1])
+
+
+def scaled(encoders: list[EncoderInfo], scale: Scale) -> list[EncoderInfo]:
+    """The encoders with their grids multiplied by `scale` (the same list for ONE)."""
+    if tuple(scale) == ONE:
+        return encoders
+    return [dataclasses.replace(e, grid=scale_grid(e.grid, scale)) for e in encoders]
 
 
 class AlignParams(FusionParams):
@@ -128,11 +145,16 @@ class ProjectAlignFusion(Fusion):
         self.num_tokens = self.align_grid[0] * self.align_grid[1]
         self.proj = nn.ModuleList(nn.Linear(in_width(e), self.out_dim) for e in encoders)
 
-    def align(self, xs: list[Tensor]) -> list[Tensor]:
-        """Bring every encoder's tokens to `align_grid` by the configured policy."""
-        return align_all(xs, self.encoders, self.align_grid, self.params.align)
+    def align(self, xs: list[Tensor], scale: Scale = ONE) -> list[Tensor]:
+        """Bring every encoder's tokens to `align_grid` (times `scale`) by the configured policy."""
+        return align_all(
+            xs,
+            scaled(self.encoders, scale),
+            scale_grid(self.align_grid, scale),
+            self.params.align,
+        )
 
-    def project_aligned(self, xs: list[Tensor]) -> list[Tensor]:
+    def project_aligned(self, xs: list[Tensor], scale: Scale = ONE) -> list[Tensor]:
         """Each encoder through its linear map, then aligned: (B, h*w, dim) each."""
         # project first: affine maps commute with interpolate/pool, and pad leaves zeros
-        return self.align([p(x) for p, x in zip(self.proj, xs)])
+        return self.align([p(x) for p, x in zip(self.proj, xs)], scale)

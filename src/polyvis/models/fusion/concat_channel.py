@@ -10,12 +10,16 @@ from polyvis.errors import ConfigError
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo, Fusion
 from polyvis.models.fusion.common import (
     FIELD,
+    ONE,
     AlignParams,
+    Scale,
     align_all,
     concat_layers,
     in_width,
     require_encoders,
     resolve_grid,
+    scale_grid,
+    scaled,
 )
 
 
@@ -51,12 +55,13 @@ class ConcatChannelFusion(Fusion):
             self.proj = nn.ModuleList(nn.Linear(in_width(e), params.proj_dim) for e in encoders)
             self.out_dim = params.proj_dim * len(encoders)
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        xs = concat_layers(feats, self.encoders)
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        encoders = scaled(self.encoders, scale)
+        xs = concat_layers(feats, encoders)
         if self.params.scales is not None:
             xs = [x * s for x, s in zip(xs, self.params.scales)]
         if self.proj is not None:
             # project first: affine maps commute with interpolate/pool, and pad leaves zeros
             xs = [p(x) for p, x in zip(self.proj, xs)]
-        xs = align_all(xs, self.encoders, self.grid, self.params.align)
+        xs = align_all(xs, encoders, scale_grid(self.grid, scale), self.params.align)
         return xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)

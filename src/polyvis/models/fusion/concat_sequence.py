@@ -22,8 +22,11 @@ class ConcatSequenceFusion(Fusion):
     """[P_1(x_1) + t_1, ..., P_K(x_K) + t_K] along the sequence (OmniFusion variant 2, BRAVE).
 
     `project: false` skips the linear maps; then every encoder must already have width `dim`.
-    No grid alignment is needed: each encoder keeps its own token count.
+    No grid alignment is needed: each encoder keeps its own token count. A tiled encoder's views
+    are fused one by one, each as an image of its own (docs/fusion.md).
     """
+
+    tile_rule = "views"
 
     class Params(FusionParams):
         dim: PositiveInt | None = None

@@ -7,10 +7,13 @@ from torch import Tensor, nn
 
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
 from polyvis.models.fusion.common import (
+    ONE,
     ProjectAlignFusion,
     ProjectAlignParams,
+    Scale,
     concat_layers,
     in_width,
+    scaled,
 )
 
 
@@ -36,7 +39,7 @@ class GatedFusion(ProjectAlignFusion):
             return xs[0].new_ones(*xs[0].shape[:2], 1)
         return self.gate(torch.cat(xs, dim=-1)).softmax(dim=-1)
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        xs = concat_layers(feats, self.encoders)
-        g = self.gates(self.align(xs))
-        return torch.einsum("bnk,kbnd->bnd", g, torch.stack(self.project_aligned(xs)))
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        xs = concat_layers(feats, scaled(self.encoders, scale))
+        g = self.gates(self.align(xs, scale))
+        return torch.einsum("bnk,kbnd->bnd", g, torch.stack(self.project_aligned(xs, scale)))

@@ -6,7 +6,14 @@ import torch
 from torch import Tensor
 
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
-from polyvis.models.fusion.common import ProjectAlignFusion, ProjectAlignParams, concat_layers
+from polyvis.models.fusion.common import (
+    ONE,
+    ProjectAlignFusion,
+    ProjectAlignParams,
+    Scale,
+    concat_layers,
+    scaled,
+)
 
 
 @FUSIONS.register("interleave")
@@ -23,8 +30,8 @@ class InterleaveFusion(ProjectAlignFusion):
         # several encoders' tokens interleaved are no longer one grid
         self.grid = self.align_grid if len(encoders) == 1 else None
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        ys = self.project_aligned(concat_layers(feats, self.encoders))
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        ys = self.project_aligned(concat_layers(feats, scaled(self.encoders, scale)), scale)
         b, n, d = ys[0].shape
         # (B, N, K, d) -> (B, N*K, d): position-major, encoder-minor
         return torch.stack(ys, dim=2).reshape(b, n * len(ys), d)

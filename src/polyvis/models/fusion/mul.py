@@ -6,7 +6,14 @@ import torch
 from torch import Tensor, nn
 
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
-from polyvis.models.fusion.common import ProjectAlignFusion, ProjectAlignParams, concat_layers
+from polyvis.models.fusion.common import (
+    ONE,
+    ProjectAlignFusion,
+    ProjectAlignParams,
+    Scale,
+    concat_layers,
+    scaled,
+)
 
 
 @FUSIONS.register("mul")
@@ -17,8 +24,8 @@ class MulFusion(ProjectAlignFusion):
         super().__init__(encoders, params)
         self.scale = nn.Parameter(torch.ones(self.out_dim))
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        ys = self.project_aligned(concat_layers(feats, self.encoders))
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        ys = self.project_aligned(concat_layers(feats, scaled(self.encoders, scale)), scale)
         out = ys[0]
         for y in ys[1:]:
             out = out * y

@@ -8,11 +8,15 @@ from torch import Tensor, nn
 
 from polyvis.models.fusion.base import FUSIONS, AlignPolicy, EncoderInfo, Fusion
 from polyvis.models.fusion.common import (
+    ONE,
     AlignParams,
+    Scale,
     align_all,
     check_feats,
     require_encoders,
     resolve_grid,
+    scale_grid,
+    scaled,
 )
 
 
@@ -60,12 +64,13 @@ class OmniFusion(Fusion):
             return self.layer_logits[key].softmax(dim=0)
         return torch.ones(1, device=self.out[1].weight.device)
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        check_feats(feats, self.encoders)
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        encoders = scaled(self.encoders, scale)
+        check_feats(feats, encoders)
         ys = []
         for k, (layers, projs) in enumerate(zip(feats, self.layer_proj)):
             stacked = torch.stack([p(x) for p, x in zip(projs, layers)])  # (L, B, N, dim)
             w = self.layer_weights(k).to(stacked.dtype)
             ys.append(torch.einsum("l,lbnd->bnd", w, stacked))
-        ys = align_all(ys, self.encoders, self.grid, self.params.align)
+        ys = align_all(ys, encoders, scale_grid(self.grid, scale), self.params.align)
         return self.out(torch.stack(ys).sum(0))

@@ -8,7 +8,12 @@ from torch import Tensor, nn
 
 from polyvis.models.fusion.attention import CrossAttentionBlock, check_heads
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo, Fusion, FusionParams, square_side
-from polyvis.models.fusion.common import concat_layers, default_dim, in_width, require_encoders
+from polyvis.models.fusion.common import (
+    concat_layers,
+    default_dim,
+    in_width,
+    require_encoders,
+)
 
 
 @FUSIONS.register("resampler")
@@ -19,7 +24,13 @@ class ResamplerFusion(Fusion):
     learned position embedding per token, so the queries can tell encoders and places apart.
     `depth` blocks of pre-norm cross-attention + FFN, then a final LayerNorm. The output is
     `num_queries` tokens, laid out as a square grid when num_queries is a perfect square.
+
+    A tiled encoder's views (thumbnail, tiles) join the keys as one longer sequence, each view
+    with the same position embeddings plus a learned embedding of its slot (`tile_embed`), so
+    the output stays `num_queries` tokens however many tiles an image has.
     """
+
+    tile_rule = "sequence"
 
     class Params(FusionParams):
         num_queries: PositiveInt = 64
@@ -50,17 +61,42 @@ class ResamplerFusion(Fusion):
             CrossAttentionBlock(dim, params.heads, params.ffn_mult) for _ in range(params.depth)
         )
         self.norm = nn.LayerNorm(dim)
+        # made last, and only for tiled encoders: untiled models keep their parameters and init
+        self.tile_embed = nn.ParameterDict(
+            {
+                str(k): nn.Parameter(torch.randn(e.views, dim) * 0.02)
+                for k, e in enumerate(encoders)
+                if e.views > 1
+            }
+        )
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        xs = concat_layers(feats, self.encoders)
+    def forward(self, feats: list[list[Tensor]], views: dict[int, Tensor] | None = None) -> Tensor:
+        """views: for a tiled encoder k, the slot of each view whose tokens feats[k] holds one
+        view after the other, (B, V * N_k, D_k)."""
+        views = views or {}
+        xs = concat_layers(feats, self._stacked(views) if views else self.encoders)
         kv = []
         for k, (p, x) in enumerate(zip(self.proj, xs)):
             y = p(x) + self.type_embed[k].to(x.dtype)
+            n_views = len(views[k]) if k in views else 1
             if self.pos_embed is not None:
-                y = y + self.pos_embed[k].to(x.dtype)
+                pos = self.pos_embed[k]
+                y = y + (pos.repeat(n_views, 1) if n_views > 1 else pos).to(x.dtype)
+            if k in views and str(k) in self.tile_embed:
+                slot = self.tile_embed[str(k)][views[k]]
+                y = y + slot.repeat_interleave(self.encoders[k].num_tokens, 0).to(x.dtype)
             kv.append(y)
         kv = torch.cat(kv, dim=1)
         q = self.queries.to(kv.dtype).unsqueeze(0).expand(kv.shape[0], -1, -1)
         for block in self.blocks:
             q = block(q, kv)
         return self.norm(q)
+
+    def _stacked(self, views: dict[int, Tensor]) -> list[EncoderInfo]:
+        """The encoders as the joined views look: V grids stacked one above the other."""
+        return [
+            EncoderInfo(e.name, e.dim, (len(views[k]) * e.grid[0], e.grid[1]), e.num_layers)
+            if k in views
+            else e
+            for k, e in enumerate(self.encoders)
+        ]

@@ -11,7 +11,16 @@ from torch import Tensor, nn
 
 from polyvis.models.fusion.attention import CrossAttentionBlock, check_heads
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo, Fusion, FusionParams, tokens_to_grid
-from polyvis.models.fusion.common import concat_layers, default_dim, in_width, require_encoders
+from polyvis.models.fusion.common import (
+    ONE,
+    Scale,
+    concat_layers,
+    default_dim,
+    in_width,
+    require_encoders,
+    scale_grid,
+    scaled,
+)
 
 
 @FUSIONS.register("sva")
@@ -65,11 +74,16 @@ class SVAFusion(Fusion):
             CrossAttentionBlock(dim, params.heads, params.ffn_mult) for _ in range(params.depth)
         )
 
-    def windowed(self, k: int, y: Tensor) -> Tensor:
-        """(B, N_k, dim) -> (B * Lh * Lw, mh * mw, dim): the tokens of each query's window."""
-        enc, (lh, lw), (mh, mw) = self.encoders[k], self.grid, self.windows[k]
-        fmap = tokens_to_grid(y, enc.grid)
-        if (mh * lh, mw * lw) != tuple(enc.grid):
+    def windowed(self, k: int, y: Tensor, scale: Scale = ONE) -> Tensor:
+        """(B, N_k, dim) -> (B * Lh * Lw, mh * mw, dim): the tokens of each query's window.
+
+        With a `scale`, the encoder's grid and the query grid are both multiplied by it, so the
+        windows keep their size.
+        """
+        (lh, lw), (mh, mw) = scale_grid(self.grid, scale), self.windows[k]
+        enc_grid = scale_grid(self.encoders[k].grid, scale)
+        fmap = tokens_to_grid(y, enc_grid)
+        if (mh * lh, mw * lw) != enc_grid:
             fmap = F.interpolate(
                 fmap, size=(mh * lh, mw * lw), mode="bilinear", align_corners=False
             )
@@ -80,11 +94,17 @@ class SVAFusion(Fusion):
             win = win + self.window_pos[str(k)].to(win.dtype)
         return win
 
-    def forward(self, feats: list[list[Tensor]]) -> Tensor:
-        xs = concat_layers(feats, self.encoders)
-        kv = torch.cat([self.windowed(k, p(x)) for k, (p, x) in enumerate(zip(self.proj, xs))], 1)
+    def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
+        xs = concat_layers(feats, scaled(self.encoders, scale))
+        kv = torch.cat(
+            [self.windowed(k, p(x), scale) for k, (p, x) in enumerate(zip(self.proj, xs))], 1
+        )
         b = xs[0].shape[0]
-        q = self.queries.to(kv.dtype).unsqueeze(0).expand(b, -1, -1).reshape(-1, 1, self.out_dim)
+        queries = self.queries
+        if tuple(scale) != ONE:  # every cell of the multiplied grid asks its own window the same
+            lh, lw = self.grid
+            queries = queries.view(lh, lw, -1).repeat(scale[0], scale[1], 1).flatten(0, 1)
+        q = queries.to(kv.dtype).unsqueeze(0).expand(b, -1, -1).reshape(-1, 1, self.out_dim)
         for block in self.blocks:
             q = block(q, kv)
-        return q.reshape(b, self.num_tokens, self.out_dim)
+        return q.reshape(b, queries.shape[0], self.out_dim)

@@ -1,0 +1,155 @@
+"""The cost of tiling per image: image features and a prefill forward against the number of tiles.
+
+One CLIP-like encoder (concat-channel, 2-layer MLP adapter, a small Qwen2 LM), untiled and tiled
+with a single grid each (1x1, 1x2, 2x2, 2x3, 3x3; with and without a thumbnail), on images whose
+size picks that grid. For each: the visual tokens per image, the median time of the image
+features (encoder passes + fusion + adapter) and of one forward over a prompt holding the image
+(what generation's prefill costs), and both relative to the untiled model. The encoder part should
+grow in proportion to the views (thumbnail + tiles); the prefill also pays the LM for the longer
+sequence. A least-squares line, ms = a + b x views, over the tiled rows gives the fixed
+cost a and the cost b of each view. Calls are taken in turns and timed in process CPU time, which other jobs on a shared
+machine hardly move (see benchmarks/bench_model.py).
+
+Random weights, CPU, no download:
+
+    .venv/bin/python benchmarks/bench_tiling.py            # prints a markdown table
+    .venv/bin/python benchmarks/bench_tiling.py --quick    # fewer repetitions (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+from PIL import Image
+
+from polyvis.config import load_config
+from polyvis.models.build import build_model
+
+IMAGE, PATCH = 224, 16  # a 14 x 14 patch grid per tile
+CLIP = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": IMAGE,
+    "patch_size": PATCH,
+}
+LLM = {
+    "model_type": "qwen2",
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+GRIDS = [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]
+
+
+def build(grid: tuple[int, int] | None, thumbnail: bool):
+    encoder = {"name": "clip", "config": CLIP, "layers": [-2]}
+    if grid is not None:
+        encoder["tiling"] = {"grids": [list(grid)], "thumbnail": thumbnail}
+    cfg = {
+        "model": {
+            "encoders": [encoder],
+            "fusion": {"type": "concat-channel"},
+            "adapter": {"type": "mlp", "depth": 2},
+            "llm": {"config": LLM, "tokenizer": {"vocab_size": 600}},
+        }
+    }
+    torch.manual_seed(0)
+    return build_model(load_config(cfg))
+
+
+def picture(grid: tuple[int, int]) -> Image.Image:
+    g = torch.Generator().manual_seed(0)
+    h, w = grid[0] * IMAGE, grid[1] * IMAGE
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy())
+
+
+def medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median CPU seconds per call, the calls taken in turns (A B C A B C ...)."""
+    for fn in fns.values():
+        fn()
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            c0 = time.process_time()
+            fn()
+            cpu[key].append(time.process_time() - c0)
+    return {k: statistics.median(v) for k, v in cpu.items()}
+
+
+def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """(a, b, r2) of the least-squares line y = a + b x."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    a = my - b * mx
+    ss = sum((y - my) ** 2 for y in ys)
+    r2 = 1 - sum((y - a - b * x) ** 2 for x, y in zip(xs, ys)) / ss if ss else 1.0
+    return a, b, r2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 15")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 15
+
+    cases = {"untiled": (None, False)}
+    for grid in GRIDS:
+        for thumb in (False, True):
+            cases[f"{grid[0]}x{grid[1]}" + (" + thumbnail" if thumb else "")] = (grid, thumb)
+    rows, fns = {}, {}
+    for name, (grid, thumb) in cases.items():
+        model, processor = build(grid, thumb)
+        im = picture(grid or (1, 1))
+        text = processor.apply_chat_template([{"role": "user", "content": "<image>\nRead it."}])
+        inputs = processor(text, images=[im])
+        tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+        views = (int(thumb) + grid[0] * grid[1]) if grid else 1
+        rows[name] = (views, tokens)
+
+        @torch.no_grad()
+        def features(model=model, pv=inputs["pixel_values"]):
+            model.get_image_features(pv)
+
+        @torch.no_grad()
+        def prefill(model=model, inputs=inputs):
+            model(**inputs)
+
+        fns[f"{name}|features"], fns[f"{name}|prefill"] = features, prefill
+    times = medians(fns, repeats)
+
+    base_f, base_p = times["untiled|features"], times["untiled|prefill"]
+    print(f"CPU, {args.threads} thread(s), median of {repeats}; tiles of {IMAGE} px")
+    print()
+    print("| tiling | views | visual tokens | features ms | x untiled | per view | prefill ms "
+          "| x untiled |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (views, tokens) in rows.items():
+        f, p = times[f"{name}|features"], times[f"{name}|prefill"]
+        print(
+            f"| {name} | {views} | {tokens} | {f * 1e3:.1f} | {f / base_f:.2f} | "
+            f"{f / base_f / views:.2f} | {p * 1e3:.1f} | {p / base_p:.2f} |"
+        )
+    tiled = [name for name in rows if name != "untiled"]
+    views = [float(rows[n][0]) for n in tiled]
+    a, b, r2 = line_fit(views, [times[f"{n}|features"] * 1e3 for n in tiled])
+    print()
+    print(f"features: ms = {a:.1f} + {b:.1f} x views (R^2 = {r2:.3f}); untiled {base_f * 1e3:.1f}")
+
+
+if __name__ == "__main__":
+    main()
