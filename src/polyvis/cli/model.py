@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,22 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     out = save_model(model, processor, args.out)
     dump_config(cfg, Path(out) / "polyvis.yaml")
     n = sum(p.numel() for p in model.parameters())
-    print(
-        f"saved untrained model ({n / 1e6:.2f}M parameters, {model.image_seq_length} visual tokens) to {out}"
-    )
+    print(f"saved untrained model ({n / 1e6:.2f}M parameters, {visual_tokens(processor)}) to {out}")
     return 0
+
+
+def visual_tokens(processor: Any) -> str:
+    """The visual tokens per image: "M visual tokens", or for a tiled encoder whose count varies
+    the formula of docs/tiling.md and its range over the grids."""
+    m = processor.image_seq_length
+    if not processor.tokens_vary:
+        return f"{m} visual tokens"
+    tiling = processor.tiling
+    t = int(tiling["thumbnail"])
+    counts = sorted({m * (t + r * c) for r, c in tiling["grids"]})
+    views = "(1 + rows x cols)" if t else "rows x cols"
+    grids = " ".join(f"{r}x{c}" for r, c in tiling["grids"])
+    return (
+        f"{m} x {views} visual tokens per image, {counts[0]} to {counts[-1]}: "
+        f"encoder {tiling['encoder']!r} tiled on grids {grids}"
+    )

@@ -21,6 +21,10 @@ last image block when at least one answer token survives; otherwise it is droppe
 
 `prompt_ids` builds an inference prompt the same way (chat, evaluation and the lmms-eval plugin
 all use it), so a prompt has the ids the model saw before that answer in training.
+
+Where each image has its own token count (a tiled encoder, docs/tiling.md), pass
+`for_images(processor, images)` instead of the processor: it expands each marker with its own
+image's count, and the count check adds those counts up.
 """
 
 from __future__ import annotations
@@ -137,6 +141,23 @@ def tokenize_spans(text: str, spans: list[Span], tokenizer: Any) -> tuple[list[i
     return ids, labels
 
 
+def for_images(processor: Any, images: list[Any]) -> Any:
+    """The processor that expands the `<image>` markers of a conversation about `images` (PIL
+    images or (height, width) sizes, in marker order): where each image has its own token count
+    (a tiled encoder), `processor.for_images(images)`, which expands marker by marker; else the
+    processor itself. Use a fresh one per conversation: the view walks through the images."""
+    if getattr(processor, "tokens_vary", False):
+        return processor.for_images(images)
+    return processor
+
+
+def image_counts(processor: Any) -> list[int] | None:
+    """The per-image token counts a `for_images` view carries; None for a plain processor (every
+    image then has processor.image_seq_length tokens)."""
+    counts = getattr(processor, "counts", None)
+    return list(counts) if isinstance(counts, list) else None
+
+
 def prompt_ids(processor: Any, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the conversation (`{role, content}` messages, `<image>` markers unexpanded)
     plus the generation prompt, tokenised piece by piece at earlier answers as in training."""
@@ -177,10 +198,16 @@ def encode_conversation(
     ids, labels = tokenize_spans(text, spans, tokenizer)
     n_images = sum(t["value"].count("<image>") for t in record["conversations"])
     n_placeholders = ids.count(processor.image_token_id)
-    if n_placeholders != n_images * processor.image_seq_length:
+    counts = image_counts(processor)
+    if counts is None and n_placeholders != n_images * processor.image_seq_length:
         raise DataError(
             f"record {record.get('id')}: {n_placeholders} <image> placeholders after templating, expected "
             f"{n_images} image(s) x {processor.image_seq_length}"
+        )
+    if counts is not None and (n_images != len(counts) or n_placeholders != sum(counts)):
+        raise DataError(
+            f"record {record.get('id')}: {n_placeholders} <image> placeholders after templating, "
+            f"expected {sum(counts)} ({n_images} marker(s), images of {counts} tokens)"
         )
     truncated = False
     if max_length is not None and len(ids) > max_length:

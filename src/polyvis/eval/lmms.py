@@ -25,7 +25,7 @@ from typing import Any
 from PIL import Image
 
 from polyvis.data.records import IMAGE_TOKEN
-from polyvis.data.template import prompt_ids
+from polyvis.data.template import for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
 from polyvis.eval.generation import generate_batch, score_continuations
 from polyvis.progress import progress_bar
@@ -123,7 +123,8 @@ class PolyVisLMMsBase:
             raise DataError(
                 f"{where}: {markers} {IMAGE_TOKEN} marker(s) but {len(images)} image(s)"
             )
-        return prompt_ids(self._processor, [{"role": "user", "content": context}])
+        messages = [{"role": "user", "content": context}]
+        return prompt_ids(for_images(self._processor, images), messages)
 
     def _bar(self, total: int, what: str):
         enabled = self.progress and getattr(self, "rank", 0) == 0

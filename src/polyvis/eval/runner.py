@@ -30,7 +30,7 @@ from typing import Any
 
 from polyvis.data.images import ImageError, load_image
 from polyvis.data.records import IMAGE_TOKEN, read_records, record_image_paths
-from polyvis.data.template import ROLE_MAP, prompt_ids
+from polyvis.data.template import ROLE_MAP, for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
 from polyvis.eval.generation import generate_batch
 from polyvis.eval.metrics import FAMILY_METRICS, METRICS, item_scores, metric_for
@@ -129,7 +129,9 @@ def _predict(
     model: Any, processor: Any, items: Sequence[EvalItem], images: list[list[Any]], gen: dict
 ) -> list[str]:
     """The model's answers to a batch of items (their images already loaded)."""
-    prompts = [prompt_ids(processor, it.messages) for it in items]
+    prompts = [
+        prompt_ids(for_images(processor, ims), it.messages) for it, ims in zip(items, images)
+    ]
     return generate_batch(model, processor, prompts, images, **gen)
 
 

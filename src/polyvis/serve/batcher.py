@@ -32,6 +32,7 @@ from polyvis.serve.jobs import (
     GenerationParams,
     Job,
     Started,
+    pixel_token_counts,
 )
 from polyvis.serve.textstream import TextStream
 
@@ -189,7 +190,8 @@ class Batcher:
         if prompt.count(IMAGE_TOKEN) != n_images:
             msg = f"the prompt has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} marker(s) but {n_images} image(s)"
             raise APIError(400, msg, "messages", "image_count_mismatch")
-        job = Job(prompt, pixel_values, params, sink)
+        counts = pixel_token_counts(self.processor, pixel_values)
+        job = Job(prompt, pixel_values, params, sink, token_counts=counts)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -293,9 +295,8 @@ class Batcher:
     def _prepare(self, job: Job) -> _Row:
         tok = self.processor.tokenizer
         # Exactly what the processor does to a prompt; the worker is the tokenizer's only user.
-        ids = tok(self.processor.expand_image_tokens(job.prompt), add_special_tokens=True)[
-            "input_ids"
-        ]
+        text = self.processor.expand_image_tokens(job.prompt, job.token_counts)
+        ids = tok(text, add_special_tokens=True)["input_ids"]
         n_prompt = len(ids)
         room = self.context - n_prompt if self.context else self.max_tokens_limit
         max_tokens = job.params.max_tokens or min(self.max_tokens_limit, room)

@@ -2,9 +2,9 @@
 
 Prompts are built exactly as training builds them: the tokenizer's chat template renders the
 conversation (the image marker `<image>` before the first question, as in the LLaVA records), each
-`<image>` becomes the `<img_start>` + M x `<image>` + `<img_end>` block, and the text is tokenised
-piece by piece at the borders of earlier answers (polyvis.data.template), so a multi-turn prompt
-has the same ids the model saw in training.
+`<image>` becomes the `<img_start>` + M x `<image>` + `<img_end>` block (M the image's own count
+with a tiled encoder), and the text is tokenised piece by piece at the borders of earlier answers
+(polyvis.data.template), so a multi-turn prompt has the same ids the model saw in training.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from polyvis.data.template import prompt_ids
+from polyvis.data.template import for_images, prompt_ids
 from polyvis.models.tokenizer import IMAGE_TOKEN
 
 History = list[tuple[str, str]]
@@ -80,7 +80,8 @@ def answer(
     """
     pil = as_image(image)
     messages = chat_messages(question, history, with_image=pil is not None, system=system)
-    ids = torch.tensor([prompt_ids(processor, messages)], device=model.device)
+    text_processor = for_images(processor, [pil] if pil is not None else [])
+    ids = torch.tensor([prompt_ids(text_processor, messages)], device=model.device)
     inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if pil is not None:
         pixel_values = processor.preprocess_images([pil])

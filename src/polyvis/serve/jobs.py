@@ -6,8 +6,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from polyvis.models.tiling import Tiling, present_views
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,15 @@ Event = Started | Delta | Finished | Failed
 @dataclass
 class Job:
     """One request: a rendered prompt with `<image>` markers, its preprocessed images
-    ((n, K, 3, H, W) as `processor.preprocess_images` makes them, or None) and where events go."""
+    ((n, K, 3, H, W) as `processor.preprocess_images` makes them, or None), where events go, and
+    each image's visual token count where images have their own (a tiled encoder), else None."""
 
     prompt: str
     pixel_values: torch.Tensor | None
     params: GenerationParams
     sink: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    token_counts: list[int] | None = None
 
     def cancel(self) -> None:
         """The client went away: its row stops at the next token."""
@@ -68,3 +73,22 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+
+
+def pixel_token_counts(processor: Any, pixel_values: torch.Tensor | None) -> list[int] | None:
+    """Each image's visual token count, read from `processor.preprocess_images` output; None
+    when every image has image_seq_length tokens (untiled, or a fixed-length fusion).
+
+    A tiled encoder's unused slots are NaN, so the tensor carries each image's tile grid, as
+    the model reads it (docs/tiling.md). Only one encoder may be tiled, so the encoders before
+    it take one slot each.
+    """
+    if pixel_values is None or not getattr(processor, "tokens_vary", False):
+        return None
+    tiling = Tiling.from_dict(processor.tiling)
+    start = processor.encoder_names.index(processor.tiling["encoder"])
+    present = present_views(pixel_values[:, start : start + tiling.views])
+    return [
+        processor.image_seq_length * tiling.num_views(tiling.layout(row))
+        for row in present.tolist()
+    ]
