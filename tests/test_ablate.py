@@ -64,3 +64,26 @@ def test_ablate_rejects_an_unknown_field_or_axis(tmp_path: Path, capsys):
     spec.write_text("nano: true\ngrid:\n  fusions: [add]\n")
     assert main(["ablate", str(spec), "--out", str(tmp_path / "o")]) == 2
     assert "grid.fusions" in capsys.readouterr().err
+
+
+def test_nano_ablations_default_to_the_fair_protocol_and_none_keeps_the_old_grid(tmp_path: Path):
+    from polyvis.nano.ablate import protocol_of
+
+    assert protocol_of(load_ablation(write(tmp_path / "n.yaml", {"nano": True}))) == "fair"
+    assert protocol_of(load_ablation(write(tmp_path / "b.yaml", {"base": base()}))) == "none"
+    old = {"nano": True, "protocol": "none", "align": {"train": {"max_steps": 3}}}
+    assert protocol_of(load_ablation(write(tmp_path / "o.yaml", old))) == "none"
+    # each protocol's own keys and axes are errors under the other
+    for spec, field in (
+        ({"nano": True, "protocol": "none", "test_data_seed": 2}, "test_data_seed"),
+        ({"nano": True, "protocol": "none", "grid": {"controls": ["clip"]}}, "grid.controls"),
+        ({"nano": True, "align": {"train": {"max_steps": 3}}}, "align"),
+        ({"base": base(), "arm": "sensitivity"}, "arm"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_ablation(write(tmp_path / "x.yaml", spec))
+        assert err.value.field == field
+    # the leaderboard's file is a fair nano grid of all nine fusions, experts and twins
+    board = load_ablation(ROOT / "configs" / "leaderboard-nano.yaml")
+    assert protocol_of(board) == "fair" and len(board["grid"]["fusion"]) == 9
+    assert board["grid"]["controls"] == ["clip", "vary"] and board["grid"]["seeds"] == [0, 1, 2]

@@ -73,7 +73,8 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path, capsys):
 def test_ablate_grid_resumes_and_reports_mean_and_std(tmp_path: Path):
     spec = tmp_path / "ab.yaml"
     spec.write_text(
-        "nano: true\nquick: true\ngrid:\n  fusion: [concat-channel, add]\n  encoders: [[clip, vary]]\n"
+        "nano: true\nprotocol: none\nquick: true\ngrid:\n  fusion: [concat-channel, add]\n"
+        "  encoders: [[clip, vary]]\n"
         "  seeds: [0, 1]\njobs: 2\n"
     )
     out = tmp_path / "ab"
@@ -83,6 +84,8 @@ def test_ablate_grid_resumes_and_reports_mean_and_std(tmp_path: Path):
     for stats in result["cells"].values():
         assert stats["mean"]["n"] == 2 and stats["mean"]["std"] >= 0
     assert "±" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+    html = (out / "results.html").read_text()
+    assert "<html" in html and "95 %" in html
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")}
     assert main(["ablate", str(spec), "--out", str(out)]) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")} == stamps

@@ -15,7 +15,7 @@ from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano import runs
 from polyvis.nano.demo import align_stage, nano_config, projector_init
 from polyvis.nano.runs import RunSpec, pending_stages, stage_configs, train_runs, train_seconds
-from polyvis.nano.worker import EvalStage, TrainStage, run_stages
+from polyvis.nano.worker import EvalStage, FlopsStage, TrainStage, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = load_config(ROOT / "configs" / "nano-tiny.yaml").model_dump(mode="json", exclude_none=True)
@@ -206,3 +206,41 @@ def test_demo_runs_start_from_the_experts_projector_and_scale_mixed_encoders(tmp
     for stage in (spec.align, spec.config):
         assert stage.model.adapter == {"type": "linear", **init}
         assert stage.model.fusion["scales"] == "auto"
+
+
+def test_a_run_scored_on_val_then_a_flops_stage_once_it_is_trained(tmp_path: Path):
+    out = tmp_path / "r"
+    spec = RunSpec.build("r", CFG, out, [tmp_path / "v.jsonl"], eval_limit=5, eval_dir="val")
+    assert spec.results_path == out / "val" / "results.json"
+    train, ev = pending_stages(spec)
+    assert ev == EvalStage(out / "final", [tmp_path / "v.jsonl"], out / "val", "r", 32, 48, 5)
+    flops = FlopsStage(out / "final", spec.config, tmp_path / "flops.json")
+    spec.after.append(flops)
+    assert pending_stages(spec) == [train, ev, flops]
+    (out / "val").mkdir(parents=True)
+    (out / "val" / "results.json").write_text("{}")
+    (out / "done.json").write_text('{"seconds": 1.0}')
+    assert pending_stages(spec) == [flops]  # trained and scored: only the measurement is left
+    (tmp_path / "flops.json").write_text('{"flops_per_step": 1}')
+    assert pending_stages(spec) == []
+    # the same run scored on another set: only that evaluation
+    test = RunSpec.build("r", CFG, out, [tmp_path / "t.jsonl"], eval_dir="test")
+    (stage,) = pending_stages(test)
+    assert stage.out == out / "test" and stage.files == [tmp_path / "t.jsonl"]
+
+
+def test_flops_per_step_are_counted_on_the_runs_first_batch(tiny_model_dir: Path, tmp_path: Path):
+    """One batch of identical records: twice the batch is exactly twice the FLOPs."""
+    from polyvis.nano.flops import step_flops
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "white.png")
+    qa = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "white"}]
+    rows = [{"id": str(i), "image": "white.png", "conversations": qa} for i in range(4)]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = copy.deepcopy(CFG)
+    cfg["data"]["train"] = [str(tmp_path / "qa.jsonl")]
+    counts = {}
+    for batch in (2, 4):
+        cfg["train"]["batch_size"] = batch
+        counts[batch] = step_flops(tiny_model_dir, load_config(cfg))
+    assert counts[2] > 10**6 and counts[4] == 2 * counts[2]

@@ -1,6 +1,7 @@
 """`polyvis nano experts | vary | clip`: the nano world's experts (vision encoders built here).
 
 polyvis nano experts build [--data DIR[,DIR]] [--quick] [--set vary-nano.steps=300]
+    (clip-nano, vary-nano and lm-nano, the fair protocol's LM)
 polyvis nano experts list
 polyvis nano vary train --images-from DATA[,DATA] --out DIR [--init PATH | --config JSON] --steps N
 polyvis nano clip train --images-from DATA[,DATA] --out DIR --steps N
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.set_defaults(func=lambda a: _usage(n))
     sub = n.add_subparsers(dest="group", metavar="GROUP")
 
-    e = sub.add_parser("experts", help="build (or reuse) both nano experts, cached")
+    e = sub.add_parser("experts", help="build (or reuse) the nano experts and lm-nano, cached")
     e.set_defaults(func=lambda a: _usage(e))
     esub = e.add_subparsers(dest="action", metavar="ACTION")
     eb = esub.add_parser("build", help="train the experts not cached yet (in parallel)")
@@ -184,7 +185,7 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _experts_build(args: argparse.Namespace) -> int:
-    from polyvis.nano.experts import ensure_experts
+    from polyvis.nano.experts import EXPERTS, ensure_experts
 
     data = _names(args.data) if args.data else None
     paths = ensure_experts(
@@ -193,6 +194,7 @@ def _experts_build(args: argparse.Namespace) -> int:
         quick=args.quick,
         progress=not args.no_progress,
         parallel=not args.sequential,
+        names=EXPERTS,
     )
     for path in paths.values():
         log = json.loads((path / "training_log.json").read_text(encoding="utf-8"))

@@ -4,20 +4,31 @@ The ablation file:
 
     nano: true                  # base = the demo's nano setup (experts, data, tiny LM); or
     base: configs/x.yaml        # a polyvis config (a path, or the config inline)
+    protocol: fair              # nano's default (polyvis.nano.protocol); `none` for base's
     quick: false                # nano only: the smallest budget
     grid:
       fusion: [concat-channel, omnifusion]          # names or {type: ..., options}
       adapter: [mlp, {type: ldp, pool_grid: 4}]
       encoders: [[clip], [vary], [clip, vary]]      # subsets of the base's encoders, by name
+      controls: [clip, vary]    # fair: each expert's random-init twin alone
       seeds: [0, 1, 2]
-    eval: {files: [...], limit: 200}                # nano: the demo's test sets by default
-    align: {train: {max_steps: 300}, data: {train: [...]}}  # an align stage (LLM frozen) first,
-                                # these sections merged over the run's; nano: the demo's
     jobs: 2
 
-Every cell trains in its own run directory, so a half-finished grid resumes where it stopped.
-Writes OUT/ablation.json, OUT/ablation.md (mean ± std over seeds per cell and family) and
-OUT/ablation.png.
+`protocol: fair` (docs/nano.md, "The fair protocol"): a one-encoder set is one cell (the
+expert alone), a set of 2+ is one cell per fusion; every cell starts fresh, aligns for
+`align_share` of the steps (default 0.2), trains with the same LM, picks its `select`
+candidates ({lr: [1e-3, 3e-3]}) on val at the first seed, then runs every seed and is scored on
+a fresh test set (`test_data_seed`, default 1; `test_images` per family, default 400;
+`eval: {val_limit, test_limit}`). `arm: sensitivity` with `warm_start` / `balance` gives every
+cell the warm start / the feature scales. Writes OUT/leaderboard.{json,md,png}.
+
+`protocol: none` (today's grid, the default with `base:`): every fusion x adapter x encoder set
+x seed, scored on `eval: {files: [...], limit: 200}` (nano: the demo's test sets), with
+`align: {train: {max_steps: 300}, data: {train: [...]}}`, an align stage (LLM frozen) whose
+sections are merged over the run's (nano: the demo's), and the demo's projector start and
+scales. Writes OUT/ablation.json, OUT/ablation.md (mean ± std over seeds) and OUT/ablation.png.
+
+Every run trains in its own directory, so a half-finished grid resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,22 +45,20 @@ import yaml
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
 from polyvis.nano.demo import nano_config
+from polyvis.nano.fair_cells import label as _label
+from polyvis.nano.fair_cells import typed as _typed
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 
-KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align")
+KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align", "protocol")
+# the fair protocol's own keys (polyvis.nano.protocol); `align` is its align_share there
+FAIR_KEYS = ("select", "test_data_seed", "test_images", "align_share", "arm", "warm_start",
+             "balance")  # fmt: skip
+AXES = ("fusion", "adapter", "encoders", "seeds")
 
 
-def _typed(value: Any, field: str) -> dict[str, Any]:
-    if isinstance(value, str):
-        return {"type": value}
-    if isinstance(value, dict) and "type" in value:
-        return dict(value)
-    raise ConfigError(field, f"expected a name or a mapping with 'type', got {value!r}")
-
-
-def _label(d: dict[str, Any]) -> str:
-    extra = ",".join(f"{k}={v}" for k, v in d.items() if k != "type")
-    return d["type"] + (f"({extra})" if extra else "")
+def protocol_of(spec: dict[str, Any]) -> str:
+    """`fair` (the default for nano ablations) or `none` (the default with a base config)."""
+    return spec.get("protocol", "fair" if spec.get("nano") else "none")
 
 
 def load_ablation(path: str | Path) -> dict[str, Any]:
@@ -57,17 +66,27 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("", f"{path}: ablation file not found")
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - set(KEYS)
+    unknown = set(spec) - set(KEYS) - set(FAIR_KEYS)
     if unknown:
-        raise ConfigError(sorted(unknown)[0], f"unknown field; valid: {', '.join(KEYS)}")
+        valid = ", ".join(KEYS + FAIR_KEYS)
+        raise ConfigError(sorted(unknown)[0], f"unknown field; valid: {valid}")
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
+    protocol = protocol_of(spec)
+    if protocol not in ("fair", "none"):
+        raise ConfigError("protocol", f"must be fair or none, got {protocol!r}")
+    fair = protocol == "fair"
+    wrong = (
+        [k for k in FAIR_KEYS if k in spec] if not fair else [k for k in ("align",) if k in spec]
+    )
+    if wrong:
+        why = "only with protocol: fair" if not fair else "set by the fair protocol (align_share)"
+        raise ConfigError(wrong[0], why)
     grid = spec.get("grid") or {}
-    bad = set(grid) - {"fusion", "adapter", "encoders", "seeds"}
+    axes = AXES + (("controls",) if fair else ())
+    bad = set(grid) - set(axes)
     if bad:
-        raise ConfigError(
-            f"grid.{sorted(bad)[0]}", "unknown axis; valid: fusion, adapter, encoders, seeds"
-        )
+        raise ConfigError(f"grid.{sorted(bad)[0]}", f"unknown axis; valid: {', '.join(axes)}")
     return spec
 
 
@@ -152,9 +171,15 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     return runs
 
 
-def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
+def run_ablation(path: str | Path, out: str | Path, command: str | None = None) -> dict[str, Any]:
+    """Run the ablation file's grid into `out` (resumable); returns the leaderboard document
+    (protocol: fair) or the ablation summary (protocol: none)."""
     out = Path(out)
     spec = load_ablation(path)
+    if protocol_of(spec) == "fair":
+        from polyvis.nano.protocol import run_fair
+
+        return run_fair(spec, out, command or f"polyvis ablate {path} --out {out}")
     runs = plan(spec, out)
     print(f"{len(runs)} runs ({len({c for c, _, _ in runs})} cells); finished ones are reused")
     train_runs(
@@ -176,6 +201,14 @@ def run_ablation(path: str | Path, out: str | Path) -> dict[str, Any]:
         "# Ablation (points, mean ± std over seeds)\n\n" + table + "\n"
     )
     _plot(summary, out / "ablation.png")
+    from polyvis.eval.html import write_ablation_html
+
+    first_seed: dict[str, Path] = {}
+    for cell, _seed, run in runs:
+        first_seed.setdefault(cell, run.out / run.eval_dir / "answers.jsonl")
+    write_ablation_html(
+        out / "results.html", summary=summary, plot=out / "ablation.png", answers=first_seed
+    )
     print("\n" + table)
     return result
 

@@ -1,11 +1,13 @@
-"""The two pretrained nano experts, built once and cached by their settings.
+"""The pretrained nano experts, built once and cached by their settings.
 
     from polyvis.nano.experts import ensure_experts
     paths = ensure_experts()          # {"clip-nano": Path, "vary-nano": Path}
+    ensure_experts(names=EXPERTS)     # and lm-nano, the fair protocol's LM (polyvis.nano.lm)
 
 Each expert lives in cache_root()/experts/<name>-<hash of its settings and data>/ as a
 save_pretrained checkpoint with its image processor, so a config lists it as an encoder `path:`
-(clip-nano: layers [-2]; vary-nano: layers [-1]). Experts that are not cached yet are trained in
+(clip-nano: layers [-2]; vary-nano: layers [-1]); lm-nano is a causal LM with its tokenizer,
+listed as `llm: {path: ...}`. Experts that are not cached yet are trained in
 parallel worker processes with one thread each: on models this small, two one-thread jobs side
 by side finish sooner than two two-thread jobs in turn (docs/nano.md).
 """
@@ -27,13 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import ConfigError, DataError, PolyVisError
+from polyvis.nano.demo import BUDGET, FAMILIES, QUICK_BUDGET
 from polyvis.paths import atomic_dir, cache_root, write_json_atomic
 from polyvis.progress import progress_bar
 
-EXPERTS = ("clip-nano", "vary-nano")
+EXPERTS = ("clip-nano", "vary-nano", "lm-nano")
+VISION_EXPERTS = ("clip-nano", "vary-nano")  # what the demo and ensure_experts() build
 # Bump an expert's version when its trainer changes what it produces for the same settings
 # (invalidates its cache entries; the versions' history is in docs/nano.md).
-RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2}
+RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2, "lm-nano": 1}
+# lm-nano reads the nano world's own training text: the demo's data options (seed 0, 64 px),
+# so that it shares their cached folder (polyvis.nano.demo.prepare_world)
+_WORLD, _QUICK_WORLD = (
+    {"families": list(FAMILIES), "n": b["n"], "difficulty": b.get("difficulty", "medium")}
+    for b in (BUDGET, QUICK_BUDGET)
+)
 
 # What each expert trains on when no data folder is given: ensure_synthetic options (seed 0 and
 # 64 px unless set; "eval": false keeps a set out of the held-out measurement, "train": false
@@ -50,10 +60,12 @@ DATA: dict[str, list[dict[str, Any]]] = {
         {"families": ["table"], "n": 2000, "difficulty": "easy"},
         {"families": ["mixed"], "n": 1600, "difficulty": "easy"},
     ],
+    "lm-nano": [_WORLD],
 }
 QUICK_DATA: dict[str, list[dict[str, Any]]] = {
     "clip-nano": [{"families": ["scene"], "n": 40}],
     "vary-nano": [{"families": ["ocr", "table"], "n": 40}],
+    "lm-nano": [_QUICK_WORLD],
 }
 _SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
 
@@ -73,6 +85,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "steps": 540,
         **NANO_LM_TOKENIZER,
     },
+    "lm-nano": {},
 }
 _QUICK_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "intermediate_size": 64, "patch_size": 8}  # fmt: skip
@@ -93,6 +106,8 @@ QUICK_SETTINGS: dict[str, dict[str, Any]] = {
         "batch_size": 8, "lr": 3e-3, "max_target_len": 48, "eval_samples": 2, **NANO_LM_TOKENIZER,
         "projector_norm": False,
     },
+    "lm-nano": {"decoder": _QUICK_DEC, "block": 32, "steps": 12, "batch_size": 8, "lr": 3e-3,
+                "eval_blocks": 4},
 }  # fmt: skip
 
 
@@ -101,6 +116,10 @@ def _settings_class(name: str) -> type:
         from polyvis.nano.clip import ClipSettings
 
         return ClipSettings
+    if name == "lm-nano":
+        from polyvis.nano.lm import LmSettings
+
+        return LmSettings
     from polyvis.nano.vary import VarySettings
 
     return VarySettings
@@ -213,6 +232,8 @@ def build_expert(
     dirs, held_out = data_dirs(data)
     if name == "clip-nano":
         from polyvis.nano.clip import train_clip as train
+    elif name == "lm-nano":
+        from polyvis.nano.lm import train_lm as train
     else:
         from polyvis.nano.vary import train_vary as train
 
@@ -234,7 +255,7 @@ def ensure_experts(
     quick: bool = False,
     progress: bool = True,
     parallel: bool | None = None,
-    names: tuple[str, ...] | list[str] = EXPERTS,
+    names: tuple[str, ...] | list[str] = VISION_EXPERTS,
 ) -> dict[str, Path]:
     """Build the experts that are not cached yet; return {name: checkpoint dir}.
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from polyvis.config import Config, load_config
 from polyvis.errors import ConfigError, PolyVisError
-from polyvis.nano.worker import EvalStage, Stage, TrainStage
+from polyvis.nano.worker import EvalStage, FlopsStage, Stage, TrainStage
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
 EVAL_BATCH_SIZE, EVAL_MAX_NEW_TOKENS = 32, 48
@@ -41,6 +41,8 @@ class RunSpec:
     eval_limit: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     align: Config | None = None  # an align stage trained first into RUN/align
+    eval_dir: str = "eval"  # RUN/<eval_dir>: one run may be scored on several sets in turn
+    after: list[FlopsStage] = field(default_factory=list)  # run last, each until its file exists
 
     @classmethod
     def build(
@@ -52,6 +54,7 @@ class RunSpec:
         eval_limit: int | None = None,
         meta: dict[str, Any] | None = None,
         align: dict[str, Any] | None = None,
+        eval_dir: str = "eval",
     ) -> RunSpec:
         """A run with its stages' configs validated once, here: `config` (a full polyvis config
         dict) and, with `align` (config sections), an align stage (see stage_configs). An error
@@ -63,11 +66,13 @@ class RunSpec:
         except ConfigError as err:
             msg = str(err).removeprefix(f"{err.field}: ")
             raise ConfigError(f"align.{err.field}" if err.field else "align", msg) from None
-        return cls(name, cfg, out, list(eval_files), eval_limit, dict(meta or {}), align_cfg)
+        return cls(
+            name, cfg, out, list(eval_files), eval_limit, dict(meta or {}), align_cfg, eval_dir
+        )
 
     @property
     def results_path(self) -> Path:
-        return self.out / "eval" / "results.json"
+        return self.out / self.eval_dir / "results.json"
 
 
 def stage_configs(
@@ -100,14 +105,14 @@ def pending_stages(spec: RunSpec, evaluate: bool = True) -> list[Stage]:
             EvalStage(
                 spec.out / "final",
                 list(spec.eval_files),
-                spec.out / "eval",
+                spec.out / spec.eval_dir,
                 spec.name,
                 EVAL_BATCH_SIZE,
                 EVAL_MAX_NEW_TOKENS,
                 spec.eval_limit,
             )
         )
-    return stages
+    return stages + [s for s in spec.after if not s.done]
 
 
 def _env(threads: int) -> dict[str, str]:

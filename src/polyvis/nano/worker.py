@@ -74,7 +74,28 @@ class EvalStage:
         print(results_table(results))
 
 
-Stage = TrainStage | EvalStage
+@dataclass(frozen=True)
+class FlopsStage:
+    """FLOPs of one training step of the finished model (polyvis.nano.flops) into `out`."""
+
+    model_dir: Path
+    config: Config
+    out: Path
+
+    @property
+    def done(self) -> bool:
+        return self.out.is_file()
+
+    def run(self) -> None:
+        from polyvis.nano.flops import step_flops
+        from polyvis.paths import write_json_atomic
+
+        flops = step_flops(self.model_dir, self.config)
+        write_json_atomic(self.out, {"flops_per_step": flops, "model": str(self.model_dir)})
+        print(f"FLOPs per training step: {flops:.4g}")
+
+
+Stage = TrainStage | EvalStage | FlopsStage
 
 
 def run_stages(stages: list[Stage]) -> int:

@@ -27,11 +27,14 @@ def synthetic_dir(options: dict[str, Any]) -> Path:
 
 
 def ensure_synthetic(options: dict[str, Any], progress: bool = True, workers: int = 1) -> Path:
-    """Generate the synthetic families once; later runs with the same settings reuse them."""
+    """Generate the synthetic families once; later runs with the same settings reuse them.
+
+    `splits` ({split: fraction}, e.g. {"test": 1.0} for a test-only set) is part of the key only
+    when given, so the default 80/10/10 sets keep their folders."""
     from polyvis.data.synthetic.generate import generate
 
     opts = {**SYNTH_DEFAULTS, **options}
-    unknown = set(opts) - set(SYNTH_DEFAULTS) - {"dir", "difficulty"}
+    unknown = set(opts) - set(SYNTH_DEFAULTS) - {"dir", "difficulty", "splits"}
     if unknown:
         raise ConfigError(f"data.synthetic.{sorted(unknown)[0]}", "unknown option")
     out = synthetic_dir(opts)
@@ -47,5 +50,6 @@ def ensure_synthetic(options: dict[str, Any], progress: bool = True, workers: in
             difficulty=opts.get("difficulty", "medium"),
             workers=workers,
             progress=progress,
+            **({"splits": opts["splits"]} if "splits" in opts else {}),
         )
     return out

@@ -1,0 +1,218 @@
+"""What the fair protocol trains and scores on: the budget, the LM, the val set and the test set.
+
+Nano (`nano: true`): the demo's world and budget (polyvis.nano.demo), lm-nano as every cell's
+LM, the val split's scored questions of the training data (data seed 0), and a test set that is
+generated only when every choice is made: `test_images` images per family, all in its test
+split, from `test_data_seed` (default 1; never 0, the seed of the training and val data and of
+every expert's data). Real configs (`base:`): the base's LM and budget, its `data.val` to choose
+on and `eval.files` (or its `data.test`) for the final numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from polyvis.errors import ConfigError, PolyVisError
+
+if TYPE_CHECKING:
+    from polyvis.nano.protocol import FairPlan
+
+# The align stage's share of the steps (LLaVA's first stage, LM frozen): 200 of the nano budget's
+# 1000, a little under LLaVA-1.5's share (why: docs/nano.md, "The fair protocol")
+ALIGN_SHARE = 0.2
+TEST_DATA_SEED = 1
+TEST_IMAGES = 400  # per family: at least 400 scored questions in every family
+VAL_LIMIT = 150  # val questions per family: every image of the smallest families
+
+
+@dataclass
+class FairWorld:
+    base: dict[str, Any]  # a run's config; its model is replaced per cell
+    encoders: dict[str, dict[str, Any]]  # encoder entries by name
+    llm: dict[str, Any]  # every cell's LM
+    val_files: list[Path]
+    val_limit: int | None
+    test_limit: int | None
+    align: dict[str, Any] | None  # the align stage's config sections
+    arm: dict[str, Any]  # arm, warm_start, balance, balance_images
+    root: Path  # where this arm writes: OUT, or OUT/sensitivity-...
+    info: dict[str, Any] = field(default_factory=dict)  # data folder and seed, budget
+    warm_lm: dict[str, Any] | None = None  # nano: vary-nano's decoder
+    test_options: dict[str, Any] | None = None  # nano: the test set's generator options
+    test_files: list[Path] = field(default_factory=list)
+    jobs: int = 2
+
+    def make_test_set(self) -> list[Path]:
+        """The test questions (nano: generated now, into the data cache). Call it only once
+        every choice is made: nothing else in the protocol reads the test set."""
+        if self.test_options is not None:
+            from polyvis.data.synthetic.cache import ensure_synthetic
+            from polyvis.nano.tasks import select_split
+
+            folder = ensure_synthetic(self.test_options, progress=False, workers=self.jobs)
+            files = select_split(folder, list(self.test_options["families"]), "test")
+            for f in files:
+                n = sum(1 for line in f.read_text().splitlines() if line.strip())
+                if self.test_limit and n < self.test_limit:
+                    raise ConfigError(
+                        "test_images", f"{f}: {n} scored questions, fewer than {self.test_limit}"
+                    )
+            self.test_files = files
+        return self.test_files
+
+    def describe(self, plan: FairPlan) -> dict[str, Any]:
+        """protocol.json: how the grid is run, and where every set comes from."""
+        test: dict[str, Any] = {"limit": self.test_limit, "made": bool(self.test_files)}
+        if self.test_options is not None:
+            from polyvis.data.synthetic.cache import synthetic_dir
+
+            opts = self.test_options
+            test.update(folder=str(synthetic_dir(opts)), seed=opts["seed"], images=opts["n"])
+        test["files"] = [str(f) for f in self.test_files]
+        return {
+            "protocol": "fair",
+            **self.arm,
+            **self.info,
+            "lm": self.llm,
+            "val": {"files": [str(f) for f in self.val_files], "limit": self.val_limit},
+            "test": test,
+            "align": self.align,
+            "candidates": [s.values for s in plan.settings],
+            "seeds": plan.seeds,
+            "cells": {c.name: c.meta for c in plan.cells},
+        }
+
+
+def _arm(spec: dict[str, Any], out: Path, balance_images: int) -> tuple[dict[str, Any], Path]:
+    arm = spec.get("arm", "main")
+    if arm not in ("main", "sensitivity"):
+        raise ConfigError("arm", f"must be main or sensitivity, got {arm!r}")
+    flags = {k: spec.get(k, False) for k in ("warm_start", "balance")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        if value and arm == "main":
+            raise ConfigError(key, "only in the sensitivity arm (arm: sensitivity)")
+    info = {"arm": arm, **flags, "balance_images": balance_images}
+    if arm == "main":
+        return info, out
+    return info, out / "-".join(["sensitivity", *(k for k, v in flags.items() if v)])
+
+
+def align_steps(total: int, share: Any) -> int:
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
+        raise ConfigError("align_share", f"must be a fraction in [0, 1), got {share!r}")
+    return max(1, round(total * share)) if share else 0
+
+
+def make_world(spec: dict[str, Any], out: Path) -> FairWorld:
+    if spec.get("nano"):
+        return _nano_world(spec, out)
+    return _real_world(spec, out)
+
+
+def _eval_section(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    ev = spec.get("eval") or {}
+    bad = sorted(set(ev) - set(keys))
+    if bad:
+        valid = ", ".join(keys)
+        raise ConfigError(f"eval.{bad[0]}", f"not a fair-protocol option here; valid: {valid}")
+    return ev
+
+
+def _limit(ev: dict[str, Any], key: str, default: int | None) -> int | None:
+    value = ev.get(key, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"eval.{key}", f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
+    from polyvis.data.synthetic.cache import synthetic_dir
+    from polyvis.nano import demo
+    from polyvis.nano.experts import EXPERTS, ensure_experts
+    from polyvis.nano.tasks import select_split
+
+    quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
+    budget = dict(demo.QUICK_BUDGET if quick else demo.BUDGET)
+    budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
+    arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
+    ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
+    seed = spec.get("test_data_seed", TEST_DATA_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
+        raise ConfigError(
+            "test_data_seed", f"must be a positive integer (0 is the training data's), got {seed!r}"
+        )
+    n_test = spec.get("test_images", 8 if quick else TEST_IMAGES)
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
+        raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
+    experts = ensure_experts(quick=quick, progress=False, names=EXPERTS)  # all three at once
+    world = demo.prepare_world(root, budget, quick, workers=jobs, progress=False)
+    data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
+    options = {"families": demo.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
+               "difficulty": budget.get("difficulty", "medium")}  # fmt: skip
+    if synthetic_dir(options) != data_dir:
+        raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
+    base = demo.run_config(
+        ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
+        quick, 0,
+    )  # fmt: skip
+    info = {
+        "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in world.train]},
+        "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
+    }
+    return FairWorld(
+        base=base,
+        encoders={e["name"]: e for e in base["model"]["encoders"]},
+        llm={"path": str(experts["lm-nano"])},
+        val_files=select_split(data_dir, demo.FAMILIES, "val"),
+        val_limit=_limit(ev, "val_limit", budget["eval_limit"] if quick else VAL_LIMIT),
+        test_limit=_limit(ev, "test_limit", budget["eval_limit"]),
+        align=demo.align_stage(budget),
+        arm=arm,
+        root=root,
+        info=info,
+        warm_lm=base["model"]["llm"],
+        test_options={**options, "seed": seed, "n": n_test, "splits": {"test": 1.0}},
+        jobs=jobs,
+    )
+
+
+def _real_world(spec: dict[str, Any], out: Path) -> FairWorld:
+    from polyvis.config import load_config
+
+    nano_only = [k for k in ("test_data_seed", "test_images", "arm") if k in spec]
+    if nano_only:
+        raise ConfigError(nano_only[0], "nano ablations only (nano: true)")
+    src = spec["base"]
+    cfg = load_config(src) if isinstance(src, str) else load_config(dict(src))
+    base = cfg.model_dump(mode="json", exclude_none=True)
+    if not base["data"]["val"]:
+        raise ConfigError("base.data.val", "the fair protocol chooses on val: name its files")
+    ev = _eval_section(spec, ("files", "limit", "val_limit", "test_limit"))
+    test = [Path(f) for f in ev.get("files", base["data"]["test"])]
+    if not test:
+        raise ConfigError("eval.files", "no test records files (eval.files or base data.test)")
+    steps = int(base["train"]["max_steps"])
+    n_align = align_steps(steps, spec.get("align_share", ALIGN_SHARE))
+    if n_align >= steps:
+        raise ConfigError("align_share", f"leaves no finetune steps of {steps}")
+    base["train"].update(stage="finetune", max_steps=steps - n_align)
+    align = {"train": {"max_steps": n_align, "warmup_steps": max(1, n_align // 20)}}
+    arm, root = _arm(spec, out, 0)
+    return FairWorld(
+        base=base,
+        encoders={e["name"]: e for e in base["model"]["encoders"]},
+        llm=base["model"]["llm"],
+        val_files=[Path(f) for f in base["data"]["val"]],
+        val_limit=_limit(ev, "val_limit", None),
+        test_limit=_limit(ev, "test_limit", ev.get("limit")),
+        align=align if n_align else None,
+        arm=arm,
+        root=root,
+        info={"base": src if isinstance(src, str) else "inline", "align_steps": n_align},
+        test_files=test,
+        jobs=int(spec.get("jobs", 2)),
+    )

@@ -1,0 +1,244 @@
+"""The fair protocol of `polyvis ablate` (`protocol: fair`, the default for nano ablations).
+
+1. Every cell starts the same way: a fresh fusion and adapter, an align stage with the LM
+   frozen (`align_share` of the steps), then fine-tuning, with the same LM (nano: lm-nano, which
+   read no expert's features) and the same budget.
+2. Choices per cell on the val split only: every `select` candidate (e.g. `lr: [1e-3, 3e-3]`)
+   trains at the first seed and is scored on the val questions; the best val mean is chosen.
+3. Only then is the test set made (nano: generated from `test_data_seed`, which no choice and no
+   training ever saw) and read: the chosen setting trains the other seeds, and every chosen run
+   is scored on it.
+4. The leaderboard (polyvis.eval.stats / leaderboard): CIs, comparisons against the best single
+   expert, ranks, and each cell's cost (train seconds, FLOPs per step).
+
+The cells (polyvis.nano.fair_cells) and the worlds (polyvis.nano.fair_world) are built first;
+every (cell, setting, seed) run has its own folder, so an interrupted grid continues.
+
+    OUT/protocol.json          the plan: data, val and test sets (folder, seed), budget, cells
+    OUT/selection.json         val scores of every candidate and each cell's choice
+    OUT/cells/CELL/SETTING/seed-S/{align,final,val,test}/, OUT/cells/CELL/flops.json
+    OUT/leaderboard.{json,md,png}
+The sensitivity arm (`arm: sensitivity`) writes the same under OUT/sensitivity-.../.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polyvis.errors import ConfigError, PolyVisError
+from polyvis.nano.fair_cells import Cell, plan_cells
+from polyvis.nano.fair_world import FairWorld, make_world
+from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs, train_seconds
+from polyvis.nano.worker import FlopsStage
+from polyvis.paths import write_json_atomic
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One `select` candidate: train-section values, e.g. {"lr": 0.001}."""
+
+    values: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.values.items()) or "default"
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace("=", "-").replace(",", "_").replace("/", "-")
+
+
+def candidates(select: Any) -> list[Setting]:
+    """Every combination of the `select` values, in the order written."""
+    if select is None:
+        return [Setting({})]
+    if not isinstance(select, dict) or not all(isinstance(v, list) and v for v in select.values()):
+        raise ConfigError("select", "give candidate lists by train key, e.g. {lr: [1e-3, 3e-3]}")
+    keys = list(select)
+    return [Setting(dict(zip(keys, combo))) for combo in itertools.product(*select.values())]
+
+
+@dataclass
+class FairPlan:
+    """Everything the protocol runs: the world, the cells, the candidates and the seeds."""
+
+    world: FairWorld
+    cells: list[Cell]
+    settings: list[Setting]
+    seeds: list[int]
+    root: Path  # the arm's folder: OUT, or OUT/sensitivity-...
+
+    def run_dir(self, cell: Cell, setting: Setting, seed: int) -> Path:
+        return self.root / "cells" / cell.slug / setting.slug / f"seed-{seed}"
+
+    def spec(self, cell: Cell, setting: Setting, seed: int, split: str) -> RunSpec:
+        """The run of (cell, setting, seed), scored on the val or the test questions."""
+        w = self.world
+        cfg = copy.deepcopy(w.base)
+        cfg["model"] = copy.deepcopy(cell.model)
+        cfg["train"] = {**cfg["train"], **setting.values, "seed": seed}
+        files, limit = (
+            (w.val_files, w.val_limit) if split == "val" else (w.test_files, w.test_limit)
+        )
+        return RunSpec.build(
+            f"{cell.name} | {setting.label} | seed {seed}",
+            cfg,
+            self.run_dir(cell, setting, seed),
+            files,
+            limit,
+            align=w.align,
+            eval_dir=split,
+        )
+
+
+def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
+    """The world (data, experts, LM, val set), the cells and the candidates; trains nothing."""
+    seeds = list((spec.get("grid") or {}).get("seeds", [0]))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError("grid.seeds", f"give distinct seeds, got {seeds!r}")
+    world = make_world(spec, out)
+    settings = candidates(spec.get("select"))
+    cells = plan_cells(spec, world)
+    plan = FairPlan(world, cells, settings, seeds, world.root)
+    for cell in cells:  # every candidate's config is valid before anything trains
+        for setting in settings:
+            plan.spec(cell, setting, seeds[0], "val")
+    return plan
+
+
+def val_mean(run: RunSpec) -> tuple[float, dict[str, float]]:
+    scores = family_scores(read_results(run))
+    return statistics.fmean(scores.values()), scores
+
+
+def select(plan: FairPlan, jobs: int) -> dict[str, dict[str, Any]]:
+    """Train every candidate of every cell at the first seed, score it on val, choose the best
+    val mean (the first candidate on a tie); writes ROOT/selection.json."""
+    runs = {
+        (c.name, s.label): plan.spec(c, s, plan.seeds[0], "val")
+        for c in plan.cells
+        for s in plan.settings
+    }
+    print(f"selection: {len(runs)} runs ({len(plan.cells)} cells x {len(plan.settings)} "
+          f"candidates, seed {plan.seeds[0]}), scored on val; finished ones are reused")  # fmt: skip
+    train_runs(list(runs.values()), jobs=jobs, on_done=_done)
+    out: dict[str, dict[str, Any]] = {}
+    for cell in plan.cells:
+        rows = []
+        for s in plan.settings:
+            mean, fams = val_mean(runs[cell.name, s.label])
+            rows.append({"setting": s.values, "label": s.label, "val_mean": mean, "val": fams})
+        best = max(range(len(rows)), key=lambda i: (rows[i]["val_mean"], -i))
+        out[cell.name] = {"candidates": rows, "chosen": rows[best]["setting"]}
+    record, path = {"seed": plan.seeds[0], "cells": out}, plan.root / "selection.json"
+    if path.is_file():  # a resumed grid: its choices were made (and the test set maybe read)
+        if json.loads(path.read_text()) != json.loads(json.dumps(record)):
+            raise PolyVisError(
+                f"{path}: the val scores now choose otherwise than recorded; the choices must "
+                "not change once made (start over with a new --out)"
+            )
+        return out
+    write_json_atomic(path, record)
+    return out
+
+
+def _done(spec: RunSpec, seconds: float) -> None:
+    print(f"  {spec.name}: done in {seconds:.0f} s")
+
+
+def final_runs(plan: FairPlan, chosen: dict[str, dict[str, Any]]) -> dict[str, list[RunSpec]]:
+    """Per cell, the chosen setting's run at every seed, scored on the test set; the first
+    seed's run is the selection's (trained already) and also measures the FLOPs per step."""
+    out = {}
+    for cell in plan.cells:
+        setting = Setting(chosen[cell.name]["chosen"])
+        runs = [plan.spec(cell, setting, seed, "test") for seed in plan.seeds]
+        first = runs[0]
+        flops = plan.root / "cells" / cell.slug / "flops.json"
+        first.after.append(FlopsStage(first.out / "final", first.config, flops))
+        out[cell.name] = runs
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
+                 if ln.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu})"
+
+
+def run_fair(spec: dict[str, Any], out: Path, command: str) -> dict[str, Any]:
+    """Plan, select on val, make the test set, train the other seeds, score on test, and write
+    the leaderboard; returns its document. Wall time adds up over resumed invocations."""
+    start = time.perf_counter()
+    plan = plan_fair(spec, out)
+    root = plan.root
+    root.mkdir(parents=True, exist_ok=True)
+    clock = root / "wall.json"
+    before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
+    try:
+        return _run(plan, spec, command, lambda: before + time.perf_counter() - start)
+    finally:
+        write_json_atomic(clock, {"seconds": before + time.perf_counter() - start})
+
+
+def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    from polyvis.eval.leaderboard import write_leaderboard
+    from polyvis.eval.stats import cell_scores, leaderboard
+
+    jobs = int(spec.get("jobs", 2))
+    write_json_atomic(plan.root / "protocol.json", plan.world.describe(plan))
+    chosen = select(plan, jobs)
+    # every choice is made and written: only now is the test set made and read
+    plan.world.make_test_set()
+    write_json_atomic(plan.root / "protocol.json", plan.world.describe(plan))
+    finals = final_runs(plan, chosen)
+    every = [r for runs in finals.values() for r in runs]
+    print(f"test: {len(every)} runs ({len(plan.seeds)} seeds per cell), scored on the test set")
+    train_runs(every, jobs=jobs, on_done=_done)
+    cells = []
+    for cell in plan.cells:
+        runs = finals[cell.name]
+        flops = json.loads((plan.root / "cells" / cell.slug / "flops.json").read_text())
+        meta = {
+            **cell.meta,
+            "train_seconds": sum(train_seconds(r) for r in runs),
+            "flops_per_step": flops["flops_per_step"],
+            "selection": chosen[cell.name],
+        }
+        answers = {seed: r.out / "test" / "answers.jsonl" for seed, r in zip(plan.seeds, runs)}
+        cells.append(cell_scores(cell.name, answers, meta))
+    baselines = [c.name for c in plan.cells if c.baseline]
+    stats = leaderboard(cells, baselines)
+    meta = {
+        "command": command,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "wall_seconds": wall(),
+        "protocol": plan.world.describe(plan),
+    }
+    doc = write_leaderboard(stats, plan.root / "leaderboard", meta)
+    from polyvis.eval.html import write_ablation_html
+
+    write_ablation_html(
+        plan.root / "results.html",
+        leaderboard=doc,
+        plot=plan.root / "leaderboard.png",
+        answers={c.name: finals[c.name][0].out / "test" / "answers.jsonl" for c in plan.cells},
+    )
+    print(f"\nleaderboard: {plan.root / 'leaderboard.md'}, {plan.root / 'results.html'}")
+    return doc
