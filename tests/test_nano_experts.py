@@ -258,8 +258,8 @@ def test_errors_name_the_field_or_folder(tmp_path: Path, data_dir: Path) -> None
 
     with pytest.raises(ConfigError, match=r"^settings\.vary-nano\.stepz: unknown field"):
         ensure_experts(data_dir, {"vary-nano": {"stepz": 3}}, quick=True)
-    with pytest.raises(ConfigError, match=r"^settings: unknown expert 'dino-nano'"):
-        ensure_experts(data_dir, {"dino-nano": {}}, quick=True)
+    with pytest.raises(ConfigError, match=r"^settings: unknown expert 'sam-nano'"):
+        ensure_experts(data_dir, {"sam-nano": {}}, quick=True)
     with pytest.raises(DataError, match=str(tmp_path)):
         train_vary([tmp_path], tmp_path / "out", {"steps": 1})
     with pytest.raises(ConfigError, match=r"^encoder: give either init"):
@@ -297,10 +297,10 @@ def test_ensure_experts_builds_once_then_reuses(
 
 
 def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    """`polyvis nano experts build` trains all three in worker processes; `list` shows them."""
+    """`polyvis nano experts build` trains all four in worker processes; `list` shows them."""
     from polyvis.cli import main
 
-    sets = ["--set", "clip-nano.steps=3", "--set", "vary-nano.steps=3", "--set", "lm-nano.steps=3"]
+    sets = [f"--set={n}-nano.steps=3" for n in ("clip", "vary", "dino", "lm")]
     assert (
         main(
             ["nano", "experts", "build", "--quick", "--data", str(data_dir), "--no-progress", *sets]
@@ -308,10 +308,10 @@ def test_parallel_workers_via_cli(data_dir: Path, capsys: pytest.CaptureFixture)
         == 0
     )
     out = capsys.readouterr().out
-    assert all(f"{n}-nano: final loss" in out for n in ("clip", "vary", "lm"))
+    assert all(f"{n}-nano: final loss" in out for n in ("clip", "vary", "dino", "lm"))
     paths = [Path(line.split("path: ")[1]) for line in out.splitlines() if "path: " in line]
     logs = [json.loads((p / "training_log.json").read_text()) for p in paths]
-    assert sorted(len(x["loss_curve"]) for x in logs) == [3, 3, 3]
+    assert sorted(len(x["loss_curve"]) for x in logs) == [3, 3, 3, 3]
     assert all(x["settings"]["threads"] == 1 for x in logs)
     assert main(["nano", "experts", "list"]) == 0
     listed = capsys.readouterr().out

@@ -29,100 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import ConfigError, DataError, PolyVisError
-from polyvis.nano.demo import BUDGET, FAMILIES, QUICK_BUDGET
+from polyvis.nano.expert_specs import (
+    DATA,
+    EXPERTS,
+    QUICK_DATA,
+    QUICK_SETTINGS,
+    RECIPE_VERSION,
+    SETTINGS,
+    SYNTH_KEYS,
+    VISION_EXPERTS,
+    settings_class,
+    trainer,
+)
 from polyvis.paths import atomic_dir, cache_root, write_json_atomic
 from polyvis.progress import progress_bar
-
-EXPERTS = ("clip-nano", "vary-nano", "lm-nano")
-VISION_EXPERTS = ("clip-nano", "vary-nano")  # what the demo and ensure_experts() build
-# Bump an expert's version when its trainer changes what it produces for the same settings
-# (invalidates its cache entries; the versions' history is in docs/nano.md).
-RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2, "lm-nano": 1}
-# lm-nano reads the nano world's own training text: the demo's data options (seed 0, 64 px),
-# so that it shares their cached folder (polyvis.nano.demo.prepare_world)
-_WORLD, _QUICK_WORLD = (
-    {"families": list(FAMILIES), "n": b["n"], "difficulty": b.get("difficulty", "medium")}
-    for b in (BUDGET, QUICK_BUDGET)
-)
-
-# What each expert trains on when no data folder is given: ensure_synthetic options (seed 0 and
-# 64 px unless set; "eval": false keeps a set out of the held-out measurement, "train": false
-# makes it a held-out set only). Easy OCR is where an encoder trained from scratch first learns
-# glyphs; the medium set is what the nano world's models see. Few latex, table and chart images:
-# their long transcripts cost the most and teach mostly layout; easy tables are the exception,
-# so that vary-nano learns to read their cells (docs/nano.md, "Tables vary-nano can read").
-DATA: dict[str, list[dict[str, Any]]] = {
-    "clip-nano": [{"families": ["scene"], "n": 3000}],
-    "vary-nano": [
-        {"families": ["ocr"], "n": 2000, "difficulty": "easy"},
-        {"families": ["ocr"], "n": 2500},
-        {"families": ["latex", "table", "chart"], "n": 200},
-        {"families": ["table"], "n": 2000, "difficulty": "easy"},
-        {"families": ["mixed"], "n": 1600, "difficulty": "easy"},
-    ],
-    "lm-nano": [_WORLD],
-}
-QUICK_DATA: dict[str, list[dict[str, Any]]] = {
-    "clip-nano": [{"families": ["scene"], "n": 40}],
-    "vary-nano": [{"families": ["ocr", "table"], "n": 40}],
-    "lm-nano": [_QUICK_WORLD],
-}
-_SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
-
-# vary-nano's decoder is every nano run's starting LM (polyvis.nano.demo.nano_lm), so it needs a
-# transformers tokenizer saved beside it: a byte-level BPE with 3 merges, in effect characters,
-# which a decoder learns to read from the patches far faster than word-sized tokens.
-NANO_LM_TOKENIZER = {"tokenizer": "bpe", "bpe_vocab_size": 262}
-SETTINGS: dict[str, dict[str, Any]] = {
-    "clip-nano": {},
-    "vary-nano": {
-        "families": ["ocr", "latex", "table", "chart", "mixed"],
-        # the CTC loss per column on the one-word signs too, and in raster order on tables'
-        # cells: without it vary-nano reads few signs and invents the cells (docs/nano.md)
-        "aux_families": ["ocr", "mixed", "table"],
-        # a projector without LayerNorm: one linear map, which the runs' adapters start from
-        "projector_norm": False,
-        "steps": 540,
-        **NANO_LM_TOKENIZER,
-    },
-    "lm-nano": {},
-}
-_QUICK_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-              "intermediate_size": 64, "patch_size": 8}  # fmt: skip
-_QUICK_DEC = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
-              "tie_word_embeddings": True}  # fmt: skip
-QUICK_SETTINGS: dict[str, dict[str, Any]] = {
-    "clip-nano": {
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 2, "patch_size": 8},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                 "num_attention_heads": 2, "max_position_embeddings": 64},
-        "projection_dim": 16, "vocab_size": 300, "steps": 12, "batch_size": 8, "lr": 3e-3,
-        "eval_samples": 4,
-    },
-    "vary-nano": {
-        "families": ["ocr", "table"], "encoder": _QUICK_VIT, "decoder": _QUICK_DEC, "steps": 12,
-        "batch_size": 8, "lr": 3e-3, "max_target_len": 48, "eval_samples": 2, **NANO_LM_TOKENIZER,
-        "projector_norm": False,
-    },
-    "lm-nano": {"decoder": _QUICK_DEC, "block": 32, "steps": 12, "batch_size": 8, "lr": 3e-3,
-                "eval_blocks": 4},
-}  # fmt: skip
-
-
-def _settings_class(name: str) -> type:
-    if name == "clip-nano":
-        from polyvis.nano.clip import ClipSettings
-
-        return ClipSettings
-    if name == "lm-nano":
-        from polyvis.nano.lm import LmSettings
-
-        return LmSettings
-    from polyvis.nano.vary import VarySettings
-
-    return VarySettings
 
 
 def resolve_settings(name: str, settings: dict[str, Any] | None, quick: bool) -> dict[str, Any]:
@@ -131,7 +51,7 @@ def resolve_settings(name: str, settings: dict[str, Any] | None, quick: bool) ->
 
     base = copy.deepcopy((QUICK_SETTINGS if quick else SETTINGS)[name])
     base.update(copy.deepcopy((settings or {}).get(name) or {}))
-    return parse_settings(_settings_class(name), base, f"settings.{name}").model_dump()
+    return parse_settings(settings_class(name), base, f"settings.{name}").model_dump()
 
 
 def resolve_data(data: str | Path | list | dict | None, name: str, quick: bool) -> dict[str, Any]:
@@ -151,11 +71,11 @@ def resolve_data(data: str | Path | list | dict | None, name: str, quick: bool) 
     if items and all(isinstance(x, dict) for x in items):
         sets = []
         for i, opts in enumerate(items):
-            bad = sorted(set(opts) - _SYNTH_KEYS)
+            bad = sorted(set(opts) - SYNTH_KEYS)
             if bad or "families" not in opts or "n" not in opts:
                 what = f"unknown option {bad[0]!r}" if bad else "needs 'families' and 'n'"
                 raise ConfigError(
-                    f"{field}[{i}]", f"{what} (options: {', '.join(sorted(_SYNTH_KEYS))})"
+                    f"{field}[{i}]", f"{what} (options: {', '.join(sorted(SYNTH_KEYS))})"
                 )
             sets.append({"seed": 0, "size": 64, **opts})
         return {"synthetic": sets}
@@ -230,12 +150,7 @@ def build_expert(
     report = report or (lambda event: None)
     report({"event": "stage", "stage": "data"})
     dirs, held_out = data_dirs(data)
-    if name == "clip-nano":
-        from polyvis.nano.clip import train_clip as train
-    elif name == "lm-nano":
-        from polyvis.nano.lm import train_lm as train
-    else:
-        from polyvis.nano.vary import train_vary as train
+    train = trainer(name)
 
     def step(i: int, total: int, loss: float) -> None:
         report({"event": "step", "step": i, "total": total, "loss": loss})
