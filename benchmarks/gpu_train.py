@@ -6,7 +6,8 @@ with the real checkpoints. One step = forward + backward + AdamW on a batch of r
 (text tokens + 578 visual tokens each; encoders frozen). Reports step time, tokens/s, peak GPU
 memory and MFU: the step's FLOPs (counted by torch.utils.flop_counter, so frozen parts cost only
 what they really compute) per second over the GPU's dense bf16 peak (--peak-tflops; H100 SXM:
-989).
+989). Attention is flash-attention 2 where the flash_attn package is installed (and a model
+supports it), else PyTorch's SDPA (--attn picks one).
 
     python benchmarks/gpu_train.py                         # finetune stage, bf16 autocast
     python benchmarks/gpu_train.py --stage align --cached-features   # align with the feature cache
@@ -16,6 +17,7 @@ what they really compute) per second over the GPU's dense bf16 peak (--peak-tflo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -85,6 +87,31 @@ def build(tiny: bool, stage: str, precision: str):
     return model, processor
 
 
+def pick_attention(requested: str, cuda: bool) -> str:
+    """--attn auto: flash-attention 2 on a GPU with the flash_attn package, else SDPA."""
+    if requested != "auto":
+        return requested
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if cuda and has_flash else "sdpa"
+
+
+def set_attention(model, implementation: str) -> dict[str, str]:
+    """Each transformers model inside (encoders, LLM) to `implementation`, or SDPA where it has
+    no such kernel; returns what each one uses."""
+    from transformers import PreTrainedModel
+
+    used = {}
+    parts = [(e.name, e.backbone) for e in model.encoders] + [("llm", model.language_model)]
+    for name, part in parts:
+        assert isinstance(part, PreTrainedModel), name
+        try:
+            part.set_attn_implementation(implementation)
+        except (ValueError, ImportError, OSError):  # no such kernel here for this architecture
+            part.set_attn_implementation("sdpa")
+        used[name] = part.config._attn_implementation
+    return used
+
+
 def make_batch(model, batch: int, text: int, device) -> dict[str, Any]:
     """[text/2, <img_start>, M x <image>, <img_end>, text/2]; loss on the second half of the text."""
     import torch
@@ -144,11 +171,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         if cuda:
             torch.cuda.synchronize()
 
-    for _ in range(args.warmup):
-        step()
+    # FLOPs are counted with SDPA: torch's counter does not see flash_attn's kernels (same math)
+    set_attention(model, "sdpa")
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
+    attention = set_attention(model, pick_attention(args.attn, cuda))
+    for _ in range(args.warmup):
+        step()
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -173,6 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "mfu": flops / step_s / (args.peak_tflops * 1e12),
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
+        "attention": ", ".join(f"{k} {v}" for k, v in attention.items()),
     }
 
 
@@ -194,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         "--cached-features", action="store_true", help="encoder outputs precomputed (feature cache)"
     )
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--attn",
+        choices=["auto", "sdpa", "flash_attention_2", "eager"],
+        default="auto",
+        help="attention kernel (auto: flash_attention_2 when flash_attn is installed, else sdpa)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny shapes of the same structure")
     parser.add_argument(
         "--dry-run", action="store_true", help="run on the CPU (with --tiny: checks the script)"
@@ -215,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     size = "tiny shapes" if args.tiny else "Qwen2-0.5B + CLIP-L/14-336 + DINOv2-L/14"
     print(f"# gpu_train: {r['device']}, {size}, stage {args.stage}, precision {args.precision}"
           f"{', cached features' if args.cached_features else ''}, torch {torch.__version__}")  # fmt: skip
+    print(f"# attention: {r['attention']}")
     print(f"# parameters {r['params_m']:.1f} M ({r['trainable_m']:.1f} M trainable), batch {args.batch_size} "
           f"x {r['seq_len']} tokens, model built in {r['build_s']:.0f} s")  # fmt: skip
     print("| step (ms) | samples/s | tokens/s | TFLOP/step | MFU | peak memory (GiB) |")

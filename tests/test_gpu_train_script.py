@@ -58,6 +58,7 @@ def test_tiny_dry_run_builds_and_steps_on_cpu(gpu_train, capsys):
     assert gpu_train.main(args) == 0
     out = capsys.readouterr().out
     assert "cpu (dry run), tiny shapes" in out and "| step (ms) |" in out
+    assert "# attention: clip sdpa, dinov2 sdpa, llm sdpa" in out
     model, _ = gpu_train.build(tiny=True, stage="align", precision="autocast")
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"fusion", "adapter", "image_boundary_embeds"}  # align: projector only
@@ -66,3 +67,20 @@ def test_tiny_dry_run_builds_and_steps_on_cpu(gpu_train, capsys):
         int((batch["input_ids"] == model.config.image_token_id).sum()) == 2 * model.image_seq_length
     )
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_attention_is_sdpa_without_flash_attn_and_each_model_is_set(gpu_train, monkeypatch):
+    monkeypatch.setattr(gpu_train.importlib.util, "find_spec", lambda name: None)
+    assert gpu_train.pick_attention("auto", cuda=True) == "sdpa"
+    monkeypatch.setattr(gpu_train.importlib.util, "find_spec", lambda name: object())
+    assert gpu_train.pick_attention("auto", cuda=True) == "flash_attention_2"
+    assert gpu_train.pick_attention("auto", cuda=False) == "sdpa"  # the CPU dry run
+    assert gpu_train.pick_attention("eager", cuda=True) == "eager"
+    model, _ = gpu_train.build(tiny=True, stage="finetune", precision="autocast")
+    assert gpu_train.set_attention(model, "eager") == {
+        "clip": "eager",
+        "dinov2": "eager",
+        "llm": "eager",
+    }
+    assert model.language_model.model.config._attn_implementation == "eager"
+    assert model.encoders[1].backbone.config._attn_implementation == "eager"

@@ -3,6 +3,7 @@
 A checkpoint holds what training changes and nothing more: the trainable parameters
 (safetensors), optimizer and scheduler state (torch.save, read back with weights_only=True), the
 RNG states of every process and the data position. Frozen weights come from the run's start model.
+A sharded run (FSDP) gathers its shards into the same format (polyvis.train.sharding).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from polyvis.errors import PolyVisError
 from polyvis.paths import atomic_dir
+from polyvis.train.sharding import clean_name, gather_trainable, is_fsdp, load_trainable
 
 PREFIX = "step-"
 
@@ -81,18 +83,23 @@ def save_checkpoint(
     root = checkpoint_dir(run)
     final = root / f"{PREFIX}{step}"
     rng_states = gather_object([rng_state()])
+    sharded = is_fsdp(accelerator)
+    if sharded:  # every process takes part in gathering the shards
+        tensors, optim_state = gather_trainable(accelerator, model, optimizer)
     if accelerator.is_main_process:
         with atomic_dir(final, replace=True) as tmp:
             for index, rng in enumerate(rng_states):
                 (tmp / f"rng-{index}.json").write_text(json.dumps(rng))
-            unwrapped = accelerator.unwrap_model(model)
-            tensors = {
-                n: p.detach().cpu().contiguous()
-                for n, p in unwrapped.named_parameters()
-                if p.requires_grad
-            }
+            if not sharded:
+                unwrapped = accelerator.unwrap_model(model)
+                tensors = {
+                    n: p.detach().cpu().contiguous()
+                    for n, p in unwrapped.named_parameters()
+                    if p.requires_grad
+                }
+                optim_state = optimizer.state_dict()
             save_file(tensors, str(tmp / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(optim_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         for old in list_checkpoints(run)[:-keep_last]:
@@ -115,16 +122,20 @@ def load_checkpoint(
     except (OSError, ValueError) as err:
         raise PolyVisError(f"{path}: unreadable checkpoint ({err})") from None
     unwrapped = accelerator.unwrap_model(model)
-    params = dict(unwrapped.named_parameters())
+    params = {clean_name(n): p for n, p in unwrapped.named_parameters()}
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
         raise PolyVisError(
             f"{path}: checkpoint lacks trainable parameter {missing[0]} (changed config?)"
         )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optim_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if is_fsdp(accelerator):  # each process keeps its shard of the whole checkpoint
+        load_trainable(accelerator, model, optimizer, tensors, optim_state)
+    else:
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-{accelerator.process_index}.json"
     if rng_file.is_file():

@@ -25,6 +25,16 @@ from polyvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from polyvis.train.data import EpochSampler, data_files
 from polyvis.train.feature_cache import prepare_feature_cache
 from polyvis.train.scales import resolve_scales
+from polyvis.train.sharding import (
+    check_sharding,
+    clip_parameters,
+    fsdp_requested,
+    full_model,
+    is_fsdp,
+    shard_on_cpu,
+    sharding_kind,
+    wrap_units,
+)
 from polyvis.train.stages import configure_stage, parameter_groups
 
 # Config parts that must match for a run directory to be resumed.
@@ -74,6 +84,13 @@ def _start_model(cfg: Config):
 
     src = _init_dir(cfg)
     return load_model(src) if src is not None else build_model(cfg)
+
+
+def _fresh_model(cfg: Config):
+    """The model as training starts it (stage, LoRA), to receive a sharded run's weights."""
+    model, _ = _start_model(cfg)
+    configure_stage(model, cfg.train)
+    return model
 
 
 def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
@@ -195,6 +212,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if multi_cpu and fsdp_requested():
+        shard_on_cpu(accelerator)
+    check_sharding(accelerator, tc)
     if tc.batch_size % accelerator.num_processes:
         raise ConfigError(
             "train.batch_size",
@@ -233,6 +253,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     )
     optimizer = _adamw(parameter_groups(model, tc), tc.lr, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
+    if is_fsdp(accelerator):
+        wrap_units(accelerator, model)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -306,7 +328,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
                     f"loss is {loss} at step {step + 1}; stopped. Last good checkpoint: {last or 'none'}"
                 )
             if tc.max_grad_norm:
-                grad_norm = float(accelerator.clip_grad_norm_(trainable, tc.max_grad_norm))
+                norm_now = accelerator.clip_grad_norm_(
+                    clip_parameters(accelerator, model, trainable), tc.max_grad_norm
+                )
+                grad_norm = float("nan") if norm_now is None else float(norm_now)
             else:
                 grad_norm = float("nan")
             optimizer.step()
@@ -341,8 +366,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
 
     accelerator.wait_for_everyone()
     final = run / "final"
+    unwrapped = full_model(accelerator, model, lambda: _fresh_model(cfg))
     if main:
-        unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
         if has_lora(unwrapped):
             from polyvis.train.stages import LORA_DIR
@@ -360,6 +385,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             "skipped_records": skipped,
             "seconds": time.perf_counter() - t_start,
         }
+        if sharding_kind(accelerator):  # "fsdp" / "deepspeed"; DDP and one process say nothing
+            summary["sharding"] = sharding_kind(accelerator)
         (run / "done.json").write_text(json.dumps(summary, indent=1))
         if skipped:
             print(f"skipped {skipped} unusable record(s) (see the warnings above)")
