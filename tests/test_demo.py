@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from polyvis.cli import main
-from polyvis.nano.demo import ADAPTER, FAMILIES, RUNS
+from polyvis.data.synthetic.cache import synthetic_dir
+from polyvis.nano.demo import ADAPTER, FAMILIES, QUICK_BUDGET, RUNS
 from polyvis.paths import cache_root
 
 
@@ -57,9 +58,10 @@ def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path, capsys):
         else:
             assert scales is None
     # The synthetic data lives in the cache, keyed by its settings, not in OUT.
-    manifests = list((cache_root() / "data").glob("synth-*/manifest.json"))
-    families = [json.loads(m.read_text())["families"] for m in manifests]
-    (manifest,) = [m for m, f in zip(manifests, families) if set(f) == set(FAMILIES)]
+    options = {"families": FAMILIES, "n": QUICK_BUDGET["n"], "seed": 0, "size": 64,
+               "difficulty": QUICK_BUDGET.get("difficulty", "medium")}  # fmt: skip
+    manifest = synthetic_dir(options) / "manifest.json"
+    assert manifest.is_file() and manifest.parent.parent == cache_root() / "data"
     stamp = manifest.stat().st_mtime_ns
     assert not (out / "data").exists()
     # A second run reuses data, experts, trained runs and evaluations.

@@ -191,6 +191,14 @@ def run_config(
         "clip": {"name": "clip", "path": str(experts["clip-nano"]), "layers": [-2]},
         "vary": {"name": "vary", "path": str(experts["vary-nano"]), "layers": [-1]},
     }
+    if "dino-nano" in experts:
+        from polyvis.nano.dino import READ_LAYERS
+
+        specs["dino"] = {
+            "name": "dino",
+            "path": str(experts["dino-nano"]),
+            "layers": list(READ_LAYERS),
+        }
     return {
         "model": {
             "encoders": [specs[e] for e in encoders],

@@ -148,17 +148,18 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     n_test = spec.get("test_images", 8 if quick else TEST_IMAGES)
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
         raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
-    experts = ensure_experts(quick=quick, progress=False, names=EXPERTS)  # all three at once
+    experts = ensure_experts(quick=quick, progress=False, names=EXPERTS)  # every expert at once
     world = demo.prepare_world(root, budget, quick, workers=jobs, progress=False)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
     options = {"families": demo.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
                "difficulty": budget.get("difficulty", "medium")}  # fmt: skip
     if synthetic_dir(options) != data_dir:
         raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
+    every = {**world.experts, **experts}
+    names = ["clip", "vary"] + (["dino"] if "dino-nano" in every else [])
     base = demo.run_config(
-        ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
-        quick, 0,
-    )  # fmt: skip
+        names, "concat-channel", every, world.train, world.corpus, budget, quick, 0
+    )
     info = {
         "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in world.train]},
         "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
