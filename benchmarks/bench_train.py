@@ -286,12 +286,8 @@ def spawn(spec: dict, threads: int, clock_name: str = "cpu") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="runs of each training config (best kept)"
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each config (best kept)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="time steps by the process's CPU time (steady on a shared machine) or wall time")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="few steps, one round (smoke test)")
@@ -323,9 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench_train: {date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")  # fmt: skip
-    peak = spawn(
-        {"kind": "matmul", "seconds": 0.2 if args.quick else 0.5}, args.threads, args.clock
-    )["matmul_flops"]
+    matmul = {"kind": "matmul", "seconds": 0.2 if args.quick else 0.5}
+    peak = spawn(matmul, args.threads, args.clock)["matmul_flops"]
     print(f"# torch.matmul fp32 (best of 256/512/1024): {peak / 1e9:.1f} GFLOP/s; training runs: "
           f"steady median step on the {args.clock} clock, best of {args.rounds} round(s)\n")  # fmt: skip
 
@@ -337,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec = {"kind": "train", "preset": preset, "stage": stage, "cache": cache, "steps": steps[preset],
                         "data": str(data), "out": str(tmp / f"{preset}-{stage}-{cache}-{rnd}")}  # fmt: skip
                 r = spawn(spec, args.threads, args.clock)
-                if (
-                    cache and r["fill_stats"]["computed"]
-                ):  # the cold fill (later rounds find it full)
+                if cache and r["fill_stats"]["computed"]:  # the cold fill (later rounds: full)
                     fills[preset] = r
                 key = (preset, stage, cache)
                 if key not in runs or r["samples_per_s"] > runs[key]["samples_per_s"]:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
+from polyvis.models import answer_rows
 from polyvis.models.build import build_model, load_model, save_model
 from polyvis.models.fusion import FUSIONS
 from polyvis.models.modeling import PolyVisForConditionalGeneration
@@ -193,6 +194,82 @@ def test_answer_logits_only_gives_the_same_loss_and_gradients(base):
         assert (g is None) == (r is None)
         if g is not None:
             torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def answer_only_step(model, batch) -> tuple[torch.Tensor, torch.Tensor, list]:
+    for p in model.parameters():
+        p.grad = None
+    out = model(**batch, num_items_in_batch=5, answer_logits_only=True)
+    out.loss.backward()
+    return out.loss.detach(), out.logits.detach(), [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_last_layer_on_answer_rows_gives_the_full_forwards_logits(base, padding_side):
+    model, proc = variant(base, {"type": "concat-channel"}, {"type": "mlp", "depth": 2})
+    model.set_trainable(projector=True, llm=True)
+    model.train()
+    batch = training_batch(proc)
+    if padding_side == "left":  # the same rows, padded on the left
+        lengths = batch["attention_mask"].sum(1)
+        for key, fill in (("input_ids", proc.tokenizer.pad_token_id), ("labels", -100)):
+            rows = [
+                torch.cat([t.new_full((len(t) - n,), fill), t[:n]])
+                for t, n in zip(batch[key], lengths)
+            ]
+            batch[key] = torch.stack(rows)
+        batch["attention_mask"] = batch["attention_mask"].flip(1)
+    assert answer_rows.supported(model.language_model)
+    assert answer_rows.right_padded(batch["attention_mask"]) == (padding_side == "right")
+    model.answer_rows_forward = False
+    loss, logits, ref = answer_only_step(model, batch)
+    model.answer_rows_forward = True
+    fast_loss, fast_logits, fast = answer_only_step(model, batch)
+    torch.testing.assert_close(fast_logits, logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast_loss, loss, atol=1e-6, rtol=1e-6)
+    for g, r in zip(fast, ref):
+        assert (g is None) == (r is None)
+        if g is not None:  # the weight gradients sum over fewer rows: equal up to rounding
+            torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_answer_rows_with_a_row_without_answers_and_an_unknown_lm(base):
+    model, proc = variant(base, {"type": "concat-channel"}, {"type": "mlp", "depth": 2})
+    model.set_trainable(projector=True, llm=True)
+    batch = training_batch(proc)
+    batch["labels"][0] = -100  # the first row supervises nothing
+    model.answer_rows_forward = False
+    loss, logits, _ = answer_only_step(model, batch)
+    model.answer_rows_forward = True
+    fast_loss, fast_logits, _ = answer_only_step(model, batch)
+    torch.testing.assert_close(fast_logits, logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast_loss, loss, atol=1e-6, rtol=1e-6)
+    lm = model.language_model
+    was = lm.config._attn_implementation
+    lm.config._attn_implementation = "eager"  # an attention it does not run: the LM's own path
+    try:
+        assert not answer_rows.supported(lm)
+    finally:
+        lm.config._attn_implementation = was
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_answer_logits_equal_the_lms_own_for_each_known_decoder(model_type):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").train()
+    assert answer_rows.supported(lm)
+    embeds = torch.randn(3, 12, 32)
+    mask = (torch.arange(12)[None] < torch.tensor([[12], [7], [10]])).long()
+    keep = torch.zeros(3, 12, dtype=torch.bool)
+    keep[0, 8:11], keep[1, 4:6], keep[2, 9] = True, True, True
+    ref = lm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
+    torch.testing.assert_close(answer_rows.answer_logits(lm, embeds, mask, keep), ref)
 
 
 def test_sequence_fusion_with_grid_adapter_is_a_config_error():

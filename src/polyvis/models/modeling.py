@@ -19,8 +19,10 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from polyvis.errors import DataError
+from polyvis.models import answer_rows
 from polyvis.models.adapters import build_adapter
 from polyvis.models.encoders import VisionEncoder, backbone_from_config, prepare_backbone
 from polyvis.models.fusion import EncoderInfo, build_fusion
@@ -105,7 +107,13 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
     each image resized for that encoder and zero-padded to the largest size (a single tensor, so
     generate() can expand it for beams like any other input). Images are spliced in order into
     the `<image>` placeholders of the batch.
+
+    answer_rows_forward: with `answer_logits_only`, run the LM's last layer on the answer rows alone
+    where models/answer_rows.py knows the LM (the same logits; gradients equal up to rounding).
+    False keeps the LM's own forward on every position.
     """
+
+    answer_rows_forward: bool = True
 
     def __init__(
         self,
@@ -300,14 +308,20 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         keep = targets != -100
         num_items = kwargs.pop("num_items_in_batch", None)
         kwargs.setdefault("use_cache", False)
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=keep,
-            **kwargs,
-        )
-        out.loss = self.language_model.loss_function(
+        lm = self.language_model
+        fast = self.answer_rows_forward and position_ids is None and kwargs == {"use_cache": False}
+        if fast and bool(keep.any()) and answer_rows.supported(lm):
+            logits = answer_rows.answer_logits(lm, inputs_embeds, attention_mask, keep)
+            out = CausalLMOutputWithPast(logits=logits)
+        else:
+            out = lm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=keep,
+                **kwargs,
+            )
+        out.loss = lm.loss_function(
             logits=out.logits,
             labels=None,
             shift_labels=targets[keep],
