@@ -86,4 +86,8 @@ def test_nano_ablations_default_to_the_fair_protocol_and_none_keeps_the_old_grid
     # the leaderboard's file is a fair nano grid of all nine fusions, experts and twins
     board = load_ablation(ROOT / "configs" / "leaderboard-nano.yaml")
     assert protocol_of(board) == "fair" and len(board["grid"]["fusion"]) == 9
-    assert board["grid"]["controls"] == ["clip", "vary"] and board["grid"]["seeds"] == [0, 1, 2]
+    assert board["grid"]["controls"] == ["clip", "vary", "dino"]
+    assert board["grid"]["seeds"] == [0, 1, 2]
+    assert [["clip", "dino"], ["clip", "dino", "vary"]] == [
+        e for e in board["grid"]["encoders"] if len(e) > 1
+    ]
