@@ -190,16 +190,19 @@ def _with(feats: list[Any], k: int, layers: list[Tensor]) -> list[list[Tensor]]:
     return [layers if j == k else f for j, f in enumerate(feats)]
 
 
-def _thumbnail_unit(fusion: Any, feats: list[Any], k: int, views: list[Tensor]) -> Tensor:
-    """The thumbnail beside the untiled encoders: exactly the untiled model's fusion."""
-    return fusion(_with(feats, k, [v[:, 0] for v in views])).unsqueeze(1)
+def _thumbnail_first(
+    fusion: Any, feats: list[Any], k: int, views: list[Tensor], thumbnail: bool
+) -> tuple[list[Tensor], list[Tensor]]:
+    """([the thumbnail's unit] or [], the tile views): the thumbnail is fused beside the untiled
+    encoders exactly as the untiled model fuses a whole image."""
+    if not thumbnail:
+        return [], views
+    unit = fusion(_with(feats, k, [v[:, 0] for v in views])).unsqueeze(1)
+    return [unit], [v[:, 1:] for v in views]
 
 
 def _stitch_rule(fusion, feats, k, views, grid, thumbnail, slots) -> Tensor:
-    units = []
-    if thumbnail:
-        units.append(_thumbnail_unit(fusion, feats, k, views))
-        views = [v[:, 1:] for v in views]
+    units, views = _thumbnail_first(fusion, feats, k, views, thumbnail)
     encoders = fusion.encoders
     placed = [
         [stitch(v, encoders[k].grid, grid) for v in views]
@@ -212,10 +215,7 @@ def _stitch_rule(fusion, feats, k, views, grid, thumbnail, slots) -> Tensor:
 
 
 def _views_rule(fusion, feats, k, views, grid, thumbnail, slots) -> Tensor:
-    units = []
-    if thumbnail:
-        units.append(_thumbnail_unit(fusion, feats, k, views))
-        views = [v[:, 1:] for v in views]
+    units, views = _thumbnail_first(fusion, feats, k, views, thumbnail)
     encoders = fusion.encoders
     b, n_tiles = views[0].shape[:2]
     # each tile beside the untiled encoders' view of its region (as the stitch rule places them)

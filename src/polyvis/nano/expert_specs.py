@@ -7,7 +7,7 @@ from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
-from polyvis.nano.demo import BUDGET, FAMILIES, QUICK_BUDGET
+from polyvis.nano.budget import BUDGET, FAMILIES, QUICK_BUDGET
 from polyvis.nano.dino import QUICK_SETTINGS as DINO_QUICK
 
 EXPERTS = ("clip-nano", "vary-nano", "dino-nano", "lm-nano")

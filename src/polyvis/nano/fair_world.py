@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from polyvis.errors import ConfigError, PolyVisError
-
-if TYPE_CHECKING:
-    from polyvis.nano.protocol import FairPlan
 
 # The align stage's share of the steps (LLaVA's first stage, LM frozen): 200 of the nano budget's
 # 1000, a little under LLaVA-1.5's share (why: docs/nano.md, "The fair protocol")
@@ -62,8 +59,9 @@ class FairWorld:
             self.test_files = files
         return self.test_files
 
-    def describe(self, plan: FairPlan) -> dict[str, Any]:
-        """protocol.json: how the grid is run, and where every set comes from."""
+    def describe(self, settings: list[Any], seeds: list[int], cells: list[Any]) -> dict[str, Any]:
+        """protocol.json: how the grid is run (its candidate settings, seeds and cells), and
+        where every set comes from."""
         test: dict[str, Any] = {"limit": self.test_limit, "made": bool(self.test_files)}
         if self.test_options is not None:
             from polyvis.data.synthetic.cache import synthetic_dir
@@ -79,9 +77,9 @@ class FairWorld:
             "val": {"files": [str(f) for f in self.val_files], "limit": self.val_limit},
             "test": test,
             "align": self.align,
-            "candidates": [s.values for s in plan.settings],
-            "seeds": plan.seeds,
-            "cells": {c.name: c.meta for c in plan.cells},
+            "candidates": [s.values for s in settings],
+            "seeds": seeds,
+            "cells": {c.name: c.meta for c in cells},
         }
 
 

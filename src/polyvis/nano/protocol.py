@@ -201,11 +201,15 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
     from polyvis.eval.stats import cell_scores, leaderboard
 
     jobs = int(spec.get("jobs", 2))
-    write_json_atomic(plan.root / "protocol.json", plan.world.describe(plan))
+    write_json_atomic(
+        plan.root / "protocol.json", plan.world.describe(plan.settings, plan.seeds, plan.cells)
+    )
     chosen = select(plan, jobs)
     # every choice is made and written: only now is the test set made and read
     plan.world.make_test_set()
-    write_json_atomic(plan.root / "protocol.json", plan.world.describe(plan))
+    write_json_atomic(
+        plan.root / "protocol.json", plan.world.describe(plan.settings, plan.seeds, plan.cells)
+    )
     finals = final_runs(plan, chosen)
     every = [r for runs in finals.values() for r in runs]
     print(f"test: {len(every)} runs ({len(plan.seeds)} seeds per cell), scored on the test set")
@@ -229,7 +233,7 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "wall_seconds": wall(),
-        "protocol": plan.world.describe(plan),
+        "protocol": plan.world.describe(plan.settings, plan.seeds, plan.cells),
     }
     doc = write_leaderboard(stats, plan.root / "leaderboard", meta)
     from polyvis.eval.html import write_ablation_html

@@ -7,15 +7,7 @@ from torch import Tensor, nn
 
 from polyvis.errors import ConfigError
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
-from polyvis.models.fusion.common import (
-    FIELD,
-    ONE,
-    ProjectAlignFusion,
-    ProjectAlignParams,
-    Scale,
-    concat_layers,
-    scaled,
-)
+from polyvis.models.fusion.common import FIELD, ONE, ProjectAlignFusion, ProjectAlignParams, Scale
 
 
 @FUSIONS.register("add")
@@ -45,6 +37,5 @@ class AddFusion(ProjectAlignFusion):
             self.register_buffer("weights", init, persistent=False)
 
     def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
-        xs = concat_layers(feats, scaled(self.encoders, scale))
-        ys = torch.stack(self.project_aligned(xs, scale))  # (K,B,N,d)
+        ys = torch.stack(self.project_layers(feats, scale))  # (K,B,N,d)
         return (self.weights.to(ys.dtype).view(-1, 1, 1, 1) * ys).sum(0)

@@ -158,3 +158,7 @@ class ProjectAlignFusion(Fusion):
         """Each encoder through its linear map, then aligned: (B, h*w, dim) each."""
         # project first: affine maps commute with interpolate/pool, and pad leaves zeros
         return self.align([p(x) for p, x in zip(self.proj, xs)], scale)
+
+    def project_layers(self, feats: list[list[Tensor]], scale: Scale = ONE) -> list[Tensor]:
+        """project_aligned of each encoder's selected layers, concatenated per position."""
+        return self.project_aligned(concat_layers(feats, scaled(self.encoders, scale)), scale)

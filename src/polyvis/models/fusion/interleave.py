@@ -6,14 +6,7 @@ import torch
 from torch import Tensor
 
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
-from polyvis.models.fusion.common import (
-    ONE,
-    ProjectAlignFusion,
-    ProjectAlignParams,
-    Scale,
-    concat_layers,
-    scaled,
-)
+from polyvis.models.fusion.common import ONE, ProjectAlignFusion, ProjectAlignParams, Scale
 
 
 @FUSIONS.register("interleave")
@@ -31,7 +24,7 @@ class InterleaveFusion(ProjectAlignFusion):
         self.grid = self.align_grid if len(encoders) == 1 else None
 
     def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
-        ys = self.project_aligned(concat_layers(feats, scaled(self.encoders, scale)), scale)
+        ys = self.project_layers(feats, scale)
         b, n, d = ys[0].shape
         # (B, N, K, d) -> (B, N*K, d): position-major, encoder-minor
         return torch.stack(ys, dim=2).reshape(b, n * len(ys), d)

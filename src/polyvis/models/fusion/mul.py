@@ -6,14 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from polyvis.models.fusion.base import FUSIONS, EncoderInfo
-from polyvis.models.fusion.common import (
-    ONE,
-    ProjectAlignFusion,
-    ProjectAlignParams,
-    Scale,
-    concat_layers,
-    scaled,
-)
+from polyvis.models.fusion.common import ONE, ProjectAlignFusion, ProjectAlignParams, Scale
 
 
 @FUSIONS.register("mul")
@@ -25,7 +18,7 @@ class MulFusion(ProjectAlignFusion):
         self.scale = nn.Parameter(torch.ones(self.out_dim))
 
     def forward(self, feats: list[list[Tensor]], scale: Scale = ONE) -> Tensor:
-        ys = self.project_aligned(concat_layers(feats, scaled(self.encoders, scale)), scale)
+        ys = self.project_layers(feats, scale)
         out = ys[0]
         for y in ys[1:]:
             out = out * y
