@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from _serve_helpers import answer_alone, post_all, user
+from _tiling_helpers import CLIP, DINO, NANO_TINY, TILED
 from polyvis.cli import main
 from polyvis.config import load_config
 from polyvis.data.dataset import ConversationDataset
@@ -31,17 +32,6 @@ from polyvis.serve.background import BackgroundServer
 from polyvis.serve.chat import answer, chat_messages
 from polyvis.serve.settings import ServeSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-NANO_TINY = ROOT / "configs" / "nano-tiny.yaml"
-CLIP = (
-    "{name: clip, config: {model_type: clip_vision_model, hidden_size: 32, intermediate_size: 64, "
-    "num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}, layers: [-2]"
-)
-TILED = CLIP + ", tiling: {grids: [[1, 2], [2, 1], [2, 2]], thumbnail: true}}"
-DINO = (
-    "{name: dino, config: {model_type: dinov2, hidden_size: 48, intermediate_size: 96, "
-    "num_hidden_layers: 2, num_attention_heads: 2, image_size: 28, patch_size: 14}, layers: [-1]}"
-)
 NEW = 6
 # (width, height) -> tiles and visual tokens (M = 16, a thumbnail): 1x2 48, 2x1 48, 2x2 80
 WIDE, TALL, SQUARE = (96, 32), (32, 96), (48, 48)

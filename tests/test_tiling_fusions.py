@@ -6,26 +6,15 @@ save / load round trip."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from _tiling_helpers import DINO, NANO_TINY, TILED
 from polyvis.config import load_config
 from polyvis.models.build import build_model, load_model, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
-NANO_TINY = ROOT / "configs" / "nano-tiny.yaml"
-CLIP = (
-    "{name: clip, config: {model_type: clip_vision_model, hidden_size: 32, intermediate_size: 64, "
-    "num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}, layers: [-2]"
-)
-TILED = CLIP + ", tiling: {grids: [[1, 2], [2, 1], [2, 2]], thumbnail: true}}"
-DINO = (
-    "{name: dino, config: {model_type: dinov2, hidden_size: 48, intermediate_size: 96, "
-    "num_hidden_layers: 2, num_attention_heads: 2, image_size: 28, patch_size: 14}, layers: [-1]}"
-)
 FUSIONS = {
     "add": "{type: add}",
     "mul": "{type: mul}",
