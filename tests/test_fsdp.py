@@ -10,10 +10,7 @@ here: its configs are checked as accelerate reads them, without running.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _launch import launch
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
 from polyvis.train import train
@@ -73,21 +71,9 @@ def one_process(run: Path, synth_dir: Path, *extra: str) -> Path:
     return run
 
 
-def two_processes(config: str, run: Path, synth_dir: Path, *extra: str, port: int = 0) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    launch = [
-        *[sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL / config)],
-        *["--num_processes", "2", "--main_process_port", str(30500 + os.getpid() % 1000 + port)],
-        *["-m", "polyvis", "train", str(CFG), "--out", str(run), "--no-progress"],
-    ]
-    res = subprocess.run(
-        [*launch, "--set", *sets(synth_dir, *extra)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+def two_processes(config: str, run: Path, synth_dir: Path, *extra: str) -> None:
+    command = ["-m", "polyvis", "train", str(CFG), "--out", str(run), "--no-progress"]
+    launch(ACCEL / config, [*command, "--set", *sets(synth_dir, *extra)], run)
     done = json.loads((run / "done.json").read_text())
     assert (done["processes"], done.get("sharding")) == (2, "fsdp")  # sharded, not DDP
 
@@ -133,7 +119,7 @@ def _interrupted_copy(run: Path, to: Path) -> Path:
 def test_resuming_a_sharded_run_gives_the_unsharded_weights(align_runs, synth_dir, tmp_path):
     one, fsdp = align_runs
     resumed = _interrupted_copy(fsdp, tmp_path / "resumed")
-    two_processes("fsdp.yaml", resumed, synth_dir, port=1)
+    two_processes("fsdp.yaml", resumed, synth_dir)
     assert_same_weights(weights(fsdp), weights(resumed), atol=0)  # as if never stopped
     assert_same_weights(weights(one), weights(resumed))
     # the checkpoint format is the unsharded one: one process resumes the FSDP run's checkpoint
@@ -144,7 +130,7 @@ def test_resuming_a_sharded_run_gives_the_unsharded_weights(align_runs, synth_di
 def test_fsdp_lora_with_the_feature_cache_matches_one_process(synth_dir, tmp_path):
     extra = [*LORA, "train.cache_features=true"]
     one = one_process(tmp_path / "one", synth_dir, *extra)
-    two_processes("fsdp-lora.yaml", tmp_path / "fsdp", synth_dir, *extra, port=2)
+    two_processes("fsdp-lora.yaml", tmp_path / "fsdp", synth_dir, *extra)
     fsdp = tmp_path / "fsdp"
     torch.testing.assert_close(
         torch.tensor(losses(fsdp)), torch.tensor(losses(one)), atol=1e-5, rtol=1e-5

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _launch import launch
 from polyvis.cli import main
 from polyvis.config import load_config
 from polyvis.errors import DataError
@@ -88,10 +89,20 @@ def test_a_dataloader_worker_gives_the_same_run_across_epochs(tmp_path, synth_di
     assert len(runs[0]) == 12 and runs[1] == runs[0]
 
 
-def _cli(run: Path, synth_dir: Path, steps: int, launcher: list[str] | None = None) -> list[str]:
+def _cli(run: Path, synth_dir: Path, steps: int) -> list[str]:
     sets = overrides(synth_dir, f"train.max_steps={steps}", "train.save_every=4")
-    base = launcher or [sys.executable, "-m", "polyvis"]
-    return [*base, "train", str(CFG), "--out", str(run), "--no-progress", "--set", *sets]
+    return [
+        sys.executable,
+        "-m",
+        "polyvis",
+        "train",
+        str(CFG),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        *sets,
+    ]
 
 
 def test_sigkill_then_resume_gives_identical_weights(tmp_path, synth_dir):
@@ -123,22 +134,8 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, synth_dir):
 def test_two_process_ddp_matches_one_process(tmp_path, synth_dir):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one, two = tmp_path / "one", tmp_path / "two"
-    accelerate = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "configs" / "accelerate" / "cpu-ddp.yaml"),
-        "--main_process_port",
-        str(29500 + os.getpid() % 1000),
-        "-m",
-        "polyvis",
-    ]
     subprocess.run(_cli(one, synth_dir, 4), check=True, env=env, capture_output=True)
-    res = subprocess.run(
-        _cli(two, synth_dir, 4, accelerate), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    launch(ROOT / "configs" / "accelerate" / "cpu-ddp.yaml", _cli(two, synth_dir, 4)[1:], two)
     assert json.loads((two / "done.json").read_text())["processes"] == 2
     assert json.loads((one / "done.json").read_text())["processes"] == 1
     torch.testing.assert_close(
