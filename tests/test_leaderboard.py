@@ -103,3 +103,24 @@ def test_missing_meta_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="leaderboard meta: missing 'machine'"):
         write_leaderboard(_stats(), tmp_path / "board", meta)
     assert not list(tmp_path.iterdir())
+
+
+def test_markdown_has_the_two_expert_question_types_beside_their_family(tmp_path: Path) -> None:
+    stats = _stats()
+    ci = {"mean": 50.0, "ci": [40.0, 60.0]}
+    stats["question_types"] = {
+        "groups": ["scene/count", "mixed/read", "mixed/describe"],
+        "two_expert": ["mixed/describe"],
+        "cells": {name: {g: ci for g in ("scene/count", "mixed/read", "mixed/describe")}
+                  for name in CELL_META},
+    }  # fmt: skip
+    write_leaderboard(stats, tmp_path / "board", META)
+    md = (tmp_path / "board.md").read_text()
+    section = md[md.index("## Questions that need two experts") :]
+    assert "| cell | mixed/read | **mixed/describe** (two experts) |" in section
+    assert "scene/count" not in section  # scene has no two-expert type
+    for name in CELL_META:
+        assert f"| {name} | 50.0 [40.0, 60.0] | 50.0 [40.0, 60.0] |" in section
+    plain = write_leaderboard(_stats(), tmp_path / "plain", META)
+    assert "question_types" not in plain
+    assert "need two experts" not in (tmp_path / "plain.md").read_text()

@@ -148,6 +148,9 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     assert cells["clip+vary add"]["flops_per_step"] > cells["vary"]["flops_per_step"] > 0
     (comp,) = doc["comparisons"]
     assert comp["cell"] == "clip+vary add" and comp["vs"] == "vary" and "p_holm" in comp
+    types = doc["question_types"]
+    assert types["two_expert"] == ["mixed/describe"] and set(types["cells"]) == set(cells)
+    assert "## Questions that need two experts" in (out / "leaderboard.md").read_text()
 
     # every run: a fresh fusion and adapter, the align stage first, lm-nano as the LM
     lm = protocol["lm"]["path"]

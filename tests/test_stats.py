@@ -227,3 +227,26 @@ def test_thirty_cells_of_a_few_hundred_items_is_fast() -> None:
         f"{time.perf_counter() - start:.2f} s"
     )
     assert len(stats["comparisons"]) == 27
+
+
+def test_question_types_group_by_the_id_suffix_and_mark_two_expert_ones(tmp_path: Path) -> None:
+    from polyvis.eval.stats import question_type_stats
+
+    rows = [
+        ("mixed-test-000000-read", "mixed", 1.0),
+        ("mixed-test-000000-describe", "mixed", 0.0),
+        ("mixed-test-000001-describe", "mixed", 1.0),
+        ("ocr-test-000000-read", "ocr", 0.5),
+    ]
+    runs = {
+        "clip": {0: _write_answers(tmp_path / "c0.jsonl", rows)},
+        "vary": {0: _write_answers(tmp_path / "v0.jsonl", [(i, f, 1.0) for i, f, _ in rows])},
+    }
+    out = question_type_stats(runs, n_boot=50)
+    assert out["groups"] == ["ocr/read", "mixed/read", "mixed/describe"]
+    assert out["two_expert"] == ["mixed/describe"]
+    assert out["cells"]["clip"]["mixed/describe"]["mean"] == 50.0
+    assert out["cells"]["clip"]["ocr/read"]["mean"] == 50.0
+    assert out["cells"]["vary"]["mixed/describe"] == {"mean": 100.0, "ci": [100.0, 100.0]}
+    # the ordinary grouping is by family only
+    assert set(load_item_scores(runs["clip"][0])) == {"mixed", "ocr"}

@@ -82,6 +82,23 @@ def _main_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _type_table(doc: dict[str, Any]) -> str | None:
+    """Per cell, every question type of the families that have a two-expert type (e.g. mixed:
+    read, colour and describe side by side); None when no family has one."""
+    qt = doc.get("question_types") or {}
+    fams = {g.split("/", 1)[0] for g in qt.get("two_expert", [])}
+    groups = [g for g in qt.get("groups", []) if g.split("/", 1)[0] in fams]
+    if not groups:
+        return None
+    two = set(qt["two_expert"])
+    head = ["cell", *(f"**{g}** (two experts)" if g in two else g for g in groups)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(groups)]
+    for c in _sorted_cells(doc):
+        row = qt["cells"][c["name"]]
+        lines.append("| " + " | ".join([c["name"], *(_ci(row[g]) for g in groups)]) + " |")
+    return "\n".join(lines)
+
+
 def _p(p: float | None, floor: float) -> str:
     if p is None:
         return "-"
@@ -127,6 +144,15 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
     ]
     if doc["comparisons"]:
         parts += ["## Against the best single expert", _comparison_table(doc)]
+    types = _type_table(doc)
+    if types:
+        parts += [
+            "## Questions that need two experts",
+            "Each question type of the families that have one that no single expert answers, "
+            "with 95 % CIs from the same bootstrap (every type of every family is in the JSON's "
+            "`question_types`).",
+            types,
+        ]
     parts.append(_how_to_read(doc))
     return "\n\n".join(parts) + "\n"
 

@@ -41,11 +41,19 @@ def _group_key(family: str, metric: Any) -> str:
     return f"{family}/{metric}"
 
 
-def load_item_scores(answers: Path) -> dict[str, dict[str, float]]:
+def question_type(item: str) -> str:
+    """The question type the synthetic families end an item's id with ("mixed-test-000003-describe"
+    -> "describe"); "all" for an id that ends in a number (one question per image)."""
+    last = item.rsplit("-", 1)[-1]
+    return "all" if last.isdigit() or last == item else last
+
+
+def load_item_scores(answers: Path, by_type: bool = False) -> dict[str, dict[str, float]]:
     """{group: {item id: score}} from an answers.jsonl that `polyvis eval` wrote.
 
     The group is the row's "family", or "family/metric" when the row uses another metric than
-    its family's default (as in results.json). Scores must lie in 0..1.
+    its family's default (as in results.json); with `by_type`, "family/type" for every row (the
+    type from the id, `question_type`). Scores must lie in 0..1.
     """
     answers = Path(answers)
     if not answers.is_file():
@@ -62,7 +70,10 @@ def load_item_scores(answers: Path) -> dict[str, dict[str, float]]:
         ok = isinstance(score, int | float) and not isinstance(score, bool)
         if not ok or not math.isfinite(score) or not 0 <= score <= 1:
             raise DataError(f"{answers}:{n}: record {item}: score must be in 0..1, got {score!r}")
-        group = out.setdefault(_group_key(family, row.get("metric")), {})
+        key = (
+            f"{family}/{question_type(item)}" if by_type else _group_key(family, row.get("metric"))
+        )
+        group = out.setdefault(key, {})
         if item in group:
             raise DataError(f"{answers}:{n}: record {item} appears twice in {family}")
         group[item] = float(score)
@@ -95,12 +106,15 @@ def _item_diff(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -
     return ""
 
 
-def cell_scores(name: str, runs: dict[int, Path], meta: dict[str, Any] | None = None) -> CellScores:
-    """A cell's scores from {seed: answers.jsonl}; every seed must have scored the same items."""
+def cell_scores(
+    name: str, runs: dict[int, Path], meta: dict[str, Any] | None = None, by_type: bool = False
+) -> CellScores:
+    """A cell's scores from {seed: answers.jsonl}; every seed must have scored the same items.
+    With `by_type` the groups are "family/question type" (load_item_scores)."""
     if not runs:
         raise DataError(f"cell {name}: no runs")
     seeds = sorted(runs)
-    loaded = {s: load_item_scores(Path(runs[s])) for s in seeds}
+    loaded = {s: load_item_scores(Path(runs[s]), by_type) for s in seeds}
     first = loaded[seeds[0]]
     for s in seeds[1:]:
         diff = _item_diff(loaded[s], first)
@@ -249,4 +263,26 @@ def leaderboard(
         "families": fams,
         "cells": rows,
         "comparisons": comparisons,
+    }
+
+
+def question_type_stats(
+    runs: dict[str, dict[int, Path]], n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Each cell's mean and 95 % CI per "family/question type", from {cell: {seed: answers}}.
+
+    "two_expert" lists the groups that need two experts at once (the synthetic families'
+    `two_expert_tasks`), "groups" every group in family order.
+    """
+    from polyvis.data.synthetic.base import two_expert_groups
+
+    cells = [cell_scores(name, answers, by_type=True) for name, answers in runs.items()]
+    stats = leaderboard(cells, [], n_boot, seed)
+    need_two = set(two_expert_groups())
+    fams = order_families([g.split("/", 1)[0] for g in stats["families"]])
+    groups = sorted(stats["families"], key=lambda g: fams.index(g.split("/", 1)[0]))  # stable
+    return {
+        "groups": groups,
+        "two_expert": [g for g in groups if g in need_two],
+        "cells": {row["name"]: row["families"] for row in stats["cells"]},
     }

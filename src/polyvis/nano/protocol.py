@@ -198,7 +198,7 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
     from datetime import datetime, timezone
 
     from polyvis.eval.leaderboard import write_leaderboard
-    from polyvis.eval.stats import cell_scores, leaderboard
+    from polyvis.eval.stats import cell_scores, leaderboard, question_type_stats
 
     jobs = int(spec.get("jobs", 2))
     write_json_atomic(
@@ -228,6 +228,14 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
         cells.append(cell_scores(cell.name, answers, meta))
     baselines = [c.name for c in plan.cells if c.baseline]
     stats = leaderboard(cells, baselines)
+    stats["question_types"] = question_type_stats(
+        {
+            c.name: {
+                s: r.out / "test" / "answers.jsonl" for s, r in zip(plan.seeds, finals[c.name])
+            }
+            for c in plan.cells
+        }  # fmt: skip
+    )
     meta = {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -27,6 +27,12 @@ from polyvis.registry import registry
 FAMILIES = registry("family")
 
 
+def two_expert_groups() -> list[str]:
+    """ "family/task" of every question type that needs two experts, e.g. "mixed/describe"."""
+    FAMILIES.discover()
+    return [f"{n}/{t}" for n in FAMILIES for t in FAMILIES.get(n).two_expert_tasks]
+
+
 def image_name(index: int) -> str:
     """The file name of image `index` of a split."""
     return f"{index:06d}.png"
@@ -56,6 +62,8 @@ class Family:
     name: ClassVar[str] = ""
     # The family's default metric (records may override it with their own "metric" field).
     metric: ClassVar[str] = "exact_match"
+    # The question types (tasks) that no single expert answers: they need two at once.
+    two_expert_tasks: ClassVar[tuple[str, ...]] = ()
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         raise NotImplementedError

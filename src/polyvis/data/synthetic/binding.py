@@ -162,6 +162,7 @@ _DRAW = {
 class BindingFamily(Family):
     name = "binding"
     metric = "exact_match"
+    two_expert_tasks = TASKS
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         task = pick(rng, TASKS)

@@ -54,6 +54,7 @@ def _value_font(texts: list[str], slot: float, size: int) -> ImageFont.FreeTypeF
 class ChartBindFamily(Family):
     name = "chartbind"
     metric = "relaxed_accuracy"
+    two_expert_tasks = ("colour_value",)
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         k = CANDIDATES[difficulty]

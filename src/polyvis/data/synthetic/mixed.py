@@ -120,6 +120,7 @@ def _by_place(rng: np.random.Generator, ordered: list[dict]) -> list[dict]:
 class MixedFamily(Family):
     name = "mixed"
     metric = "exact_match"
+    two_expert_tasks = ("describe",)
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         level = level_index(difficulty)
