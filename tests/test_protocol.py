@@ -316,3 +316,21 @@ def test_a_real_config_under_the_fair_protocol_chooses_on_its_val_files(tmp_path
     del base["data"]["val"]
     with pytest.raises(ConfigError, match="base.data.val"):
         plan_fair(spec, tmp_path / "o")
+
+
+def test_every_nano_cell_reads_the_same_text_however_many_image_tokens_it_has(tmp_path: Path):
+    from polyvis.nano.fair_world import TEXT_TOKENS
+    from polyvis.nano.protocol import plan_fair
+
+    spec = {**GRID, "grid": {**GRID["grid"], "fusion": ["concat-sequence"],
+                             "encoders": [["clip"], ["dino"], ["clip", "dino"]]}}  # fmt: skip
+    plan = plan_fair(spec, tmp_path / "out")
+    lengths = {}
+    for cell in plan.cells:
+        run = plan.spec(cell, plan.settings[0], 0, "val")
+        tokens = plan.image_tokens(cell)
+        assert run.config.data.max_length == tokens + 2 + TEXT_TOKENS, cell.name
+        lengths[cell.name] = tokens
+    # a sequence fusion's tokens are its encoders' together, and each cell's text is the same
+    assert lengths["clip+dino concat-sequence"] == lengths["clip"] + lengths["dino"]
+    assert len(set(lengths.values())) == 3

@@ -22,6 +22,10 @@ ALIGN_SHARE = 0.2
 TEST_DATA_SEED = 1
 TEST_IMAGES = 400  # per family: at least 400 scored questions in every family
 VAL_LIMIT = 150  # val questions per family: every image of the smallest families
+# Text tokens every nano cell reads: the demo's max_length of 256 less its 64 image tokens and the
+# two image markers. A cell's max_length is its own image tokens + 2 + this, so a cell with more
+# image tokens (dino-nano's 16x16 grid) loses no text to them.
+TEXT_TOKENS = 190
 
 
 @dataclass
@@ -40,6 +44,7 @@ class FairWorld:
     test_options: dict[str, Any] | None = None  # nano: the test set's generator options
     test_files: list[Path] = field(default_factory=list)
     jobs: int = 2
+    text_tokens: int | None = None  # nano: each cell's max_length = its image tokens + 2 + this
 
     def make_test_set(self) -> list[Path]:
         """The test questions (nano: generated now, into the data cache). Call it only once
@@ -176,6 +181,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         warm_lm=base["model"]["llm"],
         test_options={**options, "seed": seed, "n": n_test, "splits": {"test": 1.0}},
         jobs=jobs,
+        text_tokens=TEXT_TOKENS,
     )
 
 

@@ -30,10 +30,11 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polyvis.config import SCALE_KEYS
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano.fair_cells import Cell, plan_cells
 from polyvis.nano.fair_world import FairWorld, make_world
@@ -76,9 +77,24 @@ class FairPlan:
     settings: list[Setting]
     seeds: list[int]
     root: Path  # the arm's folder: OUT, or OUT/sensitivity-...
+    _tokens: dict[str, int] = field(default_factory=dict)  # image tokens per cell name
 
     def run_dir(self, cell: Cell, setting: Setting, seed: int) -> Path:
         return self.root / "cells" / cell.slug / setting.slug / f"seed-{seed}"
+
+    def image_tokens(self, cell: Cell) -> int:
+        """Visual tokens per image of the cell's model (built once per cell, in about a second)."""
+        if cell.name not in self._tokens:
+            from polyvis.config import load_config
+            from polyvis.models.build import build_model, quiet_transformers
+
+            model = copy.deepcopy(cell.model)  # scales change no token count; "auto" needs data
+            model["fusion"] = {k: v for k, v in model["fusion"].items() if k not in SCALE_KEYS}
+            model["fusion"].pop("scales", None)
+            cfg = load_config({**copy.deepcopy(self.world.base), "model": model})
+            with quiet_transformers():
+                self._tokens[cell.name] = build_model(cfg)[1].image_seq_length
+        return self._tokens[cell.name]
 
     def spec(self, cell: Cell, setting: Setting, seed: int, split: str) -> RunSpec:
         """The run of (cell, setting, seed), scored on the val or the test questions."""
@@ -86,6 +102,8 @@ class FairPlan:
         cfg = copy.deepcopy(w.base)
         cfg["model"] = copy.deepcopy(cell.model)
         cfg["train"] = {**cfg["train"], **setting.values, "seed": seed}
+        if w.text_tokens is not None:
+            cfg["data"] = {**cfg["data"], "max_length": self.image_tokens(cell) + 2 + w.text_tokens}
         files, limit = (
             (w.val_files, w.val_limit) if split == "val" else (w.test_files, w.test_limit)
         )
