@@ -1,15 +1,25 @@
-"""Throughput and latency of `polyvis serve`, dynamic batching against one request at a time.
+"""Throughput and latency of `polyvis serve`'s continuous batching.
 
-Starts `polyvis serve` twice on 127.0.0.1, each in its own process: batched (--max-batch, a
-5 ms window) and unbatched (--max-batch 1). For 1, 8 and 32 concurrent clients, each client sends
-chat requests (one image as a data URI + a question, greedy, --max-tokens new tokens) back to
-back; the table gives requests/s, generated tokens/s and latency percentiles, and checks that
-both servers gave the same answers.
+Two scenarios; every request is a chat request with one image (a data URI) and a question,
+greedy, and closed-loop clients (each sends its next request when its answer arrives).
+
+--scenario uniform (default): `polyvis serve` twice on 127.0.0.1, each in its own process,
+batched (--max-batch) and unbatched (--max-batch 1); for 1, 8 and 32 clients, requests of
+--max-tokens tokens each. The table gives requests/s, tokens/s and latency percentiles, and
+checks that both servers gave the same answers.
+
+--scenario mixed: half the requests ask 1-8 tokens, half 24-64 (a seeded draw, --seed), in a
+seeded order. The same requests are sent one at a time (one client) and by --clients clients
+(default 32), --repeat times each, alternating: through one batched `polyvis serve` (HTTP), and
+straight to a Batcher in this process (no HTTP, images preprocessed beforehand). The table gives
+requests/s (and its ratio) and the mean latency of the short and the long requests (and its
+ratio), and checks that every run gave the same answers.
 
 Without --model it builds configs/nano-tiny.yaml with random weights (seed 0): no download, and
-every answer runs to max_tokens, so both modes generate the same amount of text.
+every answer runs to its max_tokens, so every run generates the same amount of text.
 
     .venv/bin/python benchmarks/bench_serve.py
+    .venv/bin/python benchmarks/bench_serve.py --scenario mixed --server-threads 1
     .venv/bin/python benchmarks/bench_serve.py --model runs/my-model --device cuda --requests 128
 """
 
@@ -22,11 +32,15 @@ import contextlib
 import io
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -54,11 +68,16 @@ def build_tiny(out: Path) -> Path:
     return save_model(model, processor, out)
 
 
-def request_body(i: int, max_tokens: int, image_size: int) -> dict:
+def request_image(i: int, image_size: int) -> Image.Image:
     g = torch.Generator().manual_seed(i)
-    pixels = (torch.rand(image_size, image_size, 3, generator=g) * 255).byte().numpy()
+    return Image.fromarray(
+        (torch.rand(image_size, image_size, 3, generator=g) * 255).byte().numpy()
+    )
+
+
+def request_body(i: int, max_tokens: int, image_size: int) -> dict:
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
+    request_image(i, image_size).save(buf, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     content = [
         {"type": "image_url", "image_url": {"url": url}},
@@ -68,16 +87,17 @@ def request_body(i: int, max_tokens: int, image_size: int) -> dict:
 
 
 async def load(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], list[dict]]:
-    """`clients` closed-loop clients share the request list; returns (seconds, latencies, answers)."""
+    """`clients` closed-loop clients share the request list; returns (seconds, each request's
+    latency, answers), both lists in request order."""
     answers: list[dict] = [{}] * len(bodies)
-    latencies: list[float] = []
+    latencies: list[float] = [0.0] * len(bodies)
 
     async def client(http: httpx.AsyncClient, queue: list[int]) -> None:
         while queue:
             i = queue.pop(0)
             t0 = time.perf_counter()
             r = await http.post("/v1/chat/completions", json=bodies[i])
-            latencies.append(time.perf_counter() - t0)
+            latencies[i] = time.perf_counter() - t0
             r.raise_for_status()
             answers[i] = r.json()
 
@@ -126,14 +146,21 @@ class ServerProcess:
         self.proc.wait(60)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--scenario", choices=["uniform", "mixed"], default="uniform")
     parser.add_argument("--model", help="polyvis model directory (default: a random nano-tiny)")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=None, help="uniform: 1 8 32; mixed: 32"
+    )
     parser.add_argument("--requests", type=int, default=96, help="requests per (mode, clients) run")
-    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=16, help="uniform: tokens per answer")
+    parser.add_argument("--seed", type=int, default=0, help="mixed: the draw of max_tokens")
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="mixed: runs of each mode, alternating"
+    )
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--window-ms", type=float, default=5.0, help="batching window")
     parser.add_argument("--image-size", type=int, default=64)
@@ -141,11 +168,211 @@ def main() -> int:
     parser.add_argument(
         "--server-threads", type=int, default=None, help="torch CPU threads of the server"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
+    cpu = f"{os.cpu_count()} CPUs ({platform.machine()})"
+    return (
+        f"model: {Path(args.model).name if args.model else 'nano-tiny (random)'}, device: "
+        f"{args.device or 'default'}, {cpu}, server threads: {args.server_threads or 'default'}, "
+        f"load average at start: {load_at_start:.1f}, {detail}, {args.requests} requests per "
+        f"run, one {args.image_size}x{args.image_size} image per request, window {args.window_ms} ms\n"
+    )
+
+
+# One measured run: seconds, each request's latency, answers, completion tokens, mean prefill group.
+Run = tuple[float, list[float], list[str], list[int], float]
+
+
+def alternate(run: Callable[[int], Run], clients: int, repeat: int, label: str) -> dict[str, Run]:
+    """One at a time and continuous, `repeat` times each in the order A B B A A B ..., so a
+    drift in the machine's other load hits both alike; times add up, latencies are averaged
+    per request, and the answers must be the same every time (else they are reported as None)."""
+    modes = [("one at a time", 1), ("continuous", clients)]
+    runs: dict[str, list[Run]] = {}
+    for rep in range(repeat):
+        for name, n in modes if rep % 2 == 0 else modes[::-1]:
+            r = run(n)
+            print(f"  {label} {name}: {len(r[1]) / r[0]:.2f} req/s", file=sys.stderr)
+            runs.setdefault(name, []).append(r)
+    out = {}
+    for name, rs in runs.items():
+        lat = [sum(r[1][i] for r in rs) / len(rs) for i in range(len(rs[0][1]))]
+        same = all(r[2:4] == rs[0][2:4] for r in rs)
+        texts = rs[0][2] if same else [None] * len(lat)
+        group = sum(r[4] for r in rs) / len(rs)
+        out[name] = (sum(r[0] for r in rs) / len(rs), lat, texts, rs[0][3], group)
+    return out
+
+
+def http_runs(model_dir: Path, args: argparse.Namespace, bodies: list[dict], clients: int):
+    """The requests through `polyvis serve` (its own process), from closed-loop HTTP clients."""
+    with ServerProcess(model_dir, args.max_batch, args) as url:
+        asyncio.run(load(url, bodies[:clients], clients))  # warm-up: connections, kernels
+
+        def run(n: int) -> Run:
+            before = httpx.get(f"{url}/health").json()
+            seconds, lat, answers = asyncio.run(load(url, bodies, n))
+            after = httpx.get(f"{url}/health").json()
+            group = (after["requests"] - before["requests"]) / max(
+                1, after["batches"] - before["batches"]
+            )
+            texts = [a["choices"][0]["message"]["content"] for a in answers]
+            return seconds, lat, texts, [a["usage"]["completion_tokens"] for a in answers], group
+
+        return alternate(run, clients, args.repeat, "HTTP")
+
+
+def batcher_runs(model_dir: Path, args: argparse.Namespace, limits: list[int], clients: int):
+    """The same requests straight to a Batcher in this process (no HTTP, images preprocessed
+    beforehand): what the scheduler itself gains, apart from the server's per-request costs."""
+    from polyvis.models.build import load_model
+    from polyvis.serve.batcher import Batcher
+    from polyvis.serve.jobs import GenerationParams
+
+    if args.server_threads:
+        torch.set_num_threads(args.server_threads)
+    model, proc = load_model(model_dir, device=args.device)
+    prompts = [
+        proc.apply_chat_template([{"role": "user", "content": f"<image>\n{QUESTIONS[i % 4]}"}])
+        for i in range(len(limits))
+    ]
+    pixels = [
+        proc.preprocess_images([request_image(i, args.image_size)]) for i in range(len(limits))
+    ]
+    batcher = Batcher(model, proc, args.max_batch, args.window_ms, max_queue=4 * len(limits))
+    batcher.start()
+
+    def run(n: int, count: int = len(limits)) -> Run:
+        lat, answers, errors = [0.0] * count, [None] * count, []
+        todo, lock = list(range(count)), threading.Lock()
+
+        def client() -> None:
+            while not errors:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop(0)
+                t0 = time.perf_counter()
+                try:
+                    answers[i] = batcher.generate(
+                        prompts[i], pixels[i], GenerationParams(max_tokens=limits[i])
+                    )
+                except Exception as err:
+                    errors.append(err)
+                lat[i] = time.perf_counter() - t0
+
+        before = dict(batcher.stats)
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        group = (batcher.stats["requests"] - before["requests"]) / max(
+            1, batcher.stats["batches"] - before["batches"]
+        )
+        texts = [a.text for a in answers]
+        return seconds, lat, texts, [a.completion_tokens for a in answers], group
+
+    try:
+        run(clients, min(clients, len(limits)))  # warm-up
+        return alternate(run, clients, args.repeat, "batcher"), costs(model, proc, pixels[0])
+    finally:
+        batcher.stop()
+
+
+def costs(model: Any, proc: Any, pixels: torch.Tensor) -> str:
+    """Median milliseconds of a prefill (1 and 4 requests, one image each) and of a decoding
+    step (1 and 32 rows), in this process: what one newcomer and one token cost."""
+    from polyvis.serve.decode_batch import DecodeBatch
+
+    prompt = proc.apply_chat_template([{"role": "user", "content": f"<image>\n{QUESTIONS[0]}"}])
+    ids = proc.tokenizer(proc.expand_image_tokens(prompt))["input_ids"]
+    pad = proc.tokenizer.pad_token_id or 0
+
+    def median_ms(fn: Callable[..., object], *fn_args: object, n: int = 21) -> float:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn(*fn_args)
+            times.append(time.perf_counter() - t0)
+        return 1000 * sorted(times)[n // 2]
+
+    def prefill(rows: int) -> DecodeBatch:
+        return DecodeBatch.prefill(
+            model, [ids] * rows, pixels.repeat(rows, 1, 1, 1, 1), pad, [0] * rows
+        )[0]
+
+    out = [f"prefill of {rows}: {median_ms(prefill, rows):.1f} ms" for rows in (1, 4)]
+    for rows in (1, 32):
+        # each step grows the cache by one column; 21 steps barely change the cost
+        step = median_ms(prefill(rows).step, model, torch.zeros(rows, dtype=torch.long))
+        out.append(f"decoding step of {rows}: {step:.1f} ms")
+    return ", ".join(out)
+
+
+def mixed(args: argparse.Namespace, model_dir: Path, load_at_start: float) -> int:
+    """Short and long requests: continuous batching against the same requests one at a time,
+    through `polyvis serve` (HTTP) and straight to the batcher in this process."""
+    rng = random.Random(args.seed)
+    half = args.requests // 2
+    limits = [rng.randint(1, 8) for _ in range(half)]
+    limits += [rng.randint(24, 64) for _ in range(args.requests - half)]
+    rng.shuffle(limits)
+    bodies = [request_body(i, m, args.image_size) for i, m in enumerate(limits)]
+    short = [i for i, m in enumerate(limits) if m <= 8]
+    long_ = [i for i, m in enumerate(limits) if m > 8]
+    clients = (args.clients or [32])[0]
+    http = http_runs(model_dir, args, bodies, clients)
+    batcher, cost_line = batcher_runs(model_dir, args, limits, clients)
+    paths = {"HTTP": http, "batcher": batcher}
+
+    detail = (
+        f"{len(short)} requests of 1-8 tokens and {len(long_)} of 24-64 (seed {args.seed}, "
+        f"{sum(limits)} tokens in all), each mode run {args.repeat}x alternating"
+    )
+    print(header(args, load_at_start, detail))
+    print(
+        "| path | run | clients | req/s | tokens/s | mean ms short | mean ms long | short / long "
+        "| mean prefill group |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for path, runs in paths.items():
+        for name, (seconds, lat, _, tokens, group) in runs.items():
+            n = 1 if name == "one at a time" else clients
+            s_ms = 1000 * sum(lat[i] for i in short) / len(short)
+            l_ms = 1000 * sum(lat[i] for i in long_) / len(long_)
+            print(
+                f"| {path} | {name} | {n} | {len(bodies) / seconds:.2f} | "
+                f"{sum(tokens) / seconds:.0f} | {s_ms:.0f} | {l_ms:.0f} | {s_ms / l_ms:.2f} "
+                f"| {group:.1f} |"
+            )
+    print()
+    for path, runs in paths.items():
+        ratio = runs["one at a time"][0] / runs["continuous"][0]
+        print(f"{path}: continuous / one at a time req/s: x{ratio:.2f}")
+    answers = [(r[2], r[3]) for runs in paths.values() for r in runs.values()]
+    same = all(a == answers[0] for a in answers) and None not in answers[0][0]
+    print(f"greedy answers identical to one at a time (both paths): {'yes' if same else 'NO'}")
+    print(f"model costs (median, this process): {cost_line}")
+    return 0 if same else 1
+
+
+def main() -> int:
+    args = parse_args()
     load_at_start = os.getloadavg()[0]  # other work on the machine skews every number below
     tmp = tempfile.TemporaryDirectory()
     model_dir = Path(args.model) if args.model else build_tiny(Path(tmp.name) / "nano-tiny")
+    if args.scenario == "mixed":
+        code = mixed(args, model_dir, load_at_start)
+        tmp.cleanup()
+        return code
+    args.clients = args.clients or [1, 8, 32]
     bodies = [request_body(i, args.max_tokens, args.image_size) for i in range(args.requests)]
     rows, answers_by_mode = [], {}
     modes = {"batched": args.max_batch, "unbatched": 1}
@@ -180,14 +407,8 @@ def main() -> int:
                 )
     rows.sort(key=lambda r: (r[0], r[1]))
 
-    cpu = f"{os.cpu_count()} CPUs ({platform.machine()})"
-    print(
-        f"model: {model_dir.name if args.model else 'nano-tiny (random)'}, device: {args.device or 'default'}, "
-        f"{cpu}, server threads: {args.server_threads or 'default'}, load average at start: "
-        f"{load_at_start:.1f}, max_tokens: {args.max_tokens}, {args.requests} requests per run, one "
-        f"{args.image_size}x{args.image_size} image per request, window {args.window_ms} ms\n"
-    )
-    print("| mode | clients | req/s | tokens/s | p50 ms | p90 ms | p99 ms | mean batch |")
+    print(header(args, load_at_start, f"max_tokens: {args.max_tokens}"))
+    print("| mode | clients | req/s | tokens/s | p50 ms | p90 ms | p99 ms | mean prefill group |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for mode, clients, rps, tps, lat, mean_batch in rows:
         p = [percentile(lat, q) * 1000 for q in (50, 90, 99)]

@@ -58,9 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-batch",
         type=int,
         default=32,
-        help="most requests per batched generate (1: no batching)",
+        help="most requests decoding together; newcomers join at the next step (1: no batching)",
     )
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long to gather a batch")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long an idle batcher waits for more requests")
     p.add_argument(
         "--max-queue", type=int, default=256, help="waiting requests beyond this get 503"
     )

@@ -1,5 +1,5 @@
 """OpenAI-compatible serving: `create_app(model_dir or {id: model_dir, ...}, settings)` (the API
-and the chat page) and the dynamic `Batcher`.
+and the chat page) and the continuous-batching `Batcher`.
 
 Names are imported lazily, so `import polyvis.serve.<module>` stays cheap (no FastAPI import).
 """

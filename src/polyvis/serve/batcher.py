@@ -1,11 +1,17 @@
-"""Batcher: one background thread owns the model and answers requests in dynamic batches.
+"""Batcher: one background thread owns the model and decodes requests by continuous batching.
 
-The worker takes the first waiting request, then keeps collecting for at most `window_ms` (or
-until `max_batch`; the window is skipped when no other request is on its way), groups what it
-has by sampling settings and runs one left-padded `generate` per group. Each row stops on its own (EOS, its own max_tokens, a stop string, a client that went
-away) through a stopping criterion that also turns each new token into text for that request, so
-streamed and non-streamed requests share batches. Rows never see each other (attention masks),
-so a greedy answer in a batch equals the answer the same request gets alone.
+The worker keeps one running batch (polyvis.serve.decode_batch.DecodeBatch) and advances it one
+token per step. Before each step, the requests that have arrived join it: they are prefilled
+together (images encoded, prompts run into a fresh KV cache) and their cache rows merged into the
+running one. After each step a row that is done (EOS, its own max_tokens, a stop string, a client
+that went away) leaves at once with its cache rows, so short answers never wait for long ones.
+When nothing runs, the worker takes the first request and collects others for at most
+`window_ms` (skipped when no other request is on its way), so a burst is prefilled as one group.
+
+Each row picks its tokens with its own settings (greedy, temperature / top-p, its own seed) and
+turns each token into text for its request, so streamed and non-streamed requests share steps.
+Rows never see each other (attention masks; each row's own position ids), so a greedy answer in
+the batch equals the answer the same request gets alone.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from polyvis.models.tokenizer import IMAGE_TOKEN
+from polyvis.serve.decode_batch import DecodeBatch, next_tokens
 from polyvis.serve.errors import APIError
 from polyvis.serve.jobs import (
     Completion,
@@ -31,10 +37,10 @@ from polyvis.serve.jobs import (
     Finished,
     GenerationParams,
     Job,
+    Row,
     Started,
     pixel_token_counts,
 )
-from polyvis.serve.textstream import TextStream
 
 __all__ = [
     "Batcher",
@@ -52,57 +58,13 @@ __all__ = [
 _STOP = object()
 
 
-class _Row:
-    """A job's state inside a running batch."""
-
-    def __init__(self, job: Job, tokenizer: Any, ids: list[int], max_tokens: int, eos: set[int]):
-        self.job, self.ids, self.max_tokens, self.eos = job, ids, max_tokens, eos
-        self.prompt_tokens = len(ids)
-        self.stream = TextStream(tokenizer, job.params.stop)
-        self.count = 0
-        self.reason: str | None = None
-
-    def feed(self, token: int) -> None:
-        if self.reason is not None:
-            return
-        if self.job.cancelled.is_set():
-            self.reason = "cancelled"
-            return
-        self.count += 1
-        if token in self.eos:
-            self.reason = "stop"
-            return
-        delta = self.stream.push(token)
-        if delta:
-            self.job.sink(Delta(delta))
-        if self.stream.stopped:
-            self.reason = "stop"
-        elif self.count >= self.max_tokens:
-            self.reason = "length"
-
-    def close(self) -> None:
-        tail = self.stream.finish()
-        if tail:
-            self.job.sink(Delta(tail))
-        if self.stream.stopped:
-            self.reason = "stop"
-        self.job.sink(Finished(self.reason or "length", self.prompt_tokens, self.count))
-
-
-class _RowStopper(StoppingCriteria):
-    """Feeds each step's new tokens to the rows and tells generate which rows are done."""
-
-    def __init__(self, rows: list[_Row]):
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            row.feed(token)
-        return torch.tensor([r.reason is not None for r in self.rows], device=input_ids.device)
-
-
 class Batcher:
-    """Dynamic batching around `model.generate`; `submit` is thread-safe, `generate` blocks."""
+    """Continuous batching around the model's forward; `submit` is thread-safe, `generate` blocks.
+
+    max_batch: most rows decoding at once (1: one request at a time); window_ms: how long an
+    idle worker gathers a burst before prefilling it. `stats`: requests, batches (prefill
+    groups), max_batch_seen (most rows in one step), cancelled.
+    """
 
     def __init__(
         self,
@@ -121,7 +83,12 @@ class Batcher:
         self._lock = threading.Lock()
         self._arriving = 0  # requests being received (see `arriving`)
         self._last_batch = 1
-        self.stats = {"requests": 0, "batches": 0, "max_batch_seen": 0, "cancelled": 0}
+        self.stats = {
+            "requests": 0,
+            "batches": 0,
+            "max_batch_seen": 0,
+            "cancelled": 0,
+        }
         text_config = getattr(model.config, "text_config", model.config)
         self.context = getattr(text_config, "max_position_embeddings", None)
         eos = model.generation_config.eos_token_id
@@ -143,7 +110,7 @@ class Batcher:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in progress, refuse what still waits, and end the thread."""
+        """Finish the rows in progress, refuse what still waits, and end the thread."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is None:
@@ -242,6 +209,7 @@ class Batcher:
                 self._arriving -= 1
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
+        """An idle worker's first job and those arriving within the window (see `arriving`)."""
         batch, deadline = [first], time.monotonic() + self.window
         while len(batch) < self.max_batch:
             try:
@@ -249,7 +217,7 @@ class Batcher:
             except queue.Empty:
                 remaining = deadline - time.monotonic()
                 # Waiting pays only when more requests are on their way: some are being received,
-                # or the last batch had company. A lone client never waits for the window.
+                # or the last group had company. A lone client never waits for the window.
                 if remaining <= 0 or (self._arriving == 0 and self._last_batch <= 1):
                     break
                 try:
@@ -262,37 +230,148 @@ class Batcher:
         self._last_batch = len(batch)
         return batch, False
 
-    def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
+    def _drain(self, room: int) -> tuple[list[Job], bool]:
+        """What waits now, up to `room` jobs, without waiting: they join at this step."""
+        jobs: list[Job] = []
+        while len(jobs) < room:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
                 break
-            batch, stopping = self._collect(first)
-            groups: dict[Any, list[Job]] = {}
-            for job in batch:
-                if job.cancelled.is_set():  # its client left while it waited
-                    self.stats["cancelled"] += 1
-                    job.sink(Finished("cancelled", 0, 0))
-                else:
-                    groups.setdefault(self._group_key(job), []).append(job)
-            for jobs in groups.values():
-                try:
-                    self._run(jobs)
-                except Exception as err:  # a bug in one batch must not end the worker
-                    for job in jobs:
-                        job.sink(Failed(err))
+            if job is _STOP:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
+    def _loop(self) -> None:
+        batch: DecodeBatch | None = None
+        stopping = False
+        while batch is not None or not stopping:
+            jobs: list[Job] = []
+            if batch is None:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                jobs, stopping = self._collect(first)
+            elif not stopping and len(batch) < self.max_batch:
+                jobs, stopping = self._drain(self.max_batch - len(batch))
+            try:
+                if jobs:
+                    batch = self._admit(jobs, batch)
+                if batch is not None:
+                    batch = self._advance(batch)
+            except Exception as err:  # a bug must not end the worker: the rows in flight fail
+                if batch is not None:
+                    self._fail(batch.rows, err)
+                batch = None
+
+    def _admit(self, jobs: list[Job], batch: DecodeBatch | None) -> DecodeBatch | None:
+        """Prefill the newcomers as one group and merge them into the running batch."""
+        rows = []
+        for job in jobs:
+            if job.cancelled.is_set():  # its client left while it waited
+                self.stats["cancelled"] += 1
+                job.sink(Finished("cancelled", 0, 0))
+                continue
+            try:
+                rows.append(self._prepare(job))
+            except Exception as err:
+                job.sink(Failed(err))
+        if not rows:
+            return batch
+        self.stats["requests"] += len(rows)
+        for row in rows:
+            row.job.sink(Started(row.prompt_tokens))
+        new = self._prefill(rows)
+        if new is None:
+            return batch
+        if batch is None:
+            batch = new
+        else:
+            try:
+                batch.merge(new)
+            except Exception as err:
+                self._fail(batch.rows + new.rows, err)
+                return None
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
+        return batch
+
+    def _prefill(self, rows: list[Row]) -> DecodeBatch | None:
+        """The rows' prompts into a new batch, their first tokens chosen; finished rows retired."""
+        pixels = [r.job.pixel_values for r in rows if r.job.pixel_values is not None]
+        try:
+            new, logits = DecodeBatch.prefill(
+                self.model,
+                [r.ids for r in rows],
+                torch.cat(pixels) if pixels else None,
+                self.pad_id,
+                rows,
+            )
+        except Exception as err:
+            if len(rows) == 1:
+                self._fail(rows, err)
+                return None
+            # One bad request must not fail the others it came with: each again, alone.
+            parts = [p for p in (self._prefill([r]) for r in rows) if p is not None]
+            for part in parts[1:]:
+                parts[0].merge(part)
+            return parts[0] if parts else None
+        self.stats["batches"] += 1
+        try:
+            self._choose(new, logits)
+        except Exception as err:
+            self._fail(rows, err)
+            return None
+        return self._retire(new)
+
+    def _advance(self, batch: DecodeBatch) -> DecodeBatch | None:
+        """One decoding step for every row; rows that are done leave the batch at once."""
+        for row in batch.rows:
+            if row.reason is None and row.job.cancelled.is_set():
+                row.reason = "cancelled"  # its client left: no step is spent on it
+        live = self._retire(batch)
+        if live is None:
+            return None
+        try:
+            tokens = torch.tensor([r.token for r in live.rows], dtype=torch.long)
+            self._choose(live, live.step(self.model, tokens))
+        except Exception as err:  # a failed step must not take the worker down
+            self._fail(live.rows, err)
+            return None
+        return self._retire(live)
 
     @staticmethod
-    def _group_key(job: Job) -> Any:
-        p = job.params
-        if p.temperature == 0:
-            return "greedy"
-        if p.seed is not None:
-            return ("seeded", id(job))  # a seed is only reproducible when the request runs alone
-        return ("sample", p.temperature, p.top_p)
+    def _choose(batch: DecodeBatch, logits: torch.Tensor) -> None:
+        rows = batch.rows
+        tokens = next_tokens(
+            logits,
+            [r.temperature for r in rows],
+            [r.top_p for r in rows],
+            [r.generator for r in rows],
+        )
+        for row, token in zip(rows, tokens):
+            row.feed(token)
 
-    def _prepare(self, job: Job) -> _Row:
+    def _retire(self, batch: DecodeBatch) -> DecodeBatch | None:
+        """Close the rows that are done and drop them (and their cache rows) from the batch."""
+        keep = []
+        for i, row in enumerate(batch.rows):
+            if row.reason is None:
+                keep.append(i)
+                continue
+            row.close()
+            self.stats["cancelled"] += row.reason == "cancelled"
+        if not keep:
+            return None
+        batch.keep(keep)
+        return batch
+
+    def _fail(self, rows: list[Row], err: Exception) -> None:
+        for row in rows:
+            if row.reason != "cancelled":  # a client that left needs no error
+                row.job.sink(Failed(err))
+
+    def _prepare(self, job: Job) -> Row:
         tok = self.processor.tokenizer
         # Exactly what the processor does to a prompt; the worker is the tokenizer's only user.
         text = self.processor.expand_image_tokens(job.prompt, job.token_counts)
@@ -315,67 +394,4 @@ class Batcher:
                 "messages",
                 "context_length_exceeded",
             )
-        return _Row(job, tok, ids, max_tokens, self.eos)
-
-    def _run(self, jobs: list[Job]) -> None:
-        rows = []
-        for job in jobs:
-            try:
-                rows.append(self._prepare(job))
-            except Exception as err:
-                job.sink(Failed(err))
-        if not rows:
-            return
-        self.stats["requests"] += len(rows)
-        self.stats["batches"] += 1
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(rows))
-        for row in rows:
-            row.job.sink(Started(row.prompt_tokens))
-        try:
-            self._generate(rows)
-        except Exception as err:  # one failed batch must not take the worker down
-            for row in rows:
-                if row.reason != "cancelled":
-                    row.job.sink(Failed(err))
-            return
-        for row in rows:
-            row.close()
-        self.stats["cancelled"] += sum(r.reason == "cancelled" for r in rows)
-
-    @torch.inference_mode()
-    def _generate(self, rows: list[_Row]) -> None:
-        model = self.model
-        batch = left_pad([r.ids for r in rows], self.pad_id)
-        pixels = [r.job.pixel_values for r in rows if r.job.pixel_values is not None]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels).to(model.dtype)
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        params = rows[0].job.params
-        if params.temperature == 0:
-            sampling: dict[str, Any] = {"do_sample": False}
-        else:
-            sampling = {
-                "do_sample": True,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "top_k": 0,
-            }
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        model.generate(
-            **batch,
-            max_new_tokens=max(r.max_tokens for r in rows),
-            stopping_criteria=StoppingCriteriaList([_RowStopper(rows)]),
-            **sampling,
-        )
-
-
-def left_pad(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Token lists -> left-padded input_ids and attention_mask, as the processor pads for generate."""
-    length = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), length), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, length - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, length - len(row) :] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+        return Row(job, tok, ids, max_tokens, self.eos, self.model.device)

@@ -1,5 +1,6 @@
 """What a request is inside the server: its generation parameters, the job queued for the
-batcher, and the events the batcher sends back (Started, Delta..., then Finished or Failed)."""
+batcher, the events the batcher sends back (Started, Delta..., then Finished or Failed), and its
+row while it decodes (`Row`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from polyvis.models.tiling import Tiling, present_views
+from polyvis.serve.textstream import TextStream
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,63 @@ class Job:
     def cancel(self) -> None:
         """The client went away: its row stops at the next token."""
         self.cancelled.set()
+
+
+class Row:
+    """A job while it decodes: its prompt ids, token budget, sampling settings (a generator of
+    its own when seeded, so the draw does not depend on the other rows), text stream, and
+    `token`, the last token chosen for it, which the next decoding step feeds to the model."""
+
+    def __init__(
+        self,
+        job: Job,
+        tokenizer: Any,
+        ids: list[int],
+        max_tokens: int,
+        eos: set[int],
+        device: Any = "cpu",
+    ):
+        self.job, self.ids, self.max_tokens, self.eos = job, ids, max_tokens, eos
+        self.prompt_tokens = len(ids)
+        self.stream = TextStream(tokenizer, job.params.stop)
+        self.count = 0
+        self.reason: str | None = None
+        self.token: int | None = None
+        p = job.params
+        self.temperature, self.top_p = p.temperature, p.top_p
+        self.generator: torch.Generator | None = None
+        if p.temperature > 0 and p.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(p.seed)
+
+    def feed(self, token: int) -> None:
+        """The token chosen for this row: counted, streamed, checked against its stops."""
+        if self.reason is not None:
+            return
+        if self.job.cancelled.is_set():
+            self.reason = "cancelled"
+            return
+        self.token = token
+        self.count += 1
+        if token in self.eos:
+            self.reason = "stop"
+            return
+        delta = self.stream.push(token)
+        if delta:
+            self.job.sink(Delta(delta))
+        if self.stream.stopped:
+            self.reason = "stop"
+        elif self.count >= self.max_tokens:
+            self.reason = "length"
+
+    def close(self) -> None:
+        """The row has left the batch: send what the stream held back, then Finished."""
+        if self.reason != "cancelled":  # nobody listens any more: nothing but the end is sent
+            tail = self.stream.finish()
+            if tail:
+                self.job.sink(Delta(tail))
+            if self.stream.stopped:
+                self.reason = "stop"
+        self.job.sink(Finished(self.reason or "length", self.prompt_tokens, self.count))
 
 
 @dataclass

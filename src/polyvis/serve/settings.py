@@ -14,8 +14,9 @@ class ServeSettings:
 
     model_name: the id reported by /v1/models and in responses (default: the directory name).
     api_key: when set, /v1/* needs `Authorization: Bearer <api_key>`.
-    max_batch / batch_window_ms: the dynamic batcher collects up to max_batch requests, waiting
-        at most batch_window_ms after the first one; max_batch=1 disables batching.
+    max_batch / batch_window_ms: continuous batching: at most max_batch requests decode together
+        (newcomers join at the next step); an idle batcher waits at most batch_window_ms after
+        the first request for others; max_batch=1 disables batching.
     max_queue: requests waiting beyond this are refused with 503.
     max_tokens_limit: the largest max_tokens a request may ask for (and the default).
     allow_local_files: a directory whose files requests may name as images (None: refused).
