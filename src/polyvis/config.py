@@ -57,10 +57,17 @@ class TilingSpec(_Strict):
         return grids
 
 
+# What an encoder gives: `vision` (the default, written as no `kind`): a backbone's patch tokens;
+# `detector`: a DETR-family detector's object queries (models/detector.py, docs/fusion.md).
+ENCODER_KINDS = ("detector", "vision")
+DETECTOR = "detector"
+
+
 class EncoderSpec(_Strict):
     """One visual encoder: a checkpoint (`path`) or a transformers config dict (`config`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: str | None = None  # None is `vision`; left out of saved configs, which stay as they were
     path: str | None = None
     config: dict[str, Any] | None = None
     # Hidden-state indices: 0 is the embedding output, 1..L the layers' outputs; negative counts
@@ -72,6 +79,23 @@ class EncoderSpec(_Strict):
     revision: str | None = None
     trust_remote_code: bool = False
     tiling: TilingSpec | None = None
+    # detector only: each query token also gets a learned embedding of its box and class scores
+    embed_boxes: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detector_layers(cls, data: Any) -> Any:
+        # a detector gives one layer, its decoder's last: `layers` defaults to [-1] for it
+        if isinstance(data, dict) and data.get("kind") == DETECTOR and "layers" not in data:
+            data = {**data, "layers": [-1]}
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str | None) -> str | None:
+        if kind is not None and kind not in ENCODER_KINDS:
+            raise ValueError(f"unknown encoder kind {kind!r}; valid: {', '.join(ENCODER_KINDS)}")
+        return kind
 
     @model_validator(mode="after")
     def _one_source(self) -> EncoderSpec:
@@ -184,6 +208,7 @@ class Config(_Strict):
         check_scales(section.fusion, names)
         check_adapter_init(section.fusion, section.adapter, names)
         check_tiling(section.encoders)
+        check_detectors(section)
         return self
 
 
@@ -262,6 +287,38 @@ def check_tiling(encoders: list[EncoderSpec]) -> None:
             f"only one encoder may be tiled (tiling is set on {names}): the fusions lay every "
             "other encoder out on that encoder's tile grid",
         )
+
+
+def check_detectors(section: ModelSection) -> None:
+    """Detector encoders: one layer, no tiling, `embed_boxes` only on them, and a fusion that
+    takes object queries (the fusion class says which: `Fusion.object_query_problem`)."""
+    detectors = []
+    for i, e in enumerate(section.encoders):
+        field = f"model.encoders[{i}]"
+        if e.kind != DETECTOR:
+            if e.embed_boxes is not None:
+                raise ConfigError(f"{field}.embed_boxes", "only applies to kind: detector")
+            continue
+        detectors.append(e.name)
+        if e.layers != [-1]:
+            raise ConfigError(
+                f"{field}.layers",
+                f"detector encoder {e.name!r} gives its decoder's last hidden state, one token "
+                "per object query: leave layers out (or give [-1])",
+            )
+        if e.tiling is not None:
+            raise ConfigError(
+                f"{field}.tiling",
+                f"detector encoder {e.name!r} gives object queries of the whole image; "
+                "they cannot be tiled",
+            )
+    if not detectors:
+        return
+    fusion = registry("fusion").get(section.fusion["type"])
+    tiled = any(e.tiling is not None for e in section.encoders)
+    problem = fusion.object_query_problem(section.fusion["type"], detectors[0], tiled)
+    if problem:
+        raise ConfigError("model.fusion.type", problem)
 
 
 def _validate(data: dict[str, Any]) -> Config:

@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None, help="with --sample (default 1.0)")
     p.add_argument("--beams", type=int, default=1, help="beam search width (no streaming)")
     p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+    p.add_argument(
+        "--draw-boxes",
+        metavar="OUT.png",
+        help="write the image with the answer's boxes [x1, y1, x2, y2] drawn on it (pixels; "
+        "rewritten after each answer)",
+    )
     add_device_options(p)
     p.set_defaults(func=run)
 
@@ -69,21 +75,47 @@ def _gen_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from polyvis.errors import ConfigError
     from polyvis.serve.chat import ChatSession, as_image
 
     gen = _gen_options(args)
+    if args.draw_boxes and not args.image:
+        raise ConfigError("--draw-boxes", "needs --image (the boxes are drawn on it)")
     image = as_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, processor = load_cli_model(args)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     session = ChatSession(model, processor, image=image, system=args.system, gen=gen)
     if args.question is not None:
-        print(session.ask(args.question))
+        reply = session.ask(args.question)
+        print(reply)
+        save_boxes(session.image, reply, args.draw_boxes)
         return 0
-    return interactive(session, args.beams == 1)
+    return interactive(session, args.beams == 1, args.draw_boxes)
 
 
-def interactive(session, stream: bool) -> int:
+def save_boxes(image, reply: str, out: str | None) -> None:
+    """With --draw-boxes: the image with the reply's boxes drawn, written to `out` (a note on
+    stderr says how many)."""
+    if not out or image is None:
+        return
+    from polyvis.data.boxes import draw_boxes, parse_boxes
+    from polyvis.paths import atomic_file
+
+    boxes = parse_boxes(reply)
+    with atomic_file(out) as tmp:
+        draw_boxes(image, boxes).save(tmp, format=_image_format(out))
+    print(f"({len(boxes)} box(es) drawn on {out})", file=sys.stderr)
+
+
+def _image_format(path: str) -> str:
+    from PIL import Image
+
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    return Image.registered_extensions().get(f".{ext}", "PNG")
+
+
+def interactive(session, stream: bool, draw_boxes: str | None = None) -> int:
     """Read questions and commands from stdin until /quit or end of input."""
     from transformers import TextStreamer
 
@@ -117,6 +149,8 @@ def interactive(session, stream: bool) -> int:
                 print(HELP)
             continue
         if stream:
-            session.ask(line, streamer=streamer)  # the streamer prints the answer and a newline
+            reply = session.ask(line, streamer=streamer)  # the streamer prints it and a newline
         else:
-            print(session.ask(line))
+            reply = session.ask(line)
+            print(reply)
+        save_boxes(session.image, reply, draw_boxes)

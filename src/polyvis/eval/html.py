@@ -85,9 +85,14 @@ def _answer_cell(item: Item, run: str) -> str:
     if answer is None:
         return '<td class="missing">-</td>'
     mark, cls = ("\u2713", "right") if answer.right else ("\u2717", "wrong")
+    boxes = (
+        f'<img class="boxes" alt="boxes of the answer" src="{answer.boxes}">'
+        if answer.boxes
+        else ""
+    )
     return (
         f'<td class="{cls}">{escape(answer.prediction)}'
-        f'<span class="mark">{mark} {answer.score:.2f}</span></td>'
+        f'<span class="mark">{mark} {answer.score:.2f}</span>{boxes}</td>'
     )
 
 

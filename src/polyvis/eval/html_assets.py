@@ -28,6 +28,7 @@ svg.ci line { stroke: #2f6fde; stroke-width: 2; } svg.ci circle { fill: #2f6fde;
 #answers td { max-width: 260px; white-space: pre-wrap; overflow-wrap: anywhere; }
 #answers td small { display: block; color: #687385; }
 .thumb { width: 72px; image-rendering: pixelated; border-radius: 3px; }
+.boxes { display: block; margin-top: 4px; width: 72px; image-rendering: pixelated; border-radius: 3px; }
 td.right { background: #ecf7ee; } td.wrong { background: #fdecea; }
 td.missing { color: #687385; }
 .mark { display: block; font-size: 12px; color: #687385; margin-top: 3px; }

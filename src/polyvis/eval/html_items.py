@@ -4,6 +4,8 @@ per family, with a thumbnail of the question's image.
 An answers.jsonl row (what `polyvis eval` writes) has id, family, metric, question, reference,
 prediction and score; it names no image, so thumbnails come from the records files that were
 evaluated (the run's results.json lists them under settings.data), matched on family and id.
+An answer that holds boxes `[x1, y1, x2, y2]` also gets the image with its boxes drawn (magenta)
+beside the reference's (green).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ THUMB_PX = 96
 class Answer:
     prediction: str
     score: float
+    boxes: str | None = None  # a data: URI of the image with the prediction's boxes drawn
 
     @property
     def right(self) -> bool:
@@ -157,11 +160,35 @@ def thumbnail(path: str | Path, size: int = THUMB_PX) -> str | None:
             im = im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    buf = io.BytesIO()
     small = max(im.size) <= 64  # the nano world's images: PNG keeps their pixels exact
-    im.save(buf, "PNG" if small else "JPEG", quality=85)
-    kind = "png" if small else "jpeg"
+    return data_uri(im, "png" if small else "jpeg")
+
+
+def data_uri(im: Any, kind: str = "png") -> str:
+    buf = io.BytesIO()
+    im.save(buf, kind.upper(), quality=85)
     return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def box_thumbnail(
+    path: str | Path, prediction: str, reference: str, size: int = THUMB_PX
+) -> str | None:
+    """The image at `size` px with the reference's boxes (green) and the prediction's (magenta)
+    drawn, as a PNG data: URI; None when the prediction holds no box or the image is unreadable."""
+    from PIL import Image
+
+    from polyvis.data.boxes import ANSWER_COLOUR, REFERENCE_COLOUR, draw_boxes, fit, parse_boxes
+
+    boxes = parse_boxes(prediction)
+    if not boxes:
+        return None
+    try:
+        with Image.open(path) as im:
+            shown, scale = fit(im, size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    shown = draw_boxes(shown, parse_boxes(reference), REFERENCE_COLOUR, width=1, scale=scale)
+    return data_uri(draw_boxes(shown, boxes, ANSWER_COLOUR, width=2, scale=scale))
 
 
 def report_items(
@@ -183,4 +210,6 @@ def report_items(
         image = index.get((it.family, it.id))
         if image is not None:
             it.thumbnail = thumbnail(image)
+            for ans in it.answers.values():
+                ans.boxes = box_thumbnail(image, ans.prediction, it.reference)
     return items

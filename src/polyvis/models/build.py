@@ -24,9 +24,24 @@ except ImportError:  # pragma: no cover - older transformers
     from transformers import ViTImageProcessor
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from polyvis.config import AUTO, Config, EncoderSpec, LLMSpec, ModelSection, adapter_options
+from polyvis.config import (
+    AUTO,
+    DETECTOR,
+    Config,
+    EncoderSpec,
+    LLMSpec,
+    ModelSection,
+    adapter_options,
+)
 from polyvis.errors import ConfigError
 from polyvis.models.adapters.pretrained import apply_adapter_init
+from polyvis.models.detector import (
+    check_detector_config,
+    describe_detector,
+    detector_auto_class,
+    detector_from_config,
+    fixed_size_processor,
+)
 from polyvis.models.encoders import (
     backbone_from_config,
     describe,
@@ -85,6 +100,28 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
         # a load report listing every one of them as UNEXPECTED on each load.
         with quiet_transformers():
             return cls.from_pretrained(spec.path, dtype=dtype, **kw)
+    except (OSError, ValueError) as err:
+        raise _load_error(f"{field}.path", spec.path, err) from None
+
+
+def load_detector(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
+    """A DETR-family detector (models/detector.py): with its heads only for `embed_boxes`."""
+    embed = bool(spec.embed_boxes)
+    if spec.config is not None:
+        try:
+            config = _config_from_dict(spec.config)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        check_detector_config(config, f"{field}.config")
+        return detector_from_config(config, embed).to(dtype)
+    kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        check_detector_config(AutoConfig.from_pretrained(spec.path, **kw), f"{field}.path")
+        # the bare model from a checkpoint with heads: transformers would list them as UNEXPECTED
+        with quiet_transformers():
+            return detector_auto_class(embed).from_pretrained(spec.path, dtype=dtype, **kw)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as err:
         raise _load_error(f"{field}.path", spec.path, err) from None
 
@@ -155,6 +192,13 @@ def processor_output_size(proc: Any) -> tuple[int, int]:
 
 def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[Any, Any, dict]:
     field = f"model.encoders[{index}]"
+    if spec.kind == DETECTOR:
+        backbone = load_detector(spec, field, dtype)
+        proc = fixed_size_processor(make_image_processor(spec, backbone.config, field), field)
+        size = processor_output_size(proc)
+        entry = describe_detector(backbone, size, bool(spec.embed_boxes), field)
+        config = json.loads(backbone.config.to_json_string(use_diff=False))
+        return backbone, proc, {"name": spec.name, **entry, "config": config}
     backbone = load_vision_backbone(spec, field, dtype)
     proc = make_image_processor(spec, backbone.config, field)
     image_size = processor_output_size(proc)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from polyvis.models.detector import DetectorEncoder, detector_from_config, is_detector
+
 # Modules that act only on the last layer's output (final norms, poolers, heads). polyvis reads
 # hidden states, so these are replaced by Identity: no wasted compute, no unused parameters (DDP).
 _HEAD_NAMES = ("post_layernorm", "layernorm", "pooler", "head", "norm")
@@ -139,6 +141,33 @@ class VisionEncoder(nn.Module):
                 h = h.flatten(2).transpose(1, 2)
             feats.append(h[:, self.num_prefix_tokens :])
         return feats
+
+
+def make_encoder(entry: dict[str, Any], backbone: PreTrainedModel | None = None) -> nn.Module:
+    """The encoder module of a PolyVisConfig.encoders entry, on `backbone` (built from the entry's
+    config when None): a DetectorEncoder for a detector (models/detector.py), else a VisionEncoder
+    on the backbone truncated above its deepest selected layer."""
+    if is_detector(entry):
+        if backbone is None:
+            backbone = detector_from_config(entry["config"], bool(entry.get("embed_boxes")))
+        return DetectorEncoder(backbone, entry)
+    if backbone is None:
+        backbone = backbone_from_config(entry["config"])
+    prepare_backbone(backbone, max(entry["layers"]))
+    return VisionEncoder(backbone, entry)
+
+
+def backbone_tied_weights(encoders: nn.ModuleList, prefix: str) -> dict[str, str]:
+    """The backbones' own tied weights (Deformable DETR shares its heads across decoder layers),
+    named from the model that holds `encoders` under `prefix`: without them such a backbone's
+    saved model loads with missing keys."""
+    out = {}
+    for k, enc in enumerate(encoders):
+        tied = getattr(enc.backbone, "all_tied_weights_keys", None) or {}
+        out.update(
+            {f"{prefix}.{k}.backbone.{a}": f"{prefix}.{k}.backbone.{b}" for a, b in tied.items()}
+        )
+    return out
 
 
 def patch_size_of(config: PretrainedConfig) -> tuple[int, int] | None:

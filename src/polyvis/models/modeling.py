@@ -24,7 +24,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from polyvis.errors import DataError
 from polyvis.models import answer_rows
 from polyvis.models.adapters import build_adapter
-from polyvis.models.encoders import VisionEncoder, backbone_from_config, prepare_backbone
+from polyvis.models.detector import QueryBoxEmbedding, embed_queries, is_detector, query_embeddings
+from polyvis.models.encoders import backbone_tied_weights, make_encoder
 from polyvis.models.fusion import EncoderInfo, build_fusion
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.models.tiling import encode_views, find_tiling, fuse_tiled, views_of
@@ -36,6 +37,8 @@ class PolyVisConfig(PreTrainedConfig):
     encoders: one dict per encoder: name, config (the backbone's transformers config as a dict),
         layers (absolute hidden-state indices), num_prefix_tokens, grid, dim, image_size,
         interpolate_pos_encoding, and `tiling` ({grids, thumbnail}) only for a tiled encoder.
+        A detector's entry (models/detector.py) adds kind: detector, embed_boxes and, with boxes,
+        box_features and class_scores; its grid is (1, queries).
         Written by `polyvis.build_model`, which probes each backbone.
     fusion / adapter: `{"type": name, ...options}` dicts of the fusion and adapter registries.
     text_config: the causal LM's config.
@@ -96,6 +99,9 @@ class PolyVisPreTrainedModel(PreTrainedModel):
         if isinstance(module, PolyVisForConditionalGeneration):
             nn.init.normal_(module.image_boundary_embeds, std=0.02)
             return
+        if isinstance(module, QueryBoxEmbedding):  # starts at zero: the plain query tokens
+            module.reset_parameters()
+            return
         super()._init_weights(module)
 
 
@@ -128,16 +134,20 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             )
         encoders = []
         for k, entry in enumerate(config.encoders):
-            if backbones is not None:
-                backbone = backbones[k]
+            backbone = backbones[k] if backbones is not None else None
+            if backbone is not None:
                 _mark_initialised(backbone)
-            else:
-                backbone = backbone_from_config(entry["config"])
-            prepare_backbone(backbone, max(entry["layers"]))
-            encoders.append(VisionEncoder(backbone, entry))
+            encoders.append(make_encoder(entry, backbone))
         self.encoders = nn.ModuleList(encoders)
         infos = [
-            EncoderInfo(e["name"], int(e["dim"]), tuple(e["grid"]), len(e["layers"]), views_of(e))
+            EncoderInfo(
+                e["name"],
+                int(e["dim"]),
+                tuple(e["grid"]),
+                len(e["layers"]),
+                views_of(e),
+                spatial=not is_detector(e),
+            )
             for e in config.encoders
         ]
         self.tiling = find_tiling(config.encoders)  # (encoder index, Tiling) or None
@@ -160,7 +170,12 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         self.language_model = language_model
         # `<img_start>` and `<img_end>` own their embeddings, so they can learn while the LM is frozen.
         self.image_boundary_embeds = nn.Parameter(torch.zeros(2, text_config.hidden_size))
+        # detectors' box embeddings (models/detector.py): projector parameters, made last and
+        # only for detectors with embed_boxes, so other models keep their parameters and init
+        self.query_embeds = query_embeddings(config.encoders)
         self.post_init()
+        # post_init gathers only its direct children's tied weights
+        self.all_tied_weights_keys.update(backbone_tied_weights(self.encoders, "encoders"))
 
     # -- transformers plumbing ------------------------------------------------------------------
     def get_input_embeddings(self) -> nn.Module:
@@ -220,6 +235,7 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         feats = (
             encoder_features if encoder_features is not None else self.encode_images(pixel_values)
         )
+        feats = embed_queries(self.query_embeds, feats)
         if self.tiling is None:
             return self.adapter(self.fusion(feats))
         k, tiling = self.tiling
@@ -366,6 +382,7 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
             "encoders": list(self.encoders.parameters()),
             "projector": list(self.fusion.parameters())
             + list(self.adapter.parameters())
+            + list(self.query_embeds.parameters())
             + [self.image_boundary_embeds],
             "llm": list(self.language_model.parameters()),
         }

@@ -68,7 +68,7 @@ def parameter_groups(
     }
     roles = {
         "encoders": model.encoders,
-        "projector": nn.ModuleList([model.fusion, model.adapter]),
+        "projector": nn.ModuleList([model.fusion, model.adapter, model.query_embeds]),
         "llm": model.language_model,
     }
     groups = []

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from polyvis.errors import ConfigError
 from polyvis.registry import registry
 
 FUSIONS = registry("fusion")
+QUERY_FIELD = "model.fusion.type"  # where an encoder the method cannot fuse is refused
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class EncoderInfo:
     num_layers: int  # how many layers were selected (L_k)
     # A tiled encoder's view slots (thumbnail + tile canvas, models/tiling.py); 1 when untiled.
     views: int = 1
+    # False for a detector's object queries (models/detector.py): tokens with no place on a grid;
+    # `grid` is then (1, queries).
+    spatial: bool = True
 
     @property
     def num_tokens(self) -> int:
@@ -54,6 +59,9 @@ class Fusion(nn.Module):
 
     Params: ClassVar[type[FusionParams]] = FusionParams
     tile_rule: ClassVar[str] = "stitch"
+    # Whether the method combines encoders position by position on a grid; the ones that do not
+    # (False) take a detector's object queries too.
+    positional: ClassVar[bool] = True
     out_dim: int
     num_tokens: int
     grid: tuple[int, int] | None
@@ -62,6 +70,32 @@ class Fusion(nn.Module):
         super().__init__()
         self.encoders = list(encoders)
         self.params = params
+        queries = [e.name for e in encoders if not e.spatial]
+        if queries:
+            tiled = any(e.views > 1 for e in encoders)
+            problem = self.object_query_problem(params.type, queries[0], tiled)
+            if problem:
+                raise ConfigError(QUERY_FIELD, problem)
+
+    @classmethod
+    def object_query_problem(cls, name: str, detector: str, tiled: bool) -> str | None:
+        """Why this method (registered as `name`) cannot fuse detector encoder `detector`'s object
+        queries (beside a tiled encoder when `tiled`), or None when it can. The config check and
+        the constructor both ask, so the error reads the same."""
+        takers = [n for n in FUSIONS.names() if not FUSIONS.get(n).positional]
+        if cls.positional:
+            return (
+                f"{name} aligns encoders position by position; detector encoder {detector!r} "
+                f"gives object queries, use {' or '.join(takers)}"
+            )
+        if tiled and cls.tile_rule == "views":
+            others = [n for n in takers if FUSIONS.get(n).tile_rule != "views"]
+            return (
+                f"{name} fuses each tile beside the other encoders' view of its region; detector "
+                f"encoder {detector!r} gives object queries, which have no region: use "
+                f"{' or '.join(others)} with a tiled encoder"
+            )
+        return None
 
 
 def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -27,6 +27,7 @@ class ConcatSequenceFusion(Fusion):
     """
 
     tile_rule = "views"
+    positional = False  # takes a detector's object queries (models/detector.py)
 
     class Params(FusionParams):
         dim: PositiveInt | None = None
@@ -38,8 +39,8 @@ class ConcatSequenceFusion(Fusion):
         require_encoders(encoders)
         self.out_dim = default_dim(encoders, params.dim)
         self.num_tokens = sum(e.num_tokens for e in encoders)
-        # one encoder is still a spatial grid; several appended sequences are not
-        self.grid = encoders[0].grid if len(encoders) == 1 else None
+        # one encoder is still a spatial grid (object queries are not); several sequences are not
+        self.grid = encoders[0].grid if len(encoders) == 1 and encoders[0].spatial else None
         if params.project:
             self.proj = nn.ModuleList(nn.Linear(in_width(e), self.out_dim) for e in encoders)
         else:

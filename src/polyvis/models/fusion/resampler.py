@@ -31,6 +31,7 @@ class ResamplerFusion(Fusion):
     """
 
     tile_rule = "sequence"
+    positional = False  # takes a detector's object queries (models/detector.py)
 
     class Params(FusionParams):
         num_queries: PositiveInt = 64
