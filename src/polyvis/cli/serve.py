@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=32,
         help="most requests decoding together; newcomers join at the next step (1: no batching)",
     )
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long an idle batcher waits for more requests")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=5.0,
+        help="how long an idle batcher waits for more requests",
+    )
     p.add_argument(
         "--max-queue", type=int, default=256, help="waiting requests beyond this get 503"
     )
