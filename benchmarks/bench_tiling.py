@@ -10,10 +10,18 @@ sequence. A least-squares line, ms = a + b x views, over the tiled rows gives th
 cost a and the cost b of each view. Calls are taken in turns and timed in process CPU time, which other jobs on a shared
 machine hardly move (see benchmarks/bench_model.py).
 
+`--pages`: the cost per image of the nano tiling measurement (configs/tiling-ocr-nano.yaml,
+docs/tiling.md) instead: vary-nano's shape (its ResNet at 64 px, 8 x 8 tokens), concat-channel, the
+2-layer MLP adapter, lm-nano's shape, on the page families' own pages (ocrpage 128 x 128,
+tablepage 192 x 64), untiled against the config's tiling; with a training step (forward and
+backward over the prompt and its answer, the loss on the answer, the encoder frozen as in the
+runs' fine-tuning stage) beside the features and prefill.
+
 Random weights, CPU, no download:
 
     .venv/bin/python benchmarks/bench_tiling.py            # prints a markdown table
     .venv/bin/python benchmarks/bench_tiling.py --quick    # fewer repetitions (smoke test)
+    .venv/bin/python benchmarks/bench_tiling.py --pages    # the nano pages, tiled vs untiled
 """
 
 from __future__ import annotations
@@ -99,13 +107,100 @@ def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return a, b, r2
 
 
+# configs/tiling-ocr-nano.yaml's tiling of vary-nano
+PAGE_TILING = {"grids": [[1, 2], [2, 1], [2, 2], [1, 3]], "thumbnail": True}
+
+
+def build_nano(tiling: dict | None):
+    from polyvis.nano.vary_model import DECODER_NANO, RESNET_NANO
+
+    encoder = {"name": "vary", "config": dict(RESNET_NANO), "layers": [-1], "image_size": 64}
+    if tiling is not None:
+        encoder["tiling"] = tiling
+    cfg = {
+        "model": {
+            "encoders": [encoder],
+            "fusion": {"type": "concat-channel"},
+            "adapter": {"type": "mlp", "depth": 2},
+            "llm": {"config": DECODER_NANO, "tokenizer": {"vocab_size": 300}},
+        }
+    }
+    torch.manual_seed(0)
+    return build_model(load_config(cfg))
+
+
+def pages(repeats: int, threads: int) -> None:
+    """The nano measurement's cost per page: untiled against tiled, per page family."""
+    from polyvis.data.synthetic import FAMILIES, item_rng
+
+    rows, fns = {}, {}
+    for tiled in (False, True):
+        model, processor = build_nano(PAGE_TILING if tiled else None)
+        model.set_trainable(encoders=False, projector=True, llm=True)  # the fine-tuning stage
+        for family in ("ocrpage", "tablepage"):
+            item = FAMILIES.get(family)().render(item_rng(0, family, "bench", 0), 64, "medium")
+            question, answer = item.meta["qa"][0]["q"], item.meta["qa"][0]["a"]
+            prompt = processor.apply_chat_template(
+                [{"role": "user", "content": "<image>\n" + question}]
+            )
+            inputs = processor(prompt, images=[item.image])
+            full = processor(prompt + answer, images=[item.image])
+            tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+            grid = processor.tile_grid((item.image.height, item.image.width))
+            views = (1 + grid[0] * grid[1]) if grid else 1
+            name = f"{family} {item.image.width}x{item.image.height} | " + (
+                f"{grid[0]}x{grid[1]} + thumbnail" if grid else "untiled"
+            )
+            rows[name] = (views, tokens, full["input_ids"].shape[1])
+
+            @torch.no_grad()
+            def features(model=model, pv=inputs["pixel_values"]):
+                model.get_image_features(pv)
+
+            @torch.no_grad()
+            def prefill(model=model, inputs=inputs):
+                model(**inputs)
+
+            labels = full["input_ids"].clone()
+            labels[:, : inputs["input_ids"].shape[1]] = -100  # the loss on the answer only
+
+            def step(model=model, full=full, labels=labels):
+                model.zero_grad(set_to_none=True)
+                model(**full, labels=labels).loss.backward()
+
+            fns[f"{name}|features"], fns[f"{name}|prefill"], fns[f"{name}|step"] = (
+                features,
+                prefill,
+                step,
+            )
+    times = medians(fns, repeats)
+    print(f"CPU, {threads} thread(s), median of {repeats} (process CPU time); vary-nano's shape")
+    print()
+    print("| page | tiling | views | visual tokens | sequence | features ms | x | prefill ms | x "
+          "| train step ms | x |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (views, tokens, length) in rows.items():
+        page, tiling = name.split(" | ")
+        cells = [f"| {page} | {tiling} | {views} | {tokens} | {length} "]
+        for kind in ("features", "prefill", "step"):
+            t, base = times[f"{name}|{kind}"], times[f"{page} | untiled|{kind}"]
+            cells.append(f"| {t * 1e3:.1f} | {t / base:.2f} ")
+        print("".join(cells) + "|")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 repetitions instead of 15")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--pages", action="store_true", help="the nano page families, vary-nano tiled vs untiled"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 15
+    if args.pages:
+        pages(repeats, args.threads)
+        return
 
     cases = {"untiled": (None, False)}
     for grid in GRIDS:

@@ -300,6 +300,8 @@ def test_metric_for():
         "mixed": "exact_match",
         "binding": "exact_match",
         "chartbind": "relaxed_accuracy",
+        "ocrpage": "exact_match",
+        "tablepage": "anls",
         "caption": "cider",
         "grounding": "box_accuracy",
     }

@@ -127,6 +127,8 @@ FAMILY_METRICS: dict[str, str] = {
     "mixed": "exact_match",
     "binding": "exact_match",
     "chartbind": "relaxed_accuracy",
+    "ocrpage": "exact_match",
+    "tablepage": "anls",
     "caption": "cider",
     "grounding": "box_accuracy",
 }

@@ -3,8 +3,9 @@
     from polyvis.data.synthetic import generate
     generate(["scene", "ocr"], n=100, seed=0, out="data/nano", image_size=64)
 
-Families (registry `FAMILIES`): scene, ocr, latex, chart, table, mixed, and binding and
-chartbind (questions that need two experts at once). See docs/data.md.
+Families (registry `FAMILIES`): scene, ocr, latex, chart, table, mixed, binding and
+chartbind (questions that need two experts at once), and ocrpage and tablepage (small text on a
+page larger than `size`, for tiling). See docs/data.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from polyvis.data.synthetic import (  # noqa: F401
     latex,
     mixed,
     ocr,
+    pages,
     scene,
     table,
 )

@@ -65,6 +65,12 @@ class Family:
     # The question types (tasks) that no single expert answers: they need two at once.
     two_expert_tasks: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def page_size(cls, size: int) -> tuple[int, int]:
+        """The (width, height) of the images drawn at generator size `size`: a size x size
+        square, except for page families, whose larger page holds text small at `size`."""
+        return size, size
+
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
         raise NotImplementedError
 

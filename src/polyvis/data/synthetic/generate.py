@@ -89,10 +89,11 @@ def _check_args(
 def _render_one(job: tuple[str, str, int, int, int, str, str]) -> tuple[str, str, int, dict]:
     """Render and save one image (runs in a worker); returns its ground truth."""
     family, split, index, seed, size, level, out = job
-    item = FAMILIES.get(family)().render(item_rng(seed, family, split, index), size, level)
-    img = item.image
-    if img.size != (size, size) or img.mode != "RGB":
-        raise RuntimeError(f"family {family} drew a {img.mode} {img.size} image, not RGB {size}px")
+    cls = FAMILIES.get(family)
+    item = cls().render(item_rng(seed, family, split, index), size, level)
+    img, page = item.image, cls.page_size(size)
+    if img.size != page or img.mode != "RGB":
+        raise RuntimeError(f"family {family} drew a {img.mode} {img.size} image, not RGB {page}")
     path = Path(out) / family / image_rel_path(split, index)
     img.save(path, format="PNG", compress_level=1)  # 3-4x faster than 6 on noisy images
     return family, split, index, item.meta
