@@ -1,75 +1,112 @@
-"""`polyvis demo --quick` end to end (data, experts, four runs, evaluation, report), and ablate."""
+"""`polyvis demo --quick` end to end (the fair protocol at one seed over the demo's cells: data,
+experts, val, a fresh test set, the leaderboard, the printout), reused and rerun, and ablate."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
 
 from polyvis.cli import main
 from polyvis.data.synthetic.cache import synthetic_dir
-from polyvis.nano.demo import ADAPTER, FAMILIES, QUICK_BUDGET, RUNS
+from polyvis.nano.budget import DEMO_ADAPTER, DEMO_CELLS
+from polyvis.nano.demo import FAMILIES, QUICK_BUDGET
+from polyvis.nano.demo_report import one_seed_note, quick_notice
+from polyvis.nano.fair_cells import slug
 from polyvis.paths import cache_root
 
+# the leaderboard's names: the expert alone, or the encoders and the fusion
+NAMES = ["+".join(c["encoders"]) + (f" {c['fusion']}" if "fusion" in c else "") for c in DEMO_CELLS]
 
-def test_quick_demo_end_to_end_then_reuses_everything(tmp_path: Path, capsys):
+
+def _runs(out: Path) -> list[Path]:
+    return sorted(p.parent for p in out.glob("cells/*/*/seed-*/done.json"))
+
+
+def test_quick_demo_runs_the_fair_protocol_at_one_seed_then_reuses_and_repeats(
+    tmp_path: Path, capsys
+):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    # a smoke test, and it says so: its few steps cannot learn the tasks
-    smoke = "SMOKE TEST (--quick): these numbers mean nothing."
-    assert smoke in capsys.readouterr().out and smoke in (out / "results.md").read_text()
-    results = json.loads((out / "results.json").read_text())
-    assert [r["name"] for r in results["runs"]] == [name for name, _, _ in RUNS]
-    for run, (_, encoders, fusion) in zip(results["runs"], RUNS):
-        assert run["encoders"] == [f"{e}-nano" for e in encoders] and run["fusion"] == fusion
-        assert set(run["scores"]) == set(FAMILIES)
-        assert all(0.0 <= v <= 100.0 for v in run["scores"].values())
-        assert abs(run["mean"] - sum(run["scores"].values()) / len(FAMILIES)) < 1e-9
-        assert run["train_seconds"] > 0
-    assert results["machine"] and results["seconds"] > 0
-    assert (out / "results.md").read_text().count("\n|") >= len(RUNS) + 1
-    assert (out / "results.png").stat().st_size > 1000
-    done = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")}
-    assert len(done) == len(RUNS)
-    # each run trained its align stage first and started from it, all with the same adapter
-    for run in (out / "runs").iterdir():
-        assert (run / "align" / "done.json").is_file() and not (run / "start").exists()
-        align = yaml.safe_load((run / "align" / "config.yaml").read_text())
+    printed = capsys.readouterr().out
+    smoke, last = quick_notice(QUICK_BUDGET), one_seed_note(0)
+    assert smoke.startswith("SMOKE TEST (--quick): these numbers mean nothing.")
+    # the smoke test is said before the table (where the zeros are); the leaderboard's place last
+    assert printed.index(smoke) < printed.index("| clip+dino add |")
+    assert printed.rstrip().endswith(last) and "docs/leaderboard.md holds the answer" in last
+    doc = json.loads((out / "leaderboard.json").read_text())
+    assert NAMES[:3] == ["clip", "vary", "dino"]  # each expert alone, then the best fusions
+    assert [c["name"] for c in doc["cells"]] == NAMES and doc["baselines"] == NAMES[:3]
+    for cell, listed in zip(doc["cells"], DEMO_CELLS):
+        assert cell["encoders"] == listed["encoders"] and cell["fusion"] == listed.get("fusion")
+        assert cell["adapter"] == "mlp(depth=2)" and cell["seeds"] == [0]
+        assert cell["train"] == listed["train"] == cell["selection"]["chosen"]
+        assert set(cell["families"]) == set(FAMILIES)
+        for entry in [*cell["families"].values(), cell["mean"]]:
+            lo, hi = entry["ci"]
+            assert 0 <= lo <= entry["mean"] <= hi <= 100
+        # the printed row: every family and the mean with the CI of its one seed
+        row = re.search(rf"^\| {re.escape(cell['name'])} \|(.*)\|$", printed, re.M).group(1)
+        assert len(re.findall(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", row)) == len(FAMILIES) + 1
+    assert doc["command"] == f"polyvis demo --out {out} --quick --seed 0"
+    # leaderboard.md and results.html open with the same notes
+    md = (out / "leaderboard.md").read_text()
+    assert md.index(f"**{smoke}**") < md.index(f"**{last}**") < md.index("| rank |")
+    page = (out / "results.html").read_text()
+    assert re.findall(r'<p class="note">(.*?)</p>', page)[:2] == [smoke, last]
+    # and the page shows every cell's test answers side by side
+    header = re.search(r'<table id="answers"><thead><tr>(.*?)</tr>', page).group(1)
+    assert all(f"<th>{n}</th>" in header for n in NAMES)
+    assert (out / "leaderboard.png").stat().st_size > 1000
+    # every run: the demo's one seed, a fresh fusion and the leaderboard's adapter on lm-nano,
+    # an align stage first, at the cell's own learning rate
+    protocol = json.loads((out / "protocol.json").read_text())
+    runs = _runs(out)
+    assert len(runs) == len(NAMES)
+    for cell, name in zip(DEMO_CELLS, NAMES):
+        (run,) = [r for r in runs if r.parent.parent.name == slug(name)]
+        assert run.parent.name == f"lr-{cell['train']['lr']}" and run.name == "seed-0"
         cfg = yaml.safe_load((run / "config.yaml").read_text())
-        assert align["train"]["stage"] == "align" and "init_from" not in align["train"]
+        align = yaml.safe_load((run / "align" / "config.yaml").read_text())
+        assert cfg["train"]["lr"] == cell["train"]["lr"] and cfg["train"]["seed"] == 0
         assert cfg["train"]["init_from"] == str(run / "align")
-        # runs with vary-nano's channels start from its projector (omnifusion cannot)
-        names = [e["name"] for e in cfg["model"]["encoders"]]
-        from_projector = "vary" in names and cfg["model"]["fusion"]["type"] == "concat-channel"
-        vary = Path(cfg["model"]["llm"]["path"]).parent
-        init = {
-            "init_from": str(vary / "decoder" / "projector.safetensors"),
-            "init_encoder": "vary",
-        }
-        for stage in (align, cfg):
-            assert stage["model"]["adapter"] == {**ADAPTER, **(init if from_projector else {})}
-        # the mixed concat-channel run scales clip-nano to vary-nano's feature size, measured
-        # when its align stage starts; the run itself takes them from that stage's model
-        scales = cfg["model"]["fusion"].get("scales")
-        assert align["model"]["fusion"].get("scales") == scales
-        if from_projector and len(names) == 2:
-            assert len(scales) == 2 and scales[names.index("vary")] == 1.0 and scales[0] > 0
-        else:
-            assert scales is None
+        assert align["train"]["stage"] == "align"
+        for stage in (cfg, align):
+            assert stage["model"]["adapter"] == DEMO_ADAPTER
+            assert "scales" not in stage["model"]["fusion"]
+            assert stage["model"]["llm"]["path"] == protocol["lm"]["path"]
+        assert (run / "val" / "results.json").is_file()
+        assert (run / "test" / "answers.jsonl").is_file()
+    assert protocol["test"]["seed"] == 1 and protocol["seeds"] == [0]
     # The synthetic data lives in the cache, keyed by its settings, not in OUT.
     options = {"families": FAMILIES, "n": QUICK_BUDGET["n"], "seed": 0, "size": 64,
                "difficulty": QUICK_BUDGET.get("difficulty", "medium")}  # fmt: skip
     manifest = synthetic_dir(options) / "manifest.json"
     assert manifest.is_file() and manifest.parent.parent == cache_root() / "data"
-    stamp = manifest.stat().st_mtime_ns
     assert not (out / "data").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in [manifest, *cache_root().glob("experts/*/*.json")]}
+    done = {r: (r / "done.json").stat().st_mtime_ns for r in runs}
     # A second run reuses data, experts, trained runs and evaluations.
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/done.json")} == done
-    assert manifest.stat().st_mtime_ns == stamp
-    again = json.loads((out / "results.json").read_text())
-    assert [r["scores"] for r in again["runs"]] == [r["scores"] for r in results["runs"]]
+    assert {r: (r / "done.json").stat().st_mtime_ns for r in _runs(out)} == done
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    again = json.loads((out / "leaderboard.json").read_text())
+    assert again["cells"] == doc["cells"]
+    # A fresh OUT with the same cache trains every run again, to the same bytes and scores.
+    fresh = tmp_path / "fresh"
+    assert main(["demo", "--quick", "--out", str(fresh), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    for run in runs:
+        twin = fresh / run.relative_to(out)
+        for name in ("final/model.safetensors", "val/answers.jsonl", "test/answers.jsonl"):
+            assert (twin / name).read_bytes() == (run / name).read_bytes(), twin / name
+    redo = json.loads((fresh / "leaderboard.json").read_text())
+    keep = ("families", "mean", "rank", "p_best")
+    assert [{k: c[k] for k in keep} for c in redo["cells"]] == [
+        {k: c[k] for k in keep} for c in doc["cells"]
+    ]
 
 
 def test_ablate_grid_resumes_and_reports_mean_and_std(tmp_path: Path):

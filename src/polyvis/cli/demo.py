@@ -1,4 +1,4 @@
-"""`polyvis demo`: the main job on the embedded default (the nano world)."""
+"""`polyvis demo`: the fair protocol of `polyvis ablate` at one seed, on the nano world."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="nano world: experts, single vs fused models, a comparison table"
+        "demo",
+        help="nano world: the leaderboard's fair protocol at one seed, each expert alone and "
+        "the best fusions, family scores with CIs over test items",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke test: every step, smallest sizes (a minute); its scores mean nothing",
+        help="a smoke test: every step at the smallest sizes; its scores mean nothing",
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model")
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one thread each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the one training seed (default 0)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -28,7 +29,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(
         args.out,
         quick=args.quick,
-        steps=args.steps,
         jobs=args.jobs,
         seed=args.seed,
         progress=not args.no_progress,

@@ -14,6 +14,12 @@ The ablation file:
       seeds: [0, 1, 2]
     jobs: 2
 
+A fair grid may list its cells instead of `encoders` x `fusion`, each with its own train values
+(its one setting, without `select`), as `polyvis demo` does:
+
+    grid:
+      cells: [{encoders: [clip]}, {encoders: [clip, dino], fusion: add, train: {lr: 0.003}}]
+
 `protocol: fair` (docs/nano.md, "The fair protocol"): a one-encoder set is one cell (the
 expert alone), a set of 2+ is one cell per fusion; every cell starts fresh, aligns for
 `align_share` of the steps (default 0.2), trains with the same LM, picks its `select`
@@ -52,7 +58,7 @@ from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align", "protocol")
 # the fair protocol's own keys (polyvis.nano.protocol); `align` is its align_share there
 FAIR_KEYS = ("select", "test_data_seed", "test_images", "align_share", "arm", "warm_start",
-             "balance")  # fmt: skip
+             "balance", "families", "variants")  # fmt: skip
 AXES = ("fusion", "adapter", "encoders", "seeds")
 
 
@@ -83,7 +89,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
         why = "only with protocol: fair" if not fair else "set by the fair protocol (align_share)"
         raise ConfigError(wrong[0], why)
     grid = spec.get("grid") or {}
-    axes = AXES + (("controls",) if fair else ())
+    axes = AXES + (("controls", "cells") if fair else ())
     bad = set(grid) - set(axes)
     if bad:
         raise ConfigError(f"grid.{sorted(bad)[0]}", f"unknown axis; valid: {', '.join(axes)}")

@@ -1,5 +1,5 @@
-"""The nano world's families, runs and budgets: what `polyvis demo`, the ablations and the
-experts' data share."""
+"""The nano world's families, budgets and the demo's cells: what `polyvis demo`, the ablations
+and the experts' data share."""
 
 from __future__ import annotations
 
@@ -13,17 +13,23 @@ LM = {
 QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
             "num_key_value_heads": 1}  # fmt: skip
 
-# One linear map, as LLaVA-1 and Vary project. Where it sees vary-nano's channels it starts from
-# vary-nano's own projector (nano_config), so the LM, vary-nano's decoder, reads from step one.
+# The base's adapter (`protocol: none` ablations; each fair cell names its own): one linear map,
+# as LLaVA-1 and Vary project, which can start from vary-nano's projector (nano_config).
 ADAPTER = {"type": "linear"}
 
-# name, encoders, fusion
-RUNS = [
-    ("clip-nano", ["clip"], "concat-channel"),
-    ("vary-nano", ["vary"], "concat-channel"),
-    ("clip+vary omnifusion", ["clip", "vary"], "omnifusion"),
-    ("clip+vary concat-channel", ["clip", "vary"], "concat-channel"),
+# `polyvis demo`: the fair protocol at one seed over these cells (polyvis.nano.demo): each expert
+# alone, and the leaderboard's best fusions, each at the learning rate it chose on val there.
+# provisional until docs/leaderboard.json exists
+DEMO_CELLS = [
+    {"encoders": ["clip"], "train": {"lr": 1e-3}},
+    {"encoders": ["vary"], "train": {"lr": 1e-3}},
+    {"encoders": ["dino"], "train": {"lr": 1e-3}},
+    {"encoders": ["clip", "dino"], "fusion": "add", "train": {"lr": 1e-3}},
+    {"encoders": ["clip", "dino"], "fusion": "omnifusion", "train": {"lr": 1e-3}},
+    {"encoders": ["clip", "dino", "vary"], "fusion": "concat-channel", "train": {"lr": 1e-3}},
 ]
+# the leaderboard's adapter (configs/leaderboard-nano.yaml): LLaVA-1.5's two-layer MLP
+DEMO_ADAPTER = {"type": "mlp", "depth": 2}
 
 # Many small steps teach more per sample than few large ones, and 1000 keep a second run near 6
 # minutes on 2 cores. The LM already reads, so it trains slower than the adapter: at the

@@ -1,13 +1,16 @@
-"""`polyvis demo`: the founding research question in miniature, on a CPU, offline.
+"""`polyvis demo`: the fair protocol of `polyvis ablate` (polyvis.nano.protocol) in small.
 
-1. Synthetic data for the six families (scene, ocr, latex, chart, table, mixed).
-2. The nano experts (clip-nano: contrastive on scene captions; vary-nano: Vary-tiny on documents),
-   cached by their settings, saved with save_pretrained and loaded by path like real checkpoints.
-3. Models with the same budget: clip-nano alone, vary-nano alone, and both mixed (omnifusion and
-   concat-channel). Every run starts from the same tiny LM, vary-nano's decoder: as a real
-   recipe starts from a pretrained LLM that can spell, so that the runs' few thousand samples
-   per family go to the adapter and the questions, not to learning to read from nothing.
-4. Held-out evaluation per family; DIR/results.json, results.md and results.png side by side.
+One seed, each expert alone (clip-nano, vary-nano, dino-nano) and the leaderboard's best fusions
+(budget.DEMO_CELLS), each at the learning rate it chose on val there: every cell a fresh fusion
+and the leaderboard's adapter on lm-nano, an align stage then fine-tuning with the same budget,
+scored on the val questions and then on a fresh test set (data seed 1). It writes what
+`polyvis ablate` writes (OUT/leaderboard.{json,md,png}, OUT/results.html) and prints each cell's
+family scores with the 95 % CI over test items of its one seed; the answer with CIs over seeds
+is the leaderboard's (docs/leaderboard.md).
+
+This module also holds the nano world every nano ablation shares: its data and experts
+(prepare_world), a run's config (run_config), and the projector start and encoder scales of
+`protocol: none` ablations and the sensitivity arm (nano_config, projector_init).
 """
 
 from __future__ import annotations
@@ -24,18 +27,14 @@ from polyvis.errors import ConfigError
 from polyvis.nano.budget import (  # the demo's names, re-exported
     ADAPTER,
     BUDGET,
+    DEMO_ADAPTER,
+    DEMO_CELLS,
     FAMILIES,
     LM,
     QUICK_BUDGET,
     QUICK_LM,
-    RUNS,
 )
-from polyvis.nano.runs import RunSpec, train_runs
 from polyvis.nano.tasks import select_split
-
-
-def _slug(name: str) -> str:
-    return name.replace("+", "-").replace(" ", "-")
 
 
 def write_corpus(data_dir: Path, out: Path) -> Path:
@@ -70,13 +69,15 @@ def prepare_world(
     workers: int = 1,
     progress: bool = True,
     log: Callable[[str], Any] = lambda _: None,
+    experts: tuple[str, ...] | None = None,
 ) -> World:
-    """Synthetic data (generated once per setting into the cache), the experts (cached), the
-    training and test selections and the tokenizer corpus (OUT/corpus.txt)."""
+    """Synthetic data (generated once per setting into the cache), the experts (cached; default
+    the vision experts clip-nano and vary-nano), the training and test selections and the
+    tokenizer corpus (OUT/corpus.txt)."""
     import hashlib
 
     from polyvis.data.synthetic.cache import ensure_synthetic, synthetic_dir
-    from polyvis.nano.experts import ensure_experts
+    from polyvis.nano.experts import VISION_EXPERTS, ensure_experts
 
     options = {
         "families": FAMILIES, "n": budget["n"], "seed": seed, "size": 64,
@@ -88,8 +89,9 @@ def prepare_world(
     else:
         log(f"[1/4] generating synthetic data ({budget['n']} images per family)")
     ensure_synthetic(options, progress=progress, workers=workers)
-    log("[2/4] nano experts (cached by their settings)")
-    experts = ensure_experts(quick=quick, progress=progress)
+    names = experts or VISION_EXPERTS
+    log(f"[2/4] nano experts: {', '.join(names)} (cached by their settings)")
+    built = ensure_experts(quick=quick, progress=progress, names=names)
     # The selection files sit beside the cached records (image paths stay relative); the name
     # says which selection it is, so runs with other selections never overwrite it.
     per_image = bool(budget.get("per_image"))
@@ -97,7 +99,7 @@ def prepare_world(
     suffix = "nano-" + hashlib.sha1(key.encode()).hexdigest()[:8]
     out.mkdir(parents=True, exist_ok=True)
     return World(
-        experts,
+        built,
         select_split(
             data_dir,
             FAMILIES,
@@ -239,53 +241,45 @@ def align_stage(budget: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def demo_spec(quick: bool = False, jobs: int = 2, seed: int = 0) -> dict[str, Any]:
+    """The demo as an ablation file: the leaderboard's protocol at one seed over DEMO_CELLS."""
+    return {
+        "nano": True,
+        "protocol": "fair",
+        "quick": quick,
+        "grid": {
+            "cells": copy.deepcopy(DEMO_CELLS),
+            "adapter": [dict(DEMO_ADAPTER)],
+            "seeds": [seed],
+        },
+        "jobs": jobs,
+    }
+
+
 def run_demo(
     out: str | Path,
     quick: bool = False,
-    steps: int | None = None,
     jobs: int = 2,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from polyvis.nano.demo_report import collect_results, write_report
+    """Run the demo into `out` (resumable: finished runs are reused); returns the leaderboard
+    document of its cells (polyvis.nano.protocol.run_fair)."""
+    from polyvis.nano.demo_report import demo_notes, print_summary, start_banner
+    from polyvis.nano.experts import EXPERTS
+    from polyvis.nano.protocol import run_fair
 
     out = Path(out)
     start = time.perf_counter()
+    spec = demo_spec(quick, jobs, seed)
     budget = dict(QUICK_BUDGET if quick else BUDGET)
-    if steps:  # the align stage keeps its share of the steps
-        budget["align_steps"] = budget.get("align_steps", 0) * steps // budget["steps"]
-        budget["steps"] = steps
-    world = prepare_world(out, budget, quick, seed, jobs, progress, log=print)
-    specs = []
-    for name, encoders, fusion in RUNS:
-        cfg = run_config(
-            encoders, fusion, world.experts, world.train, world.corpus, budget, quick, seed
-        )
-        specs.append(
-            RunSpec.build(
-                name,
-                nano_config(cfg, budget),
-                out / "runs" / _slug(name),
-                world.test,
-                budget["eval_limit"],
-                {
-                    "encoders": [f"{e}-nano" for e in encoders],
-                    "fusion": fusion,
-                    "adapter": ADAPTER["type"],
-                },
-                align=align_stage(budget),
-            )
-        )
-    print(
-        f"[3/4] training {len(specs)} models, {budget['steps']} steps each, {jobs} at a time, "
-        "each scored on the held-out test sets when it is trained"
-    )
-    seconds = train_runs(
-        specs,
-        jobs=jobs,
-        on_done=lambda s, t: print(f"      {s.name}: trained and scored in {t:.0f} s"),
-    )
+    print(start_banner(spec, budget))
+    # the protocol readies the same world quietly: here first, with progress, it finds it cached
+    prepare_world(out, budget, quick, 0, jobs, progress, log=print, experts=EXPERTS)
+    print(f"[3/4] {len(DEMO_CELLS)} runs, {jobs} at a time, each scored on the val questions, "
+          "then on a fresh test set (data seed 1) made once every run is chosen")  # fmt: skip
+    command = f"polyvis demo --out {out}" + (" --quick" if quick else "") + f" --seed {seed}"
+    doc = run_fair(spec, out, command, notes=demo_notes(quick, budget, seed))
     print("[4/4] results")
-    results = collect_results(specs, seconds, budget, quick, time.perf_counter() - start)
-    write_report(out, results, specs)
-    return results
+    print_summary(doc, out, quick, budget, seed, time.perf_counter() - start)
+    return doc

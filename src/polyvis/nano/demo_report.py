@@ -1,99 +1,41 @@
-"""The demo's report: OUT/results.{json,md,png,html}, the printed table and a few example
-answers."""
+"""What `polyvis demo` says: its plan first, then each cell's family scores with the 95 % CI over
+test items of its one seed, a few answers, and where the answer with CIs over seeds lives. Its
+files are the fair protocol's (polyvis.nano.protocol): OUT/leaderboard.{json,md,png} and
+OUT/results.html, which open with the same notes (demo_notes)."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
-from polyvis.nano.runs import RunSpec, family_scores, read_results
+from polyvis.nano.fair_cells import slug
+from polyvis.nano.fair_world import ALIGN_SHARE, TEST_DATA_SEED, TEST_IMAGES, align_steps
+
+LEADERBOARD = "docs/leaderboard.md"
 
 
-def collect_results(
-    specs: list[RunSpec],
-    seconds: dict[str, float],
-    budget: dict[str, Any],
-    quick: bool,
-    elapsed: float,
-) -> dict[str, Any]:
-    """What OUT/results.json holds: per run its meta, family scores (points) and mean, and its
-    training seconds (`seconds`, from train_runs); the machine, the budget and the time taken."""
-    runs = []
-    for spec in specs:
-        scores = family_scores(read_results(spec))
-        runs.append(
-            {
-                "name": spec.name,
-                **spec.meta,
-                "scores": scores,
-                "mean": sum(scores.values()) / max(1, len(scores)),
-                "train_seconds": seconds.get(spec.name, 0.0),
-            }
-        )
-    cpus = os.cpu_count() or 1
-    return {
-        "runs": runs,
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {cpus} cores",
-        "seconds": elapsed,
-        "budget": budget,
-        "quick": quick,
-    }
-
-
-def write_report(out: Path, results: dict[str, Any], specs: list[RunSpec]) -> None:
-    """Write OUT/results.json, results.md, results.png and results.html (the table, the plot and
-    every run's answers side by side), and print the table and examples."""
-    from polyvis.eval.report import compare_table, plot_compare
-
-    runs = results["runs"]
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    as_results = [
-        {"name": r["name"], "scores": {k: v / 100 for k, v in r["scores"].items()}} for r in runs
-    ]
-    table = compare_table([r["name"] for r in runs], as_results)
-    (out / "results.md").write_text(_markdown(results, table), encoding="utf-8")
-    plot_compare([r["name"] for r in runs], as_results, out / "results.png")
-    write_demo_html(out, results, as_results, specs)
-    if results["quick"]:
-        print("\n" + quick_notice(results["budget"]))
-    print("\n" + table)
-    _print_examples(specs)
-    print(
-        f"\nresults: {out / 'results.md'}, {out / 'results.png'}, {out / 'results.html'}; "
-        f"{results['seconds']:.0f} s in all"
-    )
-
-
-def write_demo_html(
-    out: Path, results: dict[str, Any], as_results: list[dict[str, Any]], specs: list[RunSpec]
-) -> Path:
-    """OUT/results.html: the table and plot of results.md, and each run's test answers."""
-    from polyvis.eval.html import Table, write_html_report
-    from polyvis.eval.report import compare_rows, fmt_score
-
-    names = [r["name"] for r in results["runs"]]
-    columns, values = compare_rows(as_results) if as_results else ([], [])
-    rows = [[n, *(fmt_score(v) for v in row)] for n, row in zip(names, values)]
-    b = results["budget"]
-    notes = [quick_notice(b)] if results["quick"] else []
-    notes.append(
-        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, {b['n']} "
-        f"synthetic images per family. Machine: {results['machine']}; "
-        f"{results['seconds']:.0f} s in all."
-    )
-    answers = {spec.name: spec.out / spec.eval_dir / "answers.jsonl" for spec in specs}
-    records = list(dict.fromkeys(f for spec in specs for f in spec.eval_files))
-    return write_html_report(
-        out / "results.html",
-        "polyvis demo: which encoders, mixed how?",
-        Table(["run", *columns], rows),
-        plot=out / "results.png",
-        answers=answers,
-        records=records,
-        notes=notes,
+def start_banner(spec: dict[str, Any], budget: dict[str, Any]) -> str:
+    """The demo's plan in a few lines: its cells, the one seed, the budget, the test set."""
+    grid = spec["grid"]
+    names = [
+        "+".join(c["encoders"]) + (f" {c['fusion']}" if c.get("fusion") else "")
+        + "".join(f" ({k} {v:g})" for k, v in (c.get("train") or {}).items())
+        for c in grid["cells"]
+    ]  # fmt: skip
+    adapter = ",".join(f"{k}={v}" for k, v in grid["adapter"][0].items() if k != "type")
+    steps = budget["steps"]
+    align = align_steps(steps, ALIGN_SHARE)
+    test = spec.get("test_images", 8 if spec.get("quick") else TEST_IMAGES)  # as fair_world
+    return (
+        "polyvis demo: the leaderboard's fair protocol (polyvis ablate) at one seed "
+        f"({grid['seeds'][0]}).\n"
+        f"  cells: {'; '.join(names)}\n"
+        f"  every cell: a fresh fusion and {grid['adapter'][0]['type']}({adapter}) adapter on "
+        f"lm-nano, {align} align steps (LM frozen) then {steps - align} of fine-tuning, batch "
+        f"{budget['batch_size']}\n"
+        f"  scored on a test set generated from data seed {TEST_DATA_SEED} ({test} images per "
+        "family) once every run is trained and scored on val"
     )
 
 
@@ -107,28 +49,71 @@ def quick_notice(budget: dict[str, Any]) -> str:
     )
 
 
-def _markdown(results: dict[str, Any], table: str) -> str:
-    b = results["budget"]
-    notice = f"**{quick_notice(b)}**\n\n" if results["quick"] else ""
+def one_seed_note(seed: int) -> str:
+    """Every demo's last word: one seed, so its intervals leave out the seed's own noise."""
     return (
-        "# polyvis demo: which encoders, mixed how?\n\n"
-        f"{notice}"
-        f"Same budget for every model: {b['steps']} steps of batch {b['batch_size']}, "
-        f"{b['n']} synthetic images per family. Scores are per family on held-out test records "
-        "(exact match, edit similarity, relaxed accuracy or ANLS by family), 0-1.\n\n"
-        f"{table}\n\nMachine: {results['machine']}; {results['seconds']:.0f} s in all.\n"
+        f"One seed ({seed}): each bracket is a 95 % CI over test items only, not over training "
+        f"seeds. {LEADERBOARD} holds the answer, with confidence intervals over seeds and items "
+        "(`polyvis ablate configs/leaderboard-nano.yaml`)."
     )
 
 
-def _print_examples(specs: list[RunSpec], per_run: int = 2) -> None:
-    print("\nexample answers:")
-    for spec in specs:
-        path = spec.out / "eval" / "answers.jsonl"
-        if not path.is_file():
-            continue
-        rows = [json.loads(line) for line in path.read_text().splitlines()[:per_run]]
-        for row in rows:
+def demo_notes(quick: bool, budget: dict[str, Any], seed: int) -> list[str]:
+    """The notes leaderboard.md and results.html open with."""
+    return ([quick_notice(budget)] if quick else []) + [one_seed_note(seed)]
+
+
+def demo_table(doc: dict[str, Any]) -> str:
+    """Per cell (in the demo's order) its family means and mean, each with its 95 % CI."""
+    fams = list(doc["families"])
+
+    def ci(entry: dict[str, Any]) -> str:
+        lo, hi = entry["ci"]
+        return f"{entry['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+    lines = ["| cell | " + " | ".join([*fams, "mean"]) + " |", "|---|" + "---:|" * (len(fams) + 1)]
+    for c in doc["cells"]:
+        row = [c["name"], *(ci(c["families"][f]) for f in fams), ci(c["mean"])]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def answers_path(out: Path, cell: dict[str, Any], seed: int) -> Path:
+    """A demo cell's test answers: its run at the setting it was given, at the one seed."""
+    from polyvis.nano.protocol import Setting
+
+    setting = Setting(cell["selection"]["chosen"])
+    return (
+        out
+        / "cells"
+        / slug(cell["name"])
+        / setting.slug
+        / f"seed-{seed}"
+        / "test"
+        / "answers.jsonl"
+    )
+
+
+def print_summary(
+    doc: dict[str, Any], out: Path, quick: bool, budget: dict[str, Any], seed: int, seconds: float
+) -> None:
+    """The table (after the smoke-test notice, where the zeros are), an answer per cell, the
+    files, and the one-seed note last."""
+    if quick:
+        print("\n" + quick_notice(budget))
+    print("\nmean and family scores (points), 95 % CI over test items:\n\n" + demo_table(doc))
+    print("\nexample answers (test set):")
+    for cell in doc["cells"]:
+        path = answers_path(out, cell, seed)
+        line = path.read_text(encoding="utf-8").splitlines()[0] if path.is_file() else ""
+        if line:
+            row = json.loads(line)
             print(
-                f"  [{spec.name}] {row.get('image', row['id'])}: {row['question'][:60]!r} -> "
-                f"{row['prediction'][:40]!r} (ref {row['reference'][:40]!r})"
+                f"  [{cell['name']}] {row['question'][:50]!r} -> {row['prediction'][:40]!r} "
+                f"(ref {row['reference'][:40]!r})"
             )
+    print(
+        f"\nfiles: {out / 'leaderboard.md'}, {out / 'leaderboard.png'}, {out / 'results.html'}; "
+        f"{seconds:.0f} s in all"
+    )
+    print("\n" + one_seed_note(seed))

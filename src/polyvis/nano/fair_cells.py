@@ -1,6 +1,10 @@
 """The fair protocol's cells: each expert alone, each fusion over each encoder set, and each
 expert's random-init twin alone, every one with a fresh fusion and adapter and the same LM.
 
+A grid gives its cells as a product (`encoders` x `fusion`) or as a list (`cells`: each an
+encoder set, its fusion when it has two or more, and optionally its own `train` values, e.g.
+a learning rate the leaderboard chose on val), times each `adapter` either way.
+
 A random-init twin is the expert's architecture at random weights (its config.json as the
 encoder's `config:`) read through the same image processor settings (size, mean, std): what the
 expert's training, not its shape, adds. The sensitivity arm (`arm: sensitivity`) gives the warm
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polyvis.config import ADAPTER_INIT_KEYS, SCALE_KEYS
+from polyvis.config import ADAPTER_INIT_KEYS, SCALE_KEYS, TrainSection
 from polyvis.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,6 +53,8 @@ class Cell:
     model: dict[str, Any]  # the model section of its runs
     baseline: bool  # a single pretrained expert: what the fusions are compared against
     meta: dict[str, Any] = field(default_factory=dict)  # encoders, fusion, adapter, ...
+    train: dict[str, Any] = field(default_factory=dict)  # its own train values (grid.cells)
+    source: str = ""  # where the grid lists it, for errors: "grid.cells[2]"
 
 
 def random_twin(enc: dict[str, Any], where: str) -> dict[str, Any]:
@@ -81,36 +87,33 @@ def _fresh(option: dict[str, Any], keys: tuple[str, ...], field: str) -> dict[st
 
 
 def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
-    """The cells of the ablation file's grid (see polyvis.nano.ablate)."""
+    """The cells of the ablation file's grid (see polyvis.nano.ablate): the listed `cells`, or
+    the product of `encoders` and `fusion`; times each `adapter`, then each `controls` twin."""
     grid = spec.get("grid") or {}
     base = world.base["model"]
-    raw_f = grid.get("fusion", [base["fusion"]])
-    fusions = [
-        _fresh(typed(f, "grid.fusion"), ("scales", *SCALE_KEYS), "grid.fusion") for f in raw_f
-    ]
+    entries = None if "cells" in grid else _product(grid, world)
     raw_a = grid.get("adapter", [base["adapter"]])
     adapters = [_fresh(typed(a, "grid.adapter"), ADAPTER_INIT_KEYS, "grid.adapter") for a in raw_a]
-    sets = grid.get("encoders", [list(world.encoders)])
+    if entries is None:
+        entries = _listed(grid, spec, world)
     controls = grid.get("controls", [])
-    for where, names in [*((f"grid.encoders[{i}]", s) for i, s in enumerate(sets)),
-                         ("grid.controls", controls)]:  # fmt: skip
-        for n in names:
-            if n not in world.encoders:
-                have = ", ".join(world.encoders)
-                raise ConfigError(where, f"unknown encoder {n!r}; the base has {have}")
+    _known(controls, "grid.controls", world)
     many = len(adapters) > 1
     cells = []
     for adapter in adapters:
         tail = f" | {label(adapter)}" if many else ""
-        for names in sets:
-            if len(names) == 1:
-                cells.append(_cell(names[0] + tail, [world.encoders[names[0]]], None, adapter,
-                                   world, baseline=True))  # fmt: skip
-                continue
-            for fusion in fusions:
-                encs = [world.encoders[n] for n in names]
+        for names, fusion, train, source in entries:
+            encs = [world.encoders[n] for n in names]
+            if fusion is None:  # one encoder: the expert alone, a baseline (not a variant of one)
+                alone = names[0] not in world.variants
+                cell = _cell(names[0] + tail, encs, None, adapter, world, baseline=alone)
+            else:
                 name = f"{'+'.join(names)} {label(fusion)}{tail}"
-                cells.append(_cell(name, encs, fusion, adapter, world, baseline=False))
+                cell = _cell(name, encs, fusion, adapter, world, baseline=False)
+            if train:
+                cell.train, cell.meta["train"] = dict(train), dict(train)
+            cell.source = source
+            cells.append(cell)
         for n in controls:
             twin = random_twin(world.encoders[n], "grid.controls")
             cells.append(_cell(f"{n} (random init){tail}", [twin], None, adapter, world, False))
@@ -121,6 +124,101 @@ def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
     if world.arm["arm"] == "sensitivity":
         _check_sensitivity(cells, world.arm)
     return cells
+
+
+# (encoder names, fusion or None for one encoder, the cell's own train values, where it is listed)
+Entry = tuple[list[str], dict[str, Any] | None, dict[str, Any], str]
+CELL_KEYS = ("encoders", "fusion", "train")
+# train values every cell shares: the budget, the stages and the grid's seeds
+SHARED_TRAIN = ("seed", "stage", "init_from", "max_steps", "batch_size", "grad_accum")
+
+
+def _known(names: list[str], where: str, world: FairWorld) -> None:
+    for n in names:
+        if n not in world.encoders:
+            raise ConfigError(
+                where, f"unknown encoder {n!r}; the base has {', '.join(world.encoders)}"
+            )
+
+
+def _product(grid: dict[str, Any], world: FairWorld) -> list[Entry]:
+    """grid.encoders x grid.fusion: a one-encoder set is one cell, a larger one a cell per fusion."""
+    base = world.base["model"]
+    raw_f = grid.get("fusion", [base["fusion"]])
+    fusions = [
+        _fresh(typed(f, "grid.fusion"), ("scales", *SCALE_KEYS), "grid.fusion") for f in raw_f
+    ]
+    sets = grid.get("encoders", [list(world.encoders)])
+    for i, names in enumerate(sets):
+        _known(names, f"grid.encoders[{i}]", world)
+    entries: list[Entry] = []
+    for i, names in enumerate(sets):
+        where = f"grid.encoders[{i}]"
+        if len(names) == 1:
+            entries.append((names, None, {}, where))
+        else:
+            entries += [(names, fusion, {}, where) for fusion in fusions]
+    return entries
+
+
+def _listed(grid: dict[str, Any], spec: dict[str, Any], world: FairWorld) -> list[Entry]:
+    """grid.cells: each {encoders: [...], fusion: ... (2+ encoders only), train: {...}}."""
+    both = [k for k in ("encoders", "fusion") if k in grid]
+    if both:
+        raise ConfigError(
+            f"grid.{both[0]}", "give the cells as a list (grid.cells) or as a product, not both"
+        )
+    raw = grid["cells"]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(
+            "grid.cells", f"give a list of cells, e.g. [{{encoders: [clip]}}], got {raw!r}"
+        )
+    entries: list[Entry] = []
+    for i, entry in enumerate(raw):
+        where = f"grid.cells[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, f"expected a mapping with encoders, got {entry!r}")
+        bad = sorted(set(entry) - set(CELL_KEYS))
+        if bad:
+            raise ConfigError(f"{where}.{bad[0]}", f"unknown field; valid: {', '.join(CELL_KEYS)}")
+        names = entry.get("encoders")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{where}.encoders", f"give a list of encoder names, got {names!r}")
+        if len(set(names)) < len(names):
+            raise ConfigError(f"{where}.encoders", f"{names} lists an encoder twice")
+        _known(names, f"{where}.encoders", world)
+        fusion = entry.get("fusion")
+        if len(names) == 1 and fusion is not None:
+            raise ConfigError(
+                f"{where}.fusion", "one encoder has no fusion (it passes through); leave it out"
+            )
+        if len(names) > 1:
+            if fusion is None:
+                raise ConfigError(f"{where}.fusion", f"required for {len(names)} encoders")
+            f = f"{where}.fusion"
+            fusion = _fresh(typed(fusion, f), ("scales", *SCALE_KEYS), f)
+        entries.append((names, fusion, _cell_train(entry.get("train"), where, spec), where))
+    return entries
+
+
+def _cell_train(train: Any, where: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A listed cell's own train values: its one setting (none: the grid's `select`)."""
+    if train is None:
+        return {}
+    where = f"{where}.train"
+    if not isinstance(train, dict) or not train:
+        raise ConfigError(where, f"give train values by key, e.g. {{lr: 0.001}}, got {train!r}")
+    if spec.get("select") is not None:
+        raise ConfigError(where, "give a cell's own train values or select, not both")
+    for key in train:
+        if key in SHARED_TRAIN:
+            raise ConfigError(
+                f"{where}.{key}", "the same for every cell (the budget, stages and seeds)"
+            )
+        if key not in TrainSection.model_fields:
+            valid = ", ".join(k for k in TrainSection.model_fields if k not in SHARED_TRAIN)
+            raise ConfigError(f"{where}.{key}", f"unknown train field; valid: {valid}")
+    return dict(train)
 
 
 def _cell(

@@ -45,6 +45,7 @@ class FairWorld:
     test_files: list[Path] = field(default_factory=list)
     jobs: int = 2
     text_tokens: int | None = None  # nano: each cell's max_length = its image tokens + 2 + this
+    variants: tuple[str, ...] = ()  # `variants`: encoders derived from the base's (fair_variants)
 
     def make_test_set(self) -> list[Path]:
         """The test questions (nano: generated now, into the data cache). Call it only once
@@ -111,9 +112,13 @@ def align_steps(total: int, share: Any) -> int:
 
 
 def make_world(spec: dict[str, Any], out: Path) -> FairWorld:
-    if spec.get("nano"):
-        return _nano_world(spec, out)
-    return _real_world(spec, out)
+    from polyvis.nano.fair_variants import add_variants, world_families
+
+    world_families(spec)  # the `families` option is checked before anything is built
+    world = _nano_world(spec, out) if spec.get("nano") else _real_world(spec, out)
+    world.encoders = add_variants(spec, world.encoders)
+    world.variants = tuple(spec.get("variants") or ())
+    return world
 
 
 def _eval_section(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -136,6 +141,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import demo
     from polyvis.nano.experts import EXPERTS, ensure_experts
+    from polyvis.nano.fair_variants import family_data, world_families
     from polyvis.nano.tasks import select_split
 
     quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
@@ -158,20 +164,23 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
                "difficulty": budget.get("difficulty", "medium")}  # fmt: skip
     if synthetic_dir(options) != data_dir:
         raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
+    families, train = world_families(spec), world.train
+    if families != demo.FAMILIES:  # `families`: the cells train, choose and test on these
+        data_dir, train, options = family_data(families, budget, jobs)
     every = {**world.experts, **experts}
     names = ["clip", "vary"] + (["dino"] if "dino-nano" in every else [])
-    base = demo.run_config(
-        names, "concat-channel", every, world.train, world.corpus, budget, quick, 0
-    )
+    base = demo.run_config(names, "concat-channel", every, train, world.corpus, budget, quick, 0)
     info = {
-        "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in world.train]},
+        "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in train]},
         "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
     }
+    if families != demo.FAMILIES:
+        info["data"]["families"] = families
     return FairWorld(
         base=base,
         encoders={e["name"]: e for e in base["model"]["encoders"]},
         llm={"path": str(experts["lm-nano"])},
-        val_files=select_split(data_dir, demo.FAMILIES, "val"),
+        val_files=select_split(data_dir, families, "val"),
         val_limit=_limit(ev, "val_limit", budget["eval_limit"] if quick else VAL_LIMIT),
         test_limit=_limit(ev, "test_limit", budget["eval_limit"]),
         align=demo.align_stage(budget),

@@ -30,6 +30,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from polyvis.nano.fair_cells import Cell, plan_cells
 from polyvis.nano.fair_world import FairWorld, make_world
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs, train_seconds
 from polyvis.nano.worker import FlopsStage
-from polyvis.paths import write_json_atomic
+from polyvis.paths import write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class FairPlan:
     root: Path  # the arm's folder: OUT, or OUT/sensitivity-...
     _tokens: dict[str, int] = field(default_factory=dict)  # image tokens per cell name
 
+    def cell_settings(self, cell: Cell) -> list[Setting]:
+        """The cell's candidates: its own train values when the grid lists them, else select's."""
+        return [Setting(dict(cell.train))] if cell.train else self.settings
+
     def run_dir(self, cell: Cell, setting: Setting, seed: int) -> Path:
         return self.root / "cells" / cell.slug / setting.slug / f"seed-{seed}"
 
@@ -92,8 +97,10 @@ class FairPlan:
             model["fusion"] = {k: v for k, v in model["fusion"].items() if k not in SCALE_KEYS}
             model["fusion"].pop("scales", None)
             cfg = load_config({**copy.deepcopy(self.world.base), "model": model})
-            with quiet_transformers():
-                self._tokens[cell.name] = build_model(cfg)[1].image_seq_length
+            from polyvis.nano.fair_variants import max_image_tokens
+
+            with quiet_transformers():  # a tiled encoder's images: their most tokens
+                self._tokens[cell.name] = max_image_tokens(build_model(cfg)[1])
         return self._tokens[cell.name]
 
     def spec(self, cell: Cell, setting: Setting, seed: int, split: str) -> RunSpec:
@@ -128,8 +135,15 @@ def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
     cells = plan_cells(spec, world)
     plan = FairPlan(world, cells, settings, seeds, world.root)
     for cell in cells:  # every candidate's config is valid before anything trains
-        for setting in settings:
-            plan.spec(cell, setting, seeds[0], "val")
+        for setting in plan.cell_settings(cell):
+            try:
+                plan.spec(cell, setting, seeds[0], "val")
+            except ConfigError as err:  # a value the grid gave this cell: name it there
+                key = err.field.removeprefix("train.")
+                if not cell.train or key not in cell.train:
+                    raise
+                msg = str(err).removeprefix(f"{err.field}: ")
+                raise ConfigError(f"{cell.source}.train.{key}", msg) from None
     return plan
 
 
@@ -144,15 +158,18 @@ def select(plan: FairPlan, jobs: int) -> dict[str, dict[str, Any]]:
     runs = {
         (c.name, s.label): plan.spec(c, s, plan.seeds[0], "val")
         for c in plan.cells
-        for s in plan.settings
+        for s in plan.cell_settings(c)
     }
     print(f"selection: {len(runs)} runs ({len(plan.cells)} cells x {len(plan.settings)} "
-          f"candidates, seed {plan.seeds[0]}), scored on val; finished ones are reused")  # fmt: skip
+          f"candidates, seed {plan.seeds[0]}), scored on val; finished ones are reused"
+          if all(not c.train for c in plan.cells) else
+          f"selection: {len(runs)} runs (each cell at its own setting, seed {plan.seeds[0]}), "
+          "scored on val; finished ones are reused")  # fmt: skip
     train_runs(list(runs.values()), jobs=jobs, on_done=_done)
     out: dict[str, dict[str, Any]] = {}
     for cell in plan.cells:
         rows = []
-        for s in plan.settings:
+        for s in plan.cell_settings(cell):
             mean, fams = val_mean(runs[cell.name, s.label])
             rows.append({"setting": s.values, "label": s.label, "val_mean": mean, "val": fams})
         best = max(range(len(rows)), key=lambda i: (rows[i]["val_mean"], -i))
@@ -197,9 +214,12 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu})"
 
 
-def run_fair(spec: dict[str, Any], out: Path, command: str) -> dict[str, Any]:
+def run_fair(
+    spec: dict[str, Any], out: Path, command: str, notes: Sequence[str] = ()
+) -> dict[str, Any]:
     """Plan, select on val, make the test set, train the other seeds, score on test, and write
-    the leaderboard; returns its document. Wall time adds up over resumed invocations."""
+    the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
+    (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
     start = time.perf_counter()
     plan = plan_fair(spec, out)
     root = plan.root
@@ -207,12 +227,14 @@ def run_fair(spec: dict[str, Any], out: Path, command: str) -> dict[str, Any]:
     clock = root / "wall.json"
     before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
     try:
-        return _run(plan, spec, command, lambda: before + time.perf_counter() - start)
+        return _run(plan, spec, command, lambda: before + time.perf_counter() - start, notes)
     finally:
         write_json_atomic(clock, {"seconds": before + time.perf_counter() - start})
 
 
-def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[str, Any]:
+def _run(
+    plan: FairPlan, spec: dict[str, Any], command: str, wall: Any, notes: Sequence[str]
+) -> dict[str, Any]:
     from datetime import datetime, timezone
 
     from polyvis.eval.leaderboard import write_leaderboard
@@ -230,7 +252,8 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
     )
     finals = final_runs(plan, chosen)
     every = [r for runs in finals.values() for r in runs]
-    print(f"test: {len(every)} runs ({len(plan.seeds)} seeds per cell), scored on the test set")
+    n = len(plan.seeds)
+    print(f"test: {len(every)} runs ({n} seed{'s' * (n > 1)} per cell), scored on the test set")
     train_runs(every, jobs=jobs, on_done=_done)
     cells = []
     for cell in plan.cells:
@@ -262,6 +285,11 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
         "protocol": plan.world.describe(plan.settings, plan.seeds, plan.cells),
     }
     doc = write_leaderboard(stats, plan.root / "leaderboard", meta)
+    if notes:  # after the title, before the command and the table
+        md = plan.root / "leaderboard.md"
+        title, rest = md.read_text(encoding="utf-8").split("\n\n", 1)
+        said = "".join(f"**{note}**\n\n" for note in notes)
+        write_text_atomic(md, f"{title}\n\n{said}{rest}")
     from polyvis.eval.html import write_ablation_html
 
     write_ablation_html(
@@ -269,6 +297,7 @@ def _run(plan: FairPlan, spec: dict[str, Any], command: str, wall: Any) -> dict[
         leaderboard=doc,
         plot=plan.root / "leaderboard.png",
         answers={c.name: finals[c.name][0].out / "test" / "answers.jsonl" for c in plan.cells},
+        notes=notes,
     )
     print(f"\nleaderboard: {plan.root / 'leaderboard.md'}, {plan.root / 'results.html'}")
     return doc
