@@ -5,6 +5,7 @@ random-init twins, resuming, and lm-nano (the same LM for every cell)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,21 @@ def test_every_nano_cell_reads_the_same_text_however_many_image_tokens_it_has(tm
     # a sequence fusion's tokens are its encoders' together, and each cell's text is the same
     assert lengths["clip+dino concat-sequence"] == lengths["clip"] + lengths["dino"]
     assert len(set(lengths.values())) == 3
+
+
+def test_sigterm_unwinds_a_grid_like_ctrl_c_and_is_restored_after():
+    import os
+    import signal
+
+    from polyvis.nano.protocol import _terminate_as_exit
+
+    before = signal.getsignal(signal.SIGTERM)
+    unwound = []
+    with pytest.raises(SystemExit) as exc, _terminate_as_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        finally:
+            unwound.append(True)  # run_fair's finally (the wall clock) runs the same way
+    assert exc.value.code == 128 + signal.SIGTERM and unwound == [True]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -23,14 +23,17 @@ The sensitivity arm (`arm: sensitivity`) writes the same under OUT/sensitivity-.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import os
 import platform
+import signal
 import statistics
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,9 +230,28 @@ def run_fair(
     clock = root / "wall.json"
     before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
     try:
-        return _run(plan, spec, command, lambda: before + time.perf_counter() - start, notes)
+        with _terminate_as_exit():
+            return _run(plan, spec, command, lambda: before + time.perf_counter() - start, notes)
     finally:
         write_json_atomic(clock, {"seconds": before + time.perf_counter() - start})
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (`kill`, a scheduler's stop) unwinds like Ctrl-C: the runs' workers are stopped
+    and the wall clock is saved, so a resumed grid's wall time counts this invocation too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(
