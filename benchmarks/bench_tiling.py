@@ -62,20 +62,25 @@ LLM = {
 GRIDS = [(1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]
 
 
-def build(grid: tuple[int, int] | None, thumbnail: bool):
-    encoder = {"name": "clip", "config": CLIP, "layers": [-2]}
-    if grid is not None:
-        encoder["tiling"] = {"grids": [list(grid)], "thumbnail": thumbnail}
+def build_single(encoder: dict, tiling: dict | None, llm: dict, vocab: int):
+    """One encoder (tiled when `tiling` is given) through concat-channel and an MLP, seed 0."""
+    if tiling is not None:
+        encoder = {**encoder, "tiling": tiling}
     cfg = {
         "model": {
             "encoders": [encoder],
             "fusion": {"type": "concat-channel"},
             "adapter": {"type": "mlp", "depth": 2},
-            "llm": {"config": LLM, "tokenizer": {"vocab_size": 600}},
+            "llm": {"config": llm, "tokenizer": {"vocab_size": vocab}},
         }
     }
     torch.manual_seed(0)
     return build_model(load_config(cfg))
+
+
+def build(grid: tuple[int, int] | None, thumbnail: bool):
+    tiling = None if grid is None else {"grids": [list(grid)], "thumbnail": thumbnail}
+    return build_single({"name": "clip", "config": CLIP, "layers": [-2]}, tiling, LLM, 600)
 
 
 def picture(grid: tuple[int, int]) -> Image.Image:
@@ -115,18 +120,7 @@ def build_nano(tiling: dict | None):
     from polyvis.nano.vary_model import DECODER_NANO, RESNET_NANO
 
     encoder = {"name": "vary", "config": dict(RESNET_NANO), "layers": [-1], "image_size": 64}
-    if tiling is not None:
-        encoder["tiling"] = tiling
-    cfg = {
-        "model": {
-            "encoders": [encoder],
-            "fusion": {"type": "concat-channel"},
-            "adapter": {"type": "mlp", "depth": 2},
-            "llm": {"config": DECODER_NANO, "tokenizer": {"vocab_size": 300}},
-        }
-    }
-    torch.manual_seed(0)
-    return build_model(load_config(cfg))
+    return build_single(encoder, tiling, DECODER_NANO, 300)
 
 
 def pages(repeats: int, threads: int) -> None:

@@ -33,7 +33,7 @@ from polyvis.data.synthetic.common import (
     uniform_int,
 )
 from polyvis.data.synthetic.ocr import QUESTION, random_text
-from polyvis.data.synthetic.table import KEY_HEADERS, VALUE_HEADERS
+from polyvis.data.synthetic.table import KEY_HEADERS, VALUE_HEADERS, draw_table_grid
 
 
 def page(rng: np.random.Generator, width: int, height: int, difficulty: str) -> Image.Image:
@@ -116,16 +116,7 @@ class TablePageFamily(Family):
         # one font for the table: the largest at which its longest cell fits a cell
         longest = max((cell for row in table for cell in row), key=len)
         fnt = fit_font(longest, cw * 0.9, ch * 0.8, round(ch * 0.75))
-        line = (90, 90, 90)
-        draw.rectangle(
-            (margin, margin, width - margin - 1, round(margin + ch)), fill=(215, 215, 215)
-        )
-        for r in range(n_rows + 1):
-            y = round(margin + r * ch) - (1 if r == n_rows else 0)
-            draw.line((margin, y, width - margin - 1, y), fill=line, width=1)
-        for c in range(n_cols + 1):
-            x = round(margin + c * cw) - (1 if c == n_cols else 0)
-            draw.line((x, margin, x, height - margin - 1), fill=line, width=1)
+        draw_table_grid(draw, (width, height), margin, (n_rows, n_cols), (cw, ch))
         colour = ink(rng, difficulty)
         for r, row in enumerate(table):
             for c, cell in enumerate(row):

@@ -26,6 +26,27 @@ from polyvis.data.synthetic.common import (
     uniform_int,
 )
 
+
+def draw_table_grid(
+    draw: ImageDraw.ImageDraw,
+    page: tuple[int, int],
+    margin: int,
+    shape: tuple[int, int],
+    cell: tuple[float, float],
+) -> None:
+    """A table's ruling on a (width, height) page: the header row shaded, then every row and
+    column line (the last ones drawn one pixel in, so they stay on the page)."""
+    (width, height), (n_rows, n_cols), (cw, ch) = page, shape, cell
+    line = (90, 90, 90)
+    draw.rectangle((margin, margin, width - margin - 1, round(margin + ch)), fill=(215, 215, 215))
+    for r in range(n_rows + 1):
+        y = round(margin + r * ch) - (1 if r == n_rows else 0)
+        draw.line((margin, y, width - margin - 1, y), fill=line, width=1)
+    for c in range(n_cols + 1):
+        x = round(margin + c * cw) - (1 if c == n_cols else 0)
+        draw.line((x, margin, x, height - margin - 1), fill=line, width=1)
+
+
 KEY_HEADERS = ("Item", "Name", "Team", "City")
 VALUE_HEADERS = ("Cost", "Qty", "Age", "Year", "Size", "Rank", "Score", "Code")
 
@@ -84,16 +105,7 @@ class TableFamily(Family):
 
         longest = max((cell for row in table for cell in row), key=len)
         table_font = None if level == 0 else fitted(longest)
-        line = (90, 90, 90)
-        draw.rectangle(
-            (margin, margin, size - margin - 1, round(margin + ch)), fill=(215, 215, 215)
-        )
-        for r in range(n_rows + 1):
-            y = round(margin + r * ch) - (1 if r == n_rows else 0)
-            draw.line((margin, y, size - margin - 1, y), fill=line, width=1)
-        for c in range(n_cols + 1):
-            x = round(margin + c * cw) - (1 if c == n_cols else 0)
-            draw.line((x, margin, x, size - margin - 1), fill=line, width=1)
+        draw_table_grid(draw, (size, size), margin, (n_rows, n_cols), (cw, ch))
         for r, row in enumerate(table):
             for c, cell in enumerate(row):
                 box = (
