@@ -7,8 +7,9 @@ the starting LM, adapter, data. Prints per-family scores (points) and the time t
 
 The data (`--n` images per family, `--difficulty`) and the experts are made once in
 $POLYVIS_CACHE and reused; each run trains in OUT/runs/NAME with the feature cache, one thread, and is scored on
-the held-out scored questions (at most --eval-limit per family). Used for the "what we tried"
-table in docs/nano.md.
+the held-out scored questions (at most --eval-limit per family): the old demo's recipe trials
+(docs/nano.md, "What the old demo taught"), whose test-split figures are withdrawn; use the val
+split (select_split(..., "val")) for new choices.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from polyvis.nano import demo
+from polyvis.nano import budget as nano_budget
+from polyvis.nano import world as nano_world
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 
 
@@ -28,14 +30,14 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/nano-recipe")
     p.add_argument("--encoders", default="clip,vary", help="clip, vary or clip,vary")
     p.add_argument("--fusion", default="concat-channel")
-    p.add_argument("--adapter", default=json.dumps(demo.ADAPTER), help="JSON")
-    p.add_argument("--families", default=",".join(demo.FAMILIES))
-    p.add_argument("--n", type=int, default=demo.BUDGET["n"])
-    p.add_argument("--per-family", type=int, default=demo.BUDGET["per_family"])
-    p.add_argument("--steps", type=int, default=demo.BUDGET["steps"])
-    p.add_argument("--batch-size", type=int, default=demo.BUDGET["batch_size"])
-    p.add_argument("--lr", type=float, default=demo.BUDGET["lr"])
-    p.add_argument("--vocab", type=int, default=demo.BUDGET["vocab"])
+    p.add_argument("--adapter", default=json.dumps(nano_budget.ADAPTER), help="JSON")
+    p.add_argument("--families", default=",".join(nano_budget.FAMILIES))
+    p.add_argument("--n", type=int, default=nano_budget.BUDGET["n"])
+    p.add_argument("--per-family", type=int, default=nano_budget.BUDGET["per_family"])
+    p.add_argument("--steps", type=int, default=nano_budget.BUDGET["steps"])
+    p.add_argument("--batch-size", type=int, default=nano_budget.BUDGET["batch_size"])
+    p.add_argument("--lr", type=float, default=nano_budget.BUDGET["lr"])
+    p.add_argument("--vocab", type=int, default=nano_budget.BUDGET["vocab"])
     p.add_argument(
         "--lm", default=None,
         help="'scratch' (a random LM, BPE of --vocab), or a causal-LM dir (with its tokenizer); "
@@ -63,7 +65,7 @@ def main() -> None:
     a = p.parse_args()
 
     out = Path(a.out)
-    budget = dict(demo.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
+    budget = dict(nano_budget.BUDGET, n=a.n, per_family=a.per_family, steps=a.steps, lr=a.lr)
     budget.update(batch_size=a.batch_size, vocab=a.vocab, per_image=a.per_image)
     if a.align_steps is not None:
         budget["align_steps"] = a.align_steps
@@ -71,10 +73,10 @@ def main() -> None:
         budget["difficulty"] = json.loads(a.difficulty)
     if a.lm == "scratch":
         budget["lm"] = "scratch"
-    world = demo.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
+    world = nano_world.prepare_world(out, budget, quick=False, seed=0, workers=2, progress=False)
     families = a.families.split(",")
-    pick = [i for i, f in enumerate(demo.FAMILIES) if f in families]
-    cfg = demo.run_config(
+    pick = [i for i, f in enumerate(nano_budget.FAMILIES) if f in families]
+    cfg = nano_world.run_config(
         a.encoders.split(","), a.fusion, world.experts, [world.train[i] for i in pick],
         world.corpus, budget, False, a.seed,
     )  # fmt: skip
@@ -88,12 +90,12 @@ def main() -> None:
         node[last] = json.loads(value)
     if a.lm and a.lm != "scratch":
         cfg["model"]["llm"] = {"path": a.lm}
-    init = demo.projector_init(cfg)
+    init = nano_world.projector_init(cfg)
     if init and not a.no_start:
         cfg["model"]["adapter"] = {**cfg["model"]["adapter"], **init}
     spec = RunSpec.build(
         a.name, cfg, out / "runs" / a.name, [world.test[i] for i in pick], a.eval_limit,
-        align=demo.align_stage(budget),
+        align=nano_world.align_stage(budget),
     )  # fmt: skip
     t0 = time.perf_counter()
     train_runs([spec], jobs=1)

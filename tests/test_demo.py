@@ -11,8 +11,7 @@ import yaml
 
 from polyvis.cli import main
 from polyvis.data.synthetic.cache import synthetic_dir
-from polyvis.nano.budget import DEMO_ADAPTER, DEMO_CELLS
-from polyvis.nano.demo import FAMILIES, QUICK_BUDGET
+from polyvis.nano.budget import DEMO_ADAPTER, DEMO_CELLS, FAMILIES, QUICK_BUDGET
 from polyvis.nano.demo_report import one_seed_note, quick_notice
 from polyvis.nano.fair_cells import slug
 from polyvis.paths import cache_root

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from polyvis.nano.budget import DEMO_CELLS
-from polyvis.nano.demo import BUDGET, QUICK_BUDGET, demo_spec
+from polyvis.nano.budget import BUDGET, DEMO_CELLS, QUICK_BUDGET
+from polyvis.nano.demo import demo_spec
 from polyvis.nano.demo_report import (
     demo_notes,
     demo_table,

@@ -133,7 +133,8 @@ def test_vary_with_bpe_saves_its_decoder_as_a_starting_lm(
 
 
 def test_nano_lm_without_a_saved_decoder_names_the_setting(tmp_path: Path) -> None:
-    from polyvis.nano.demo import BUDGET, nano_lm
+    from polyvis.nano.budget import BUDGET
+    from polyvis.nano.world import nano_lm
 
     experts = {"vary-nano": tmp_path / "vary-nano-old"}
     with pytest.raises(ConfigError, match=r"vary-nano\.tokenizer.*decoder is missing"):

@@ -13,9 +13,9 @@ from PIL import Image
 from polyvis.config import load_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano import runs
-from polyvis.nano.demo import align_stage, nano_config, projector_init
 from polyvis.nano.runs import RunSpec, pending_stages, stage_configs, train_runs, train_seconds
 from polyvis.nano.worker import EvalStage, FlopsStage, TrainStage, run_stages
+from polyvis.nano.world import align_stage, nano_config, projector_init
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = load_config(ROOT / "configs" / "nano-tiny.yaml").model_dump(mode="json", exclude_none=True)

@@ -273,9 +273,10 @@ def test_lm_nano_learns_the_worlds_text_and_rebuilds_to_the_same_bytes(tmp_path:
     from polyvis.config import LLMSpec
     from polyvis.data.synthetic.cache import ensure_synthetic
     from polyvis.models.build import build_language_model
-    from polyvis.nano.demo import QUICK_BUDGET, write_corpus
+    from polyvis.nano.budget import QUICK_BUDGET
     from polyvis.nano.experts import QUICK_DATA, resolve_settings
     from polyvis.nano.lm import text_lines, train_lm
+    from polyvis.nano.world import write_corpus
 
     (opts,) = QUICK_DATA["lm-nano"]
     data = ensure_synthetic({**opts, "seed": 0, "size": 64}, progress=False)

@@ -50,10 +50,10 @@ import yaml
 
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
-from polyvis.nano.demo import nano_config
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
+from polyvis.nano.world import nano_config
 
 KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align", "protocol")
 # the fair protocol's own keys (polyvis.nano.protocol); `align` is its align_share there
@@ -99,16 +99,19 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
 def _nano_base(
     spec: dict[str, Any], out: Path
 ) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None, dict[str, Any]]:
-    from polyvis.nano import demo
+    from polyvis.nano import budget as nano_budget
+    from polyvis.nano import world as nano_world
 
     quick = bool(spec.get("quick"))
-    budget = dict(demo.QUICK_BUDGET if quick else demo.BUDGET)
-    world = demo.prepare_world(out, budget, quick, workers=int(spec.get("jobs", 2)), progress=False)
-    base = demo.run_config(
+    budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
+    world = nano_world.prepare_world(
+        out, budget, quick, workers=int(spec.get("jobs", 2)), progress=False
+    )
+    base = nano_world.run_config(
         ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
         quick, 0,
     )  # fmt: skip
-    return base, world.test, budget["eval_limit"], demo.align_stage(budget), budget
+    return base, world.test, budget["eval_limit"], nano_world.align_stage(budget), budget
 
 
 def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:

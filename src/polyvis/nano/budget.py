@@ -31,9 +31,10 @@ DEMO_CELLS = [
 # the leaderboard's adapter (configs/leaderboard-nano.yaml): LLaVA-1.5's two-layer MLP
 DEMO_ADAPTER = {"type": "mlp", "depth": 2}
 
-# Many small steps teach more per sample than few large ones, and 1000 keep a second run near 6
-# minutes on 2 cores. The LM already reads, so it trains slower than the adapter: at the
-# adapter's rate it forgot how to read before the adapter fed it (figures: docs/nano.md).
+# Many small steps teach more per sample than few large ones, and 1000 keep a run near 2 minutes
+# on 2 cores. The LM trains slower than the adapter (lr_llm): an LM that already reads forgot how
+# before the adapter fed it. Both were chosen on the old demo's test split (docs/nano.md, "What
+# the old demo taught"); the fair protocol keeps them fixed for every cell and chooses only on val.
 BUDGET = {
     "n": 1500,
     "per_family": 1500,

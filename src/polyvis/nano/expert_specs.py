@@ -16,7 +16,7 @@ VISION_EXPERTS = ("clip-nano", "vary-nano")  # what the demo and ensure_experts(
 # (invalidates its cache entries; the versions' history is in docs/nano.md).
 RECIPE_VERSION = {"clip-nano": 1, "vary-nano": 2, "dino-nano": 1, "lm-nano": 1}
 # lm-nano reads the nano world's own training text: the demo's data options (seed 0, 64 px),
-# so that it shares their cached folder (polyvis.nano.demo.prepare_world)
+# so that it shares their cached folder (polyvis.nano.world.prepare_world)
 _WORLD, _QUICK_WORLD = (
     {"families": list(FAMILIES), "n": b["n"], "difficulty": b.get("difficulty", "medium")}
     for b in (BUDGET, QUICK_BUDGET)
@@ -49,7 +49,7 @@ QUICK_DATA: dict[str, list[dict[str, Any]]] = {
 }
 SYNTH_KEYS = {"families", "n", "seed", "size", "difficulty", "train", "eval"}
 
-# vary-nano's decoder is every nano run's starting LM (polyvis.nano.demo.nano_lm), so it needs a
+# vary-nano's decoder is every nano run's starting LM (polyvis.nano.world.nano_lm), so it needs a
 # transformers tokenizer saved beside it: a byte-level BPE with 3 merges, in effect characters,
 # which a decoder learns to read from the patches far faster than word-sized tokens.
 NANO_LM_TOKENIZER = {"tokenizer": "bpe", "bpe_vocab_size": 262}

@@ -249,7 +249,7 @@ def _cell(
 
 def _sensitivity(model: dict[str, Any], world: FairWorld) -> dict[str, bool]:
     """The arm's starts, on `model` in place: {"warm_start": .., "balanced": ..} it received."""
-    from polyvis.nano.demo import projector_init
+    from polyvis.nano.world import projector_init
 
     arm, warm, balanced = world.arm, False, False
     if arm["warm_start"]:

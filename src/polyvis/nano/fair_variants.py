@@ -65,7 +65,7 @@ def family_data(
     options = {"families": list(families), "n": budget["n"], "seed": 0, "size": 64,
                "difficulty": level}  # fmt: skip
     data_dir = ensure_synthetic(options, progress=False, workers=jobs)
-    # the selection's name as polyvis.nano.demo.prepare_world gives it
+    # the selection's name as polyvis.nano.world.prepare_world gives it
     per_image = bool(budget.get("per_image"))
     key = json.dumps([budget["per_family"], 0, per_image])
     suffix = "nano-" + hashlib.sha1(key.encode()).hexdigest()[:8]

@@ -139,13 +139,14 @@ def _limit(ev: dict[str, Any], key: str, default: int | None) -> int | None:
 
 def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
-    from polyvis.nano import demo
+    from polyvis.nano import budget as nano_budget
+    from polyvis.nano import world as nano_world
     from polyvis.nano.experts import EXPERTS, ensure_experts
     from polyvis.nano.fair_variants import family_data, world_families
     from polyvis.nano.tasks import select_split
 
     quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
-    budget = dict(demo.QUICK_BUDGET if quick else demo.BUDGET)
+    budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
     budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
     ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
@@ -158,23 +159,25 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
         raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
     experts = ensure_experts(quick=quick, progress=False, names=EXPERTS)  # every expert at once
-    world = demo.prepare_world(root, budget, quick, workers=jobs, progress=False)
+    world = nano_world.prepare_world(root, budget, quick, workers=jobs, progress=False)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
-    options = {"families": demo.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
+    options = {"families": nano_budget.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
                "difficulty": budget.get("difficulty", "medium")}  # fmt: skip
     if synthetic_dir(options) != data_dir:
         raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
     families, train = world_families(spec), world.train
-    if families != demo.FAMILIES:  # `families`: the cells train, choose and test on these
+    if families != nano_budget.FAMILIES:  # `families`: the cells train, choose and test on these
         data_dir, train, options = family_data(families, budget, jobs)
     every = {**world.experts, **experts}
     names = ["clip", "vary"] + (["dino"] if "dino-nano" in every else [])
-    base = demo.run_config(names, "concat-channel", every, train, world.corpus, budget, quick, 0)
+    base = nano_world.run_config(
+        names, "concat-channel", every, train, world.corpus, budget, quick, 0
+    )
     info = {
         "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in train]},
         "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
     }
-    if families != demo.FAMILIES:
+    if families != nano_budget.FAMILIES:
         info["data"]["families"] = families
     return FairWorld(
         base=base,
@@ -183,7 +186,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         val_files=select_split(data_dir, families, "val"),
         val_limit=_limit(ev, "val_limit", budget["eval_limit"] if quick else VAL_LIMIT),
         test_limit=_limit(ev, "test_limit", budget["eval_limit"]),
-        align=demo.align_stage(budget),
+        align=nano_world.align_stage(budget),
         arm=arm,
         root=root,
         info=info,

@@ -4,7 +4,7 @@ The fair protocol gives every cell this LM, so that no cell starts with an LM th
 reads one expert's features (vary-nano's decoder does). It has vary-nano's decoder's shape
 (polyvis.nano.vary_model.DECODER_NANO) and its own byte-level BPE of the same size, trained on
 the training split's text: every question and answer of every family, as
-polyvis.nano.demo.write_corpus collects it. Each line is one text followed by the end-of-text
+polyvis.nano.world.write_corpus collects it. Each line is one text followed by the end-of-text
 token (answers in a run end with it too); the token stream is cut into blocks, and the model
 trains as a plain causal LM on them with the experts' schedule (polyvis.nano._common). Every
 random number has its fixed place, so a rebuild is the same bytes.
@@ -37,7 +37,7 @@ from polyvis.progress import progress_bar
 
 
 def _world_families() -> list[str]:
-    from polyvis.nano.demo import FAMILIES
+    from polyvis.nano.budget import FAMILIES
 
     return list(FAMILIES)
 
@@ -63,7 +63,7 @@ class LmSettings(Settings):
 
 def text_lines(data_dir: Path, families: list[str], split: str = "train") -> list[str]:
     """Every conversation turn of the families' records in one split, image markers removed
-    (for the train split, the lines of polyvis.nano.demo.write_corpus)."""
+    (for the train split, the lines of polyvis.nano.world.write_corpus)."""
     from polyvis.data.records import read_records
 
     lines = []
