@@ -354,3 +354,18 @@ def test_sigterm_unwinds_a_grid_like_ctrl_c_and_is_restored_after():
             unwound.append(True)  # run_fair's finally (the wall clock) runs the same way
     assert exc.value.code == 128 + signal.SIGTERM and unwound == [True]
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_val_only_chooses_on_val_and_never_makes_the_test_set(tmp_path: Path, monkeypatch, capsys):
+    spec = {**GRID, "val_only": True, "grid": {**GRID["grid"], "encoders": [["vary"]]}}
+    path = write(tmp_path / "grid.yaml", spec)
+    out = tmp_path / "lb"
+    monkeypatch.setattr(runs, "_launch", inline(launched := []))
+    doc = run_ablation(path, out)
+    assert doc["val_only"] and set(doc["selection"]) == {"vary"}
+    assert [what for _, what in launched] == [["train:align", "train:seed-0", "eval:val"]] * 2
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert not protocol["test"]["made"] and not protocol["test"]["files"]
+    assert not (out / "leaderboard.json").exists()
+    printed = capsys.readouterr().out
+    assert "vary | lr=0.001 | val mean" in printed and "vary | lr=0.003 | val mean" in printed

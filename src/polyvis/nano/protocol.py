@@ -189,6 +189,17 @@ def select(plan: FairPlan, jobs: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def val_table(chosen: dict[str, dict[str, Any]]) -> str:
+    """Every candidate's val scores (points), a row each, the chosen one marked with *."""
+    rows = []
+    for cell, record in chosen.items():
+        for c in record["candidates"]:
+            mark = "*" if c["setting"] == record["chosen"] else " "
+            fams = " ".join(f"{f} {v:.1f}" for f, v in c["val"].items())
+            rows.append(f"{mark} {cell} | {c['label']} | val mean {c['val_mean']:.1f} | {fams}")
+    return "\n".join(rows)
+
+
 def _done(spec: RunSpec, seconds: float) -> None:
     print(f"  {spec.name}: done in {seconds:.0f} s")
 
@@ -267,6 +278,9 @@ def _run(
         plan.root / "protocol.json", plan.world.describe(plan.settings, plan.seeds, plan.cells)
     )
     chosen = select(plan, jobs)
+    if spec.get("val_only"):  # designing the world or the recipe: val scores, no test set
+        print(val_table(chosen))
+        return {"val_only": True, "selection": chosen}
     # every choice is made and written: only now is the test set made and read
     plan.world.make_test_set()
     write_json_atomic(
