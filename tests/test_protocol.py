@@ -369,3 +369,31 @@ def test_val_only_chooses_on_val_and_never_makes_the_test_set(tmp_path: Path, mo
     assert not (out / "leaderboard.json").exists()
     printed = capsys.readouterr().out
     assert "vary | lr=0.001 | val mean" in printed and "vary | lr=0.003 | val mean" in printed
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "words"),
+    [
+        ({"ocrr": "easy"}, "difficulty.ocrr", "unknown family; valid: "),
+        ({"ocr": "simple"}, "difficulty.ocr", "is not a difficulty"),
+        ("easy", "difficulty", "give levels by family"),
+    ],
+)
+def test_world_difficulty_errors_name_the_family(tmp_path: Path, value, field: str, words: str):
+    from polyvis.nano.protocol import plan_fair
+
+    with pytest.raises(ConfigError, match=rf"^{field}: .*{words}"):
+        plan_fair({**GRID, "difficulty": value}, tmp_path / "out")
+
+
+def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
+    from polyvis.nano.protocol import plan_fair
+
+    plan = plan_fair({**GRID, "difficulty": {"ocr": "easy"}}, tmp_path / "out")
+    from polyvis.nano.budget import QUICK_BUDGET
+
+    want = {**QUICK_BUDGET.get("difficulty", {}), "ocr": "easy"}
+    assert plan.world.info["data"]["difficulty"] == want
+    assert plan.world.test_options["difficulty"]["ocr"] == "easy"  # the test set alike
+    base = plan_fair(GRID, tmp_path / "base")
+    assert base.world.info["data"]["folder"] != plan.world.info["data"]["folder"]

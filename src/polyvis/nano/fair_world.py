@@ -137,6 +137,22 @@ def _limit(ev: dict[str, Any], key: str, default: int | None) -> int | None:
     return value
 
 
+def _difficulty(value: Any) -> dict[str, str]:
+    from polyvis.data.synthetic.base import FAMILIES as REGISTERED
+    from polyvis.data.synthetic.common import parse_difficulty
+
+    if not isinstance(value, dict) or not value:
+        raise ConfigError("difficulty", f"give levels by family, e.g. {{ocr: easy}}, got {value!r}")
+    REGISTERED.discover()
+    out = {}
+    for family, level in value.items():
+        if family not in REGISTERED:
+            valid = ", ".join(REGISTERED.names())
+            raise ConfigError(f"difficulty.{family}", f"unknown family; valid: {valid}")
+        out[family] = parse_difficulty(level, f"difficulty.{family}")
+    return out
+
+
 def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import budget as nano_budget
@@ -148,6 +164,8 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
     budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
     budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
+    if "difficulty" in spec:  # the world's data, per family (the experts keep their own data)
+        budget["difficulty"] = {**budget.get("difficulty", {}), **_difficulty(spec["difficulty"])}
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
     ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
     seed = spec.get("test_data_seed", TEST_DATA_SEED)
@@ -174,7 +192,12 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         names, "concat-channel", every, train, world.corpus, budget, quick, 0
     )
     info = {
-        "data": {"folder": str(data_dir), "seed": 0, "train": [str(p) for p in train]},
+        "data": {
+            "folder": str(data_dir),
+            "seed": 0,
+            "train": [str(p) for p in train],
+            "difficulty": budget.get("difficulty", "medium"),
+        },  # fmt: skip
         "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
     }
     if families != nano_budget.FAMILIES:
