@@ -397,3 +397,14 @@ def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
     assert plan.world.test_options["difficulty"]["ocr"] == "easy"  # the test set alike
     base = plan_fair(GRID, tmp_path / "base")
     assert base.world.info["data"]["folder"] != plan.world.info["data"]["folder"]
+
+
+def test_world_steps_set_every_cells_budget_and_its_align_share(tmp_path: Path):
+    from polyvis.nano.protocol import plan_fair
+
+    plan = plan_fair({**GRID, "steps": 20, "align_share": 0.25}, tmp_path / "out")
+    run = plan.spec(plan.cells[0], plan.settings[0], 0, "val")
+    assert plan.world.info["budget"]["steps"] == 20 and plan.world.align["train"]["max_steps"] == 5
+    assert run.config.train.max_steps == 15  # fine-tuning: the rest of the budget
+    with pytest.raises(ConfigError, match=r"^steps: must be an integer"):
+        plan_fair({**GRID, "steps": 1.5}, tmp_path / "bad")

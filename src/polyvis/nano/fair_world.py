@@ -163,6 +163,11 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
 
     quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
     budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
+    if "steps" in spec:  # every cell's budget: align and fine-tuning steps together
+        steps = spec["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+            raise ConfigError("steps", f"must be an integer of at least 2, got {steps!r}")
+        budget["steps"] = steps
     budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
     if "difficulty" in spec:  # the world's data, per family (the experts keep their own data)
         budget["difficulty"] = {**budget.get("difficulty", {}), **_difficulty(spec["difficulty"])}
