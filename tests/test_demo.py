@@ -13,11 +13,14 @@ from polyvis.cli import main
 from polyvis.data.synthetic.cache import synthetic_dir
 from polyvis.nano.budget import DEMO_ADAPTER, DEMO_CELLS, FAMILIES, QUICK_BUDGET
 from polyvis.nano.demo_report import one_seed_note, quick_notice
-from polyvis.nano.fair_cells import slug
+from polyvis.nano.fair_cells import label, slug, typed
 from polyvis.paths import cache_root
 
 # the leaderboard's names: the expert alone, or the encoders and the fusion
-NAMES = ["+".join(c["encoders"]) + (f" {c['fusion']}" if "fusion" in c else "") for c in DEMO_CELLS]
+NAMES = [
+    "+".join(c["encoders"]) + (f" {label(typed(c['fusion'], 'f'))}" if "fusion" in c else "")
+    for c in DEMO_CELLS
+]
 
 
 def _runs(out: Path) -> list[Path]:
@@ -33,13 +36,15 @@ def test_quick_demo_runs_the_fair_protocol_at_one_seed_then_reuses_and_repeats(
     smoke, last = quick_notice(QUICK_BUDGET), one_seed_note(0)
     assert smoke.startswith("SMOKE TEST (--quick): these numbers mean nothing.")
     # the smoke test is said before the table (where the zeros are); the leaderboard's place last
-    assert printed.index(smoke) < printed.index("| clip+dino add |")
+    assert printed.index(smoke) < printed.index("| clip+dino add(align=pool) |")
     assert printed.rstrip().endswith(last) and "docs/leaderboard.md holds the answer" in last
     doc = json.loads((out / "leaderboard.json").read_text())
     assert NAMES[:3] == ["clip", "vary", "dino"]  # each expert alone, then the best fusions
     assert [c["name"] for c in doc["cells"]] == NAMES and doc["baselines"] == NAMES[:3]
     for cell, listed in zip(doc["cells"], DEMO_CELLS):
-        assert cell["encoders"] == listed["encoders"] and cell["fusion"] == listed.get("fusion")
+        assert cell["encoders"] == listed["encoders"] and cell["fusion"] == (
+            label(typed(listed["fusion"], "f")) if "fusion" in listed else None
+        )
         assert cell["adapter"] == "mlp(depth=2)" and cell["seeds"] == [0]
         assert cell["train"] == listed["train"] == cell["selection"]["chosen"]
         assert set(cell["families"]) == set(FAMILIES)
