@@ -36,7 +36,11 @@ def test_the_page_and_its_files_are_served_without_a_key_under_a_strict_policy(w
     assert page.headers["content-security-policy"] == CSP
     assert "default-src 'none'" in CSP and "connect-src 'self'" in CSP
     assert page.text == (WEB_DIR / "index.html").read_text(encoding="utf-8")
-    for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+    for name, kind in [
+        ("app.js", "text/javascript"),
+        ("boxes.js", "text/javascript"),
+        ("style.css", "text/css"),
+    ]:
         r = httpx.get(f"{web_server}/web/{name}")
         assert r.status_code == 200 and r.headers["content-type"] == f"{kind}; charset=utf-8"
         assert r.text == (WEB_DIR / name).read_text(encoding="utf-8")
@@ -45,11 +49,11 @@ def test_the_page_and_its_files_are_served_without_a_key_under_a_strict_policy(w
 
 def test_the_page_loads_nothing_from_elsewhere():
     links = []
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "app.js", "boxes.js", "style.css"):
         text = (WEB_DIR / name).read_text(encoding="utf-8")
         assert not re.search(r"https?:|//[a-z]", text, re.IGNORECASE), name
         links += re.findall(r'(?:src|href)="([^"]*)"', text)
-    assert sorted(links) == ["data:,", "web/app.js", "web/style.css"]
+    assert sorted(links) == ["data:,", "web/app.js", "web/boxes.js", "web/style.css"]
 
 
 def test_web_off_serves_the_api_only(model_dirs):

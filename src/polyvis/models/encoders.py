@@ -237,3 +237,11 @@ def describe(
         "image_size": [int(image_size[0]), int(image_size[1])],
         "interpolate_pos_encoding": bool(kwargs),
     }
+
+
+def mark_initialised(module: nn.Module) -> None:
+    """Keep post_init from re-initialising weights that were loaded from a checkpoint."""
+    for m in module.modules():
+        m._is_hf_initialized = True
+    for t in list(module.parameters()) + list(module.buffers()):
+        t._is_hf_initialized = True

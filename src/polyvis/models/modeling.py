@@ -25,7 +25,7 @@ from polyvis.errors import DataError
 from polyvis.models import answer_rows
 from polyvis.models.adapters import build_adapter
 from polyvis.models.detector import QueryBoxEmbedding, embed_queries, is_detector, query_embeddings
-from polyvis.models.encoders import backbone_tied_weights, make_encoder
+from polyvis.models.encoders import backbone_tied_weights, make_encoder, mark_initialised
 from polyvis.models.fusion import EncoderInfo, build_fusion
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.models.tiling import encode_views, find_tiling, fuse_tiled, views_of
@@ -73,14 +73,6 @@ class PolyVisConfig(PreTrainedConfig):
             self.adapter = {"type": "mlp", "depth": 2}
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
-
-
-def _mark_initialised(module: nn.Module) -> None:
-    """Keep post_init from re-initialising weights that were loaded from a checkpoint."""
-    for m in module.modules():
-        m._is_hf_initialized = True
-    for t in list(module.parameters()) + list(module.buffers()):
-        t._is_hf_initialized = True
 
 
 class PolyVisPreTrainedModel(PreTrainedModel):
@@ -136,7 +128,7 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         for k, entry in enumerate(config.encoders):
             backbone = backbones[k] if backbones is not None else None
             if backbone is not None:
-                _mark_initialised(backbone)
+                mark_initialised(backbone)
             encoders.append(make_encoder(entry, backbone))
         self.encoders = nn.ModuleList(encoders)
         infos = [
@@ -166,7 +158,7 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(text_config)
         else:
-            _mark_initialised(language_model)
+            mark_initialised(language_model)
         self.language_model = language_model
         # `<img_start>` and `<img_end>` own their embeddings, so they can learn while the LM is frozen.
         self.image_boundary_embeds = nn.Parameter(torch.zeros(2, text_config.hidden_size))

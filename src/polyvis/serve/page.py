@@ -13,7 +13,12 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 WEB_DIR = Path(__file__).with_name("web")
-FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+FILES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "boxes.js": "text/javascript",
+    "style.css": "text/css",
+}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -27,7 +32,8 @@ HEADERS = {
 
 
 def add_web_routes(app: FastAPI) -> None:
-    """GET / (the page), GET /web/app.js and /web/style.css; read once, when the app is made."""
+    """GET / (the page), GET /web/app.js, /web/boxes.js and /web/style.css; read once, when the
+    app is made."""
     files = {name: (WEB_DIR / name).read_bytes() for name in FILES}
 
     def send(name: str) -> Response:
@@ -41,6 +47,10 @@ def add_web_routes(app: FastAPI) -> None:
     @app.get("/web/app.js", include_in_schema=False)
     async def script() -> Response:
         return send("app.js")
+
+    @app.get("/web/boxes.js", include_in_schema=False)
+    async def boxes_script() -> Response:
+        return send("boxes.js")
 
     @app.get("/web/style.css", include_in_schema=False)
     async def style() -> Response:

@@ -259,46 +259,6 @@ async function ask(pane, message) {
   pane.messages.push({ role: "assistant", content: text });
 }
 
-// Boxes "[x1, y1, x2, y2]" in an answer are pixels of the image the model was given (the one
-// this page sent, already scaled to MAX_SIDE): drawn over it on a canvas below the answer.
-const BOX = /\[\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*\]/g;
-
-function lastImage(messages) {
-  for (let i = messages.length - 1; i >= 0; i -= 1) {
-    const content = messages[i].content;
-    if (!Array.isArray(content)) continue;
-    const part = content.find((p) => p.type === "image_url");
-    if (part) return part.image_url.url;
-  }
-  return null;
-}
-
-function drawBoxes(answer, text, url) {
-  const boxes = [...text.matchAll(BOX)].map((m) => m.slice(1, 5).map(Number));
-  if (!url || !boxes.length || boxes.some((b) => b.some(Number.isNaN))) return;
-  const img = new Image();
-  img.onload = () => {
-    const canvas = element("canvas", "boxes");
-    canvas.width = img.naturalWidth;
-    canvas.height = img.naturalHeight;
-    canvas.classList.toggle("small", img.naturalWidth < 96);
-    canvas.dataset.boxes = String(boxes.length);
-    const ctx = canvas.getContext("2d");
-    ctx.drawImage(img, 0, 0);
-    ctx.strokeStyle = "#ff00ff"; // as the reports and `polyvis chat --draw-boxes` draw them
-    const w = Math.max(1, Math.round(Math.max(canvas.width, canvas.height) / 150));
-    ctx.lineWidth = w;
-    for (const [x1, y1, x2, y2] of boxes) {
-      // pixels x1..x2 inclusive, the line inside them (as PIL draws): crisp, not smeared
-      const left = Math.round(Math.min(x1, x2)), top = Math.round(Math.min(y1, y2));
-      const width = Math.round(Math.abs(x2 - x1)) + 1, height = Math.round(Math.abs(y2 - y1)) + 1;
-      ctx.strokeRect(left + w / 2, top + w / 2, Math.max(0, width - w), Math.max(0, height - w));
-    }
-    answer.box.insertBefore(canvas, answer.meta);
-  };
-  img.src = url;
-}
-
 function finishAnswer(answer, how, finish) {
   answer.box.classList.remove("streaming");
   answer.box.classList.toggle("error", how === "error");
