@@ -8,6 +8,7 @@ from this server, and its Content-Security-Policy lets it load nothing from anyw
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -32,26 +33,18 @@ HEADERS = {
 
 
 def add_web_routes(app: FastAPI) -> None:
-    """GET / (the page), GET /web/app.js, /web/boxes.js and /web/style.css; read once, when the
-    app is made."""
+    """GET / (the page) and GET /web/NAME for each other file of FILES; read once, when the app
+    is made. No other path under /web answers."""
     files = {name: (WEB_DIR / name).read_bytes() for name in FILES}
 
-    def send(name: str) -> Response:
-        charset = "; charset=utf-8"
-        return Response(files[name], media_type=FILES[name] + charset, headers=HEADERS)
+    def route(name: str) -> Any:
+        async def send() -> Response:
+            kind = FILES[name] + "; charset=utf-8"
+            return Response(files[name], media_type=kind, headers=HEADERS)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return send("index.html")
+        return send
 
-    @app.get("/web/app.js", include_in_schema=False)
-    async def script() -> Response:
-        return send("app.js")
-
-    @app.get("/web/boxes.js", include_in_schema=False)
-    async def boxes_script() -> Response:
-        return send("boxes.js")
-
-    @app.get("/web/style.css", include_in_schema=False)
-    async def style() -> Response:
-        return send("style.css")
+    app.add_api_route("/", route("index.html"), methods=["GET"], include_in_schema=False)
+    for name in FILES:
+        if name != "index.html":
+            app.add_api_route(f"/web/{name}", route(name), methods=["GET"], include_in_schema=False)
