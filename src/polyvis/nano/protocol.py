@@ -32,7 +32,6 @@ import platform
 import signal
 import statistics
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from polyvis.nano.fair_cells import Cell, plan_cells
 from polyvis.nano.fair_world import FairWorld, make_world
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs, train_seconds
 from polyvis.nano.worker import FlopsStage
+from polyvis.nano.wall import WallClock
 from polyvis.paths import write_json_atomic, write_text_atomic
 
 
@@ -234,17 +234,9 @@ def run_fair(
     """Plan, select on val, make the test set, train the other seeds, score on test, and write
     the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
     (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
-    start = time.perf_counter()
     plan = plan_fair(spec, out)
-    root = plan.root
-    root.mkdir(parents=True, exist_ok=True)
-    clock = root / "wall.json"
-    before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
-    try:
-        with _terminate_as_exit():
-            return _run(plan, spec, command, lambda: before + time.perf_counter() - start, notes)
-    finally:
-        write_json_atomic(clock, {"seconds": before + time.perf_counter() - start})
+    with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
+        return _run(plan, spec, command, clock, notes)
 
 
 @contextlib.contextmanager
