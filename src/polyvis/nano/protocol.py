@@ -42,8 +42,8 @@ from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano.fair_cells import Cell, plan_cells
 from polyvis.nano.fair_world import FairWorld, make_world
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs, train_seconds
-from polyvis.nano.worker import FlopsStage
 from polyvis.nano.wall import WallClock
+from polyvis.nano.worker import FlopsStage
 from polyvis.paths import write_json_atomic, write_text_atomic
 
 
