@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import io
 import os
 import platform
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,104 +43,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import torch
-from PIL import Image
-
-from polyvis.serve.background import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    "what is in the image?",
-    "describe the picture.",
-    "how many objects are there?",
-    "which color is it?",
-]
-
-
-def build_tiny(out: Path) -> Path:
-    from polyvis.config import load_config
-    from polyvis.models.build import build_model, save_model
-
-    torch.manual_seed(0)
-    model, processor = build_model(load_config(ROOT / "configs" / "nano-tiny.yaml"))
-    return save_model(model, processor, out)
-
-
-def request_image(i: int, image_size: int) -> Image.Image:
-    g = torch.Generator().manual_seed(i)
-    return Image.fromarray(
-        (torch.rand(image_size, image_size, 3, generator=g) * 255).byte().numpy()
-    )
-
-
-def request_body(i: int, max_tokens: int, image_size: int) -> dict:
-    buf = io.BytesIO()
-    request_image(i, image_size).save(buf, "PNG")
-    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    content = [
-        {"type": "image_url", "image_url": {"url": url}},
-        {"type": "text", "text": QUESTIONS[i % 4]},
-    ]
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
-
-
-async def load(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], list[dict]]:
-    """`clients` closed-loop clients share the request list; returns (seconds, each request's
-    latency, answers), both lists in request order."""
-    answers: list[dict] = [{}] * len(bodies)
-    latencies: list[float] = [0.0] * len(bodies)
-
-    async def client(http: httpx.AsyncClient, queue: list[int]) -> None:
-        while queue:
-            i = queue.pop(0)
-            t0 = time.perf_counter()
-            r = await http.post("/v1/chat/completions", json=bodies[i])
-            latencies[i] = time.perf_counter() - t0
-            r.raise_for_status()
-            answers[i] = r.json()
-
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        queue = list(range(len(bodies)))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, queue) for _ in range(clients)))
-        return time.perf_counter() - t0, latencies, answers
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-class ServerProcess:
-    """`polyvis serve` in its own process (clients in this one must not share its GIL)."""
-
-    def __init__(self, model_dir: Path, max_batch: int, args: argparse.Namespace):
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "polyvis", "serve", str(model_dir), "--port", str(self.port)]
-        cmd += ["--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms)]
-        cmd += ["--max-queue", str(4 * args.requests), "--log-level", "warning"]
-        if args.device:
-            cmd += ["--device", args.device]
-        if args.server_threads:
-            cmd += ["--threads", str(args.server_threads)]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, "POLYVIS_API_KEY": ""})
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> str:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
-                    return self.url
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+from serve_load import (  # noqa: E402 - beside this script
+    QUESTIONS,
+    ServerProcess,
+    build_tiny,
+    load,
+    percentile,
+    request_body,
+    request_image,
+)
 
 
 def parse_args() -> argparse.Namespace:

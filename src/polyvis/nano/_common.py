@@ -157,6 +157,52 @@ def batches(
         pos += batch_size
 
 
+# callback(step, total, smoothed loss) after each optimizer step (the experts' progress reports)
+StepCallback = Callable[[int, int, float], None]
+
+
+def adamw_steps(
+    model: torch.nn.Module,
+    n: int,
+    s: Any,
+    name: str,
+    step_loss: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+    progress: bool,
+    callback: StepCallback | None,
+    curves: Sequence[str] = ("loss",),
+    after_step: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
+    """The nano trainers' optimizer loop: AdamW (betas 0.9, 0.98) over `s.steps` seeded index
+    batches of range(n) (`s`: lr, weight_decay, seed, batch_size, steps, warmup), `lr_at`'s
+    schedule, gradients clipped at 1. `step_loss(indices)` gives the loss and any other curves'
+    values; returns every curve, "loss" included."""
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
+    )
+    gen = torch.Generator().manual_seed(s.seed)
+    log: dict[str, list[float]] = {k: [] for k in curves}
+    with progress_bar(progress, fields=LOSS_FIELD) as bar:
+        task = bar.add_task(name, total=s.steps, loss=float("nan"))
+        for step, idx in enumerate(batches(n, s.batch_size, s.steps, gen)):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
+            loss, parts = step_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if after_step is not None:
+                after_step()
+            log["loss"].append(loss.item())
+            for key, value in parts.items():
+                log[key].append(value)
+            shown = smooth(log["loss"][-20:])[-1]
+            bar.update(task, advance=1, loss=shown)
+            if callback is not None:
+                callback(step + 1, s.steps, shown)
+    return log
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run with `n` intra-op threads, then restore the caller's setting."""

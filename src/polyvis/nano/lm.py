@@ -22,18 +22,14 @@ from pydantic import Field
 
 from polyvis.errors import DataError
 from polyvis.nano._common import (
-    LOSS_FIELD,
     Settings,
-    batches,
-    lr_at,
+    StepCallback,
+    adamw_steps,
     parse_settings,
-    smooth,
     torch_threads,
 )
-from polyvis.nano.trainer import StepCallback
 from polyvis.nano.vary_model import DECODER_NANO
 from polyvis.paths import write_json_atomic
-from polyvis.progress import progress_bar
 
 
 def _world_families() -> list[str]:
@@ -173,28 +169,12 @@ def _fit(
     progress: bool,
     callback: StepCallback | None,
 ) -> list[float]:
-    """AdamW steps over seeded batches of blocks, as the experts' loop (polyvis.nano.trainer)."""
+    """The experts' optimizer loop (polyvis.nano._common.adamw_steps) over blocks of text."""
     if not len(blocks):
         raise DataError(f"the training text is shorter than one block of {s.block} tokens")
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
-    )
-    gen = torch.Generator().manual_seed(s.seed)
-    curve: list[float] = []
-    with progress_bar(progress, fields=LOSS_FIELD) as bar:
-        task = bar.add_task("lm-nano", total=s.steps, loss=float("nan"))
-        for step, idx in enumerate(batches(len(blocks), s.batch_size, s.steps, gen)):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
-            x = blocks[idx]
-            loss = model(input_ids=x, labels=x).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            curve.append(loss.item())
-            shown = smooth(curve[-20:])[-1]
-            bar.update(task, advance=1, loss=shown)
-            if callback is not None:
-                callback(step + 1, s.steps, shown)
-    return curve
+
+    def step_loss(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x = blocks[idx]
+        return model(input_ids=x, labels=x).loss, {}
+
+    return adamw_steps(model, len(blocks), s, "lm-nano", step_loss, progress, callback)["loss"]

@@ -11,32 +11,26 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
 from polyvis.nano._common import (
-    LOSS_FIELD,
     Sample,
     Settings,
-    batches,
+    StepCallback,
+    adamw_steps,
     collect_samples,
     load_pixels,
-    lr_at,
     parse_settings,
     require_samples,
-    smooth,
     torch_threads,
     unique_images,
 )
 from polyvis.paths import write_json_atomic
-from polyvis.progress import progress_bar
 
 S = TypeVar("S", bound=Settings)
-# callback(step, total, smoothed loss) after each optimizer step (the experts' progress reports)
-StepCallback = Callable[[int, int, float], None]
 
 
 class Recipe(ABC, Generic[S]):
@@ -161,28 +155,14 @@ def _fit(
     callback: StepCallback | None,
 ) -> dict[str, list]:
     """The optimizer steps; returns the curves. `where[i]` is sample i's row of `pixels`."""
-    s, model = job.s, job.model
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
+    return adamw_steps(
+        job.model,
+        len(job.train),
+        job.s,
+        job.name,
+        lambda idx: job.loss(idx, pixels[where[idx]]),
+        progress,
+        callback,
+        curves=job.curves,
+        after_step=job.after_step,
     )
-    gen = torch.Generator().manual_seed(s.seed)
-    log: dict[str, list] = {k: [] for k in job.curves}
-    with progress_bar(progress, fields=LOSS_FIELD) as bar:
-        task = bar.add_task(job.name, total=s.steps, loss=float("nan"))
-        for step, idx in enumerate(batches(len(job.train), s.batch_size, s.steps, gen)):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, s.steps, s.lr, s.warmup)
-            loss, parts = job.loss(idx, pixels[where[idx]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            job.after_step()
-            log["loss"].append(loss.item())
-            for key, value in parts.items():
-                log[key].append(value)
-            shown = smooth(log["loss"][-20:])[-1]
-            bar.update(task, advance=1, loss=shown)
-            if callback is not None:
-                callback(step + 1, s.steps, shown)
-    return log
