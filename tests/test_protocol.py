@@ -80,6 +80,8 @@ def write(path: Path, spec: dict) -> Path:
 def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    # a cache of its own: another test may already have made the same test set in the shared one
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path / "cache"))
     out, path = tmp_path / "lb", write(tmp_path / "grid.yaml", GRID)
     first: list = []
     monkeypatch.setattr(runs, "_launch", inline(first, stop_at=3))
