@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 import torch
-from serve_load import (  # noqa: E402 - beside this script
+from serve_load import (  # benchmarks/serve_load.py, beside this script
     QUESTIONS,
     ServerProcess,
     build_tiny,

@@ -18,13 +18,9 @@ QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers
 ADAPTER = {"type": "linear"}
 
 # `polyvis demo`: the fair protocol at one seed over these cells (polyvis.nano.demo): each expert
-# alone, and the leaderboard's best fusions, each at the learning rate it chose on val there.
-# Each expert alone and the leaderboard's best fusions on val (its selection stage, seed 0,
-# docs/leaderboard.md): clip+dino+vary interleave and concat-channel, the top two, and the
-# founding pair's best, clip+dino mul (fourth; the third, clip+dino+vary concat-sequence, is
-# within 0.2 points of it on val and its 384 image tokens cost 3-7 times the training time). Their options are the
-# leaderboard's (align: pool), so a demo run is that cell's seed-0 run there, at the learning
-# rate the cell chose on val (1e-3 for all six).
+# alone, and the leaderboard's best fusions on val, each at the learning rate it chose on val
+# there (docs/nano.md, "The demo", says which and why). Their options are the leaderboard's
+# (align: pool), so a demo run is that cell's seed-0 run there.
 _POOL = {"align": "pool"}
 DEMO_CELLS = [
     {"encoders": ["clip"], "train": {"lr": 1e-3}},
