@@ -132,3 +132,16 @@ def test_ablate_grid_resumes_and_reports_mean_and_std(tmp_path: Path):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")}
     assert main(["ablate", str(spec), "--out", str(out)]) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/*/done.json")} == stamps
+
+
+def test_the_demo_runs_the_experts_and_the_leaderboards_two_best_fusions_at_their_rates():
+    """DEMO_CELLS follows docs/leaderboard.json: each expert, then the two fused cells ranked
+    first over its seeds, each at the rate its selection chose on val."""
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs/leaderboard.json").read_text())
+    fused = sorted((c for c in doc["cells"] if c["fusion"]), key=lambda c: c["rank"])
+    cells = {c["name"]: c for c in doc["cells"]}
+    assert ["clip", "vary", "dino", fused[0]["name"], fused[1]["name"]] == NAMES
+    for cell, name in zip(DEMO_CELLS, NAMES):
+        assert cell["train"] == cells[name]["selection"]["chosen"]
+        assert cells[name]["adapter"] == "mlp(depth=2)"
+    assert DEMO_ADAPTER == {"type": "mlp", "depth": 2}

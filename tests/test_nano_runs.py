@@ -120,6 +120,29 @@ def test_the_worker_evaluates_as_polyvis_eval_does(tmp_path: Path, monkeypatch):
     assert calls[1][2]["model_dir"] == str(out / "final") and calls[1][2]["limit"] == 7
 
 
+def test_runs_start_longest_first_and_equal_ones_keep_their_order(tmp_path: Path):
+    def spec(name, length, steps, align_steps=None, done=False):
+        cfg = copy.deepcopy(CFG)
+        cfg["data"]["max_length"], cfg["train"]["max_steps"] = length, steps
+        align = None if align_steps is None else {"train": {"max_steps": align_steps}}
+        s = RunSpec.build(name, cfg, tmp_path / name, [tmp_path / "t.jsonl"], align=align)
+        if done:  # trained: only its scoring is left
+            s.out.mkdir(parents=True)
+            (s.out / "done.json").write_text("{}")
+        return s, pending_stages(s)
+
+    short = spec("short", 256, 100)
+    long = spec("long", 448, 100)  # more image tokens: the dino cell
+    aligned = spec("aligned", 256, 100, align_steps=100)  # its align stage's steps count too
+    twin = spec("twin", 256, 100)
+    scored = spec("scored", 448, 100, done=True)  # no steps left: after every training run
+    order = runs.launch_order([short, scored, twin, aligned, long])
+    assert [s.name for s, _ in order] == ["aligned", "long", "short", "twin", "scored"]
+    # scoring only: the longer sequences first
+    small = spec("small", 256, 100, done=True)
+    assert [s.name for s, _ in runs.launch_order([small, scored])] == ["scored", "small"]
+
+
 def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypatch):
     procs = []
     launch = runs._launch

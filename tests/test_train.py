@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -59,6 +60,22 @@ def test_loss_falls_and_run_layout(tmp_path, synth_dir):
     assert (run / "config.yaml").is_file() and (final / "model.safetensors").is_file()
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-10", "step-20"]
     assert not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
+
+
+def test_bf16_on_cpu_learns_with_fp32_attention_and_saves_plain_sdpa(tmp_path, synth_dir):
+    """train.mixed_precision bf16 on CPU: the loss falls as in float32, and the fp32-attention
+    switch (polyvis.models.attention) is not saved with the model."""
+    from polyvis.models.attention import FP32_SDPA
+    from polyvis.models.build import load_model
+
+    sets = ["train.max_steps=25", "train.lr=3e-3", "train.mixed_precision=bf16"]
+    final = train(load_config(CFG, overrides(synth_dir, *sets)), tmp_path / "run", progress=False)
+    ls = losses(tmp_path / "run")
+    assert all(math.isfinite(x) for x in ls)
+    assert sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.3, ls
+    assert FP32_SDPA not in (final / "config.json").read_text()
+    model, _ = load_model(final)
+    assert model.language_model.config._attn_implementation == "sdpa"
 
 
 def test_gradient_accumulation_equals_big_batch(tmp_path, synth_dir):

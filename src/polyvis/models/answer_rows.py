@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_causal_mask
+
+from polyvis.models.attention import SDPA_NAMES, scaled_dot_product
 
 _LAYERS = ("Qwen2DecoderLayer", "LlamaDecoderLayer")
 
@@ -39,7 +40,7 @@ def supported(lm: Any) -> bool:
     types = getattr(config, "layer_types", None) or ["full_attention"]
     return (
         type(layers[-1]).__name__ in _LAYERS
-        and config._attn_implementation == "sdpa"
+        and config._attn_implementation in SDPA_NAMES
         and all(t == "full_attention" for t in types)
         and not (lm.training and getattr(config, "attention_dropout", 0.0))
     )
@@ -107,7 +108,7 @@ def answer_logits(
     allowed = torch.arange(length, device=device)[None, None] <= pos[:, :, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=attn.scaling)
+    out = scaled_dot_product(attn.config, q, k, v, attn_mask=allowed[:, None], scale=attn.scaling)
     out = attn.o_proj(out.transpose(1, 2).reshape(batch, width, -1))
     hidden = hidden[rows, pos] + out
     hidden = hidden + last.mlp(last.post_attention_layernorm(hidden))

@@ -152,7 +152,7 @@ def train_runs(
     one-thread processes at a time; returns each run's training seconds. Evaluating in the
     run's own process keeps both cores busy: the evaluations of a pair run side by side too.
     A failed run stops the others and raises a PolyVisError with the end of its log."""
-    pending = [(s, st) for s in specs if (st := pending_stages(s, evaluate))]
+    pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
     running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
     try:
         while pending or running:
@@ -182,6 +182,20 @@ def train_runs(
             proc.wait()
             log.close()
     return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
+
+
+def launch_order(pending: list[tuple[RunSpec, list[Stage]]]) -> list[tuple[RunSpec, list[Stage]]]:
+    """Longest first (optimizer steps left x sequence length; then sequence length, for runs
+    with only scoring left): with a few runs at a time, a long run started last would leave the
+    other cores idle while it finishes. Equal estimates keep their given order."""
+
+    def work(item: tuple[RunSpec, list[Stage]]) -> tuple[int, int]:
+        spec, stages = item
+        length = spec.config.data.max_length
+        steps = sum(st.config.train.max_steps for st in stages if isinstance(st, TrainStage))
+        return -steps * length, -length
+
+    return sorted(pending, key=work)
 
 
 def train_seconds(spec: RunSpec) -> float:

@@ -199,6 +199,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
+    from polyvis.models.attention import use_fp32_attention
     from polyvis.models.build import save_model
     from polyvis.train.stages import has_lora
 
@@ -239,6 +240,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     set_seed(tc.seed)
     model, processor = _start_model(cfg)
     configure_stage(model, tc)
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        use_fp32_attention(model)  # CPU bf16 attention kernels are slower than fp32 ones
     model.train()
     cache = prepare_feature_cache(cfg, model, processor, accelerator, progress)
     loader, sampler = _make_loader(cfg, processor, "train", shuffle=True, cache=cache)
