@@ -368,3 +368,47 @@ def test_nano_command_group_replaces_the_old_commands(capsys: pytest.CaptureFixt
         with pytest.raises(SystemExit):
             parser.parse_args([old, "--help"])
         assert f"invalid choice: '{old}'" in capsys.readouterr().err
+
+
+def test_bf16_experts_are_their_own_cache_entries_learn_and_repeat(
+    clip: tuple[Path, dict], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision: bf16 autocasts the training steps (attention in fp32). It is part of the
+    expert's key, fp32 (the default) hashes as before the setting existed, and a bf16 build is
+    deterministic too."""
+    from polyvis.nano import experts
+    from polyvis.nano.clip import train_clip
+
+    spec = experts.resolve_data(data_dir, "clip-nano", True)
+    fp32 = experts.resolve_settings("clip-nano", None, True)
+    bf16 = experts.resolve_settings("clip-nano", {"clip-nano": {"precision": "bf16"}}, True)
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
+    without = {k: v for k, v in fp32.items() if k != "precision"}
+    assert experts.expert_key("clip-nano", fp32, spec) == experts.expert_key(
+        "clip-nano", without, spec
+    )
+    assert experts.expert_key("clip-nano", bf16, spec) != experts.expert_key(
+        "clip-nano", fp32, spec
+    )
+
+    monkeypatch.setattr(torch, "autocast", _recording_autocast(seen := []))
+    logs = [train_clip([data_dir], tmp_path / f"bf16-{i}", {**CLIP, "precision": "bf16"},
+                       progress=False) for i in range(2)]  # fmt: skip
+    assert seen and all(args == ("cpu", torch.bfloat16, True) for args in seen)
+    assert logs[0]["loss_curve"] == logs[1]["loss_curve"] and _falls(logs[0]["loss_curve"])
+    assert logs[0]["loss_curve"] != clip[1]["loss_curve"]  # not the fp32 run
+    first, again = (tmp_path / f"bf16-{i}" / "model.safetensors" for i in range(2))
+    assert first.read_bytes() == again.read_bytes()
+    config = json.loads((tmp_path / "bf16-0" / "config.json").read_text())
+    assert "sdpa_fp32" not in json.dumps(config)  # the attention switch is not saved
+
+
+def _recording_autocast(seen: list):
+    real = torch.autocast
+
+    def autocast(device_type, dtype=None, enabled=True, **kwargs):
+        if enabled:
+            seen.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    return autocast

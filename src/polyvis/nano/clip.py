@@ -23,7 +23,7 @@ from pydantic import Field
 
 from polyvis.errors import ConfigError
 from polyvis.nano._common import (
-    Settings,
+    ExpertSettings,
     answer_of,
     collect_samples,
     count_params,
@@ -42,7 +42,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 EOT = "<|endoftext|>"
 
 
-class ClipSettings(Settings):
+class ClipSettings(ExpertSettings):
     """Everything that decides a clip-nano model (the experts cache hashes these)."""
 
     families: list[str] = Field(default_factory=lambda: ["scene"])

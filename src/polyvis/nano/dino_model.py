@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from polyvis.errors import ConfigError
-from polyvis.nano._common import Settings, square_processor
+from polyvis.nano._common import ExpertSettings, square_processor
 
 # DINOv2's shape at nano scale: patch 4 at 64 px gives a 16 x 16 grid, twice as fine as
 # clip-nano's and vary-nano's 8 x 8 (DINOv2 reads at 518 px where CLIP reads at 224-336).
@@ -28,7 +28,7 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-class DinoSettings(Settings):
+class DinoSettings(ExpertSettings):
     """Everything that decides a dino-nano encoder (the experts cache hashes these)."""
 
     families: list[str] = Field(default_factory=lambda: ["scene"])
@@ -123,7 +123,7 @@ class DinoNano(nn.Module):
         """Predicted pixels of every patch (B, N, patch * patch * 3), from the kept patches."""
         x = self.embed(self.encode_visible(pixels, keep))
         b, n, width = x.shape[0], self.grid * self.grid, x.shape[-1]
-        full = self.mask_token.expand(b, n, width).clone()
+        full = self.mask_token.expand(b, n, width).clone().to(x.dtype)  # x: bf16 under autocast
         full = full.scatter(1, keep[..., None].expand(-1, -1, width), x[:, 1:])
         x = torch.cat([x[:, :1], full], dim=1) + self.dec_pos
         for block in self.blocks:

@@ -104,6 +104,8 @@ def _data_identity(spec: dict[str, Any], families: list[str]) -> Any:
 
 
 def expert_key(name: str, settings: dict[str, Any], data: dict[str, Any]) -> str:
+    # fp32, the default, is left out: experts built before `precision` existed keep their keys
+    settings = {k: v for k, v in settings.items() if (k, v) != ("precision", "fp32")}
     blob = {"expert": name, "recipe": RECIPE_VERSION[name], "settings": settings,
             "data": _data_identity(data, settings["families"])}  # fmt: skip
     return hashlib.sha1(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from polyvis.errors import DataError
 from polyvis.nano._common import (
-    Settings,
+    ExpertSettings,
     StepCallback,
     adamw_steps,
     parse_settings,
@@ -38,7 +38,7 @@ def _world_families() -> list[str]:
     return list(FAMILIES)
 
 
-class LmSettings(Settings):
+class LmSettings(ExpertSettings):
     """Everything that decides lm-nano (the experts cache hashes these)."""
 
     families: list[str] = Field(default_factory=_world_families)

@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from polyvis.errors import ConfigError
-from polyvis.nano._common import Settings, square_processor
+from polyvis.nano._common import ExpertSettings, square_processor
 
 # The default encoder: a small ResNet (stem /4, a 64-channel stage, a 128-channel stage /2), an
 # 8x8 grid of 128-d tokens at 64 px. A convolutional stem learns glyphs from scratch far faster
@@ -27,7 +27,7 @@ DECODER_NANO = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 
                 "max_position_embeddings": 512, "tie_word_embeddings": True}  # fmt: skip
 
 
-class VarySettings(Settings):
+class VarySettings(ExpertSettings):
     """Everything that decides a vary-nano encoder (the experts cache hashes these)."""
 
     families: list[str] = Field(default_factory=lambda: ["ocr", "latex", "table", "chart"])
