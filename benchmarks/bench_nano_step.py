@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="optimizer steps per block")
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps")
     parser.add_argument("--losses", type=int, default=100, help="first losses compared")
-    parser.add_argument("--variant", action="append", default=[], choices=["compile", "bf16"])
+    parser.add_argument("--variant", action="append", default=[], choices=["compile", "bf16", "bf16-compile"])
     parser.add_argument("--set", action="append", default=[], help="config override (both runs)")
     parser.add_argument("--start-model", action="store_true",
                         help="save the config's start model once; both runs start from it")  # fmt: skip
@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         trees.append(("new+compile", args.new, {"compile": True}))
     if "bf16" in args.variant:  # bf16 autocast: the CPU's AVX512-BF16 matmuls
         trees.append(("new+bf16", args.new, {"sets": [*args.set, "train.mixed_precision=bf16"]}))
+    if "bf16-compile" in args.variant:
+        bf16 = {"sets": [*args.set, "train.mixed_precision=bf16"], "compile": True}
+        trees.append(("new+bf16+compile", args.new, bf16))
     procs = [
         Proc(n, str(Path(s).resolve()), {**base, **x, "out": str(tmp / n)}) for n, s, x in trees
     ]
