@@ -79,14 +79,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name in args.experts:
-        procs = {}
+        procs, start = {}, time.perf_counter()
         for p in PRECISIONS:
             cmd = [sys.executable, __file__, "--worker", name, p, "1" if args.quick else "0"]
-            start = time.perf_counter()
-            procs[p] = (subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True), start)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+            procs[proc.pid] = (p, proc)
         result = {}
-        for p, (proc, start) in procs.items():
-            _, status, usage = os.wait4(proc.pid, 0)
+        while len(result) < len(procs):  # whichever ends first: each build's own wall time
+            pid, status, usage = os.wait4(-1, 0)
+            if pid not in procs:
+                continue
+            p, proc = procs[pid]
             wall = time.perf_counter() - start
             if status != 0:
                 sys.exit(f"{name} ({p}) failed: exit status {status}")

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="optimizer steps per block")
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps")
     parser.add_argument("--losses", type=int, default=100, help="first losses compared")
-    parser.add_argument("--variant", action="append", default=[], choices=["compile", "bf16", "bf16-compile"])
+    parser.add_argument(
+        "--variant", action="append", default=[], choices=["compile", "bf16", "bf16-compile"]
+    )
     parser.add_argument("--set", action="append", default=[], help="config override (both runs)")
     parser.add_argument("--start-model", action="store_true",
                         help="save the config's start model once; both runs start from it")  # fmt: skip
