@@ -145,3 +145,38 @@ def test_the_demo_runs_the_experts_and_the_leaderboards_two_best_fusions_at_thei
         assert cell["train"] == cells[name]["selection"]["chosen"]
         assert cells[name]["adapter"] == "mlp(depth=2)"
     assert DEMO_ADAPTER == {"type": "mlp", "depth": 2}
+
+
+def test_a_bf16_demo_builds_its_own_experts_and_trains_every_stage_in_bf16(tmp_path: Path, capsys):
+    """--precision bf16: a world of its own (experts under their own cache keys, every run's
+    stages with mixed_precision bf16), said first in the printout and the files."""
+    from polyvis.nano.demo_report import precision_notice
+
+    out = tmp_path / "demo-bf16"
+    argv = ["demo", "--quick", "--precision", "bf16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    notice = precision_notice("bf16")
+    assert notice in printed and printed.index(notice) < printed.index("| cell |")
+    assert notice in (out / "leaderboard.md").read_text()
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert protocol["budget"]["precision"] == "bf16"
+    built = [json.loads(p.read_text()) for p in cache_root().glob("experts/*/expert.json")]
+    bf16 = {e["expert"] for e in built if e["settings"]["precision"] == "bf16"}
+    assert bf16 == {"clip-nano", "vary-nano", "dino-nano", "lm-nano"}
+    assert Path(protocol["lm"]["path"]).name.startswith("lm-nano-")
+    assert (
+        json.loads((Path(protocol["lm"]["path"]) / "expert.json").read_text())["settings"][
+            "precision"
+        ]
+        == "bf16"
+    )
+    runs = _runs(out)
+    assert len(runs) == len(DEMO_CELLS)
+    for run in runs:
+        for stage in (run / "config.yaml", run / "align" / "config.yaml"):
+            cfg = yaml.safe_load(stage.read_text())
+            assert cfg["train"]["mixed_precision"] == "bf16"
+            for enc in cfg["model"]["encoders"]:
+                info = json.loads((Path(enc["path"]) / "expert.json").read_text())
+                assert info["settings"]["precision"] == "bf16", enc["path"]

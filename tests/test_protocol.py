@@ -388,6 +388,16 @@ def test_world_difficulty_errors_name_the_family(tmp_path: Path, value, field: s
         plan_fair({**GRID, "difficulty": value}, tmp_path / "out")
 
 
+def test_world_precision_other_than_fp32_or_bf16_names_the_field(tmp_path: Path):
+    from polyvis.nano.protocol import plan_fair
+
+    with pytest.raises(ConfigError, match=r"^precision: must be fp32 or bf16, got 'fp16'$"):
+        plan_fair({**GRID, "precision": "fp16"}, tmp_path / "out")
+    spec = tmp_path / "ab.yaml"  # an ablation file may name it
+    spec.write_text("nano: true\nprecision: bf16\ngrid:\n  encoders: [[clip]]\n")
+    assert load_ablation(spec)["precision"] == "bf16"
+
+
 def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
     from polyvis.nano.protocol import plan_fair
 

@@ -19,6 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one thread each)")
     p.add_argument("--seed", type=int, default=0, help="the one training seed (default 0)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: experts and runs autocast to bf16 (faster on AVX512-BF16 CPUs); other "
+        "models than the leaderboard's fp32 ones",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -32,5 +39,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         seed=args.seed,
         progress=not args.no_progress,
+        precision=args.precision,
     )
     return 0

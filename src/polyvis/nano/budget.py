@@ -53,6 +53,9 @@ BUDGET = {
     # mixed concat-channel runs: the training images their encoder scales are measured on
     # (`scales: auto`), so that clip-nano's larger features do not drown vary-nano's
     "balance_images": 64,
+    # fp32, or bf16: every expert's `precision` and every run's `train.mixed_precision`
+    # (docs/performance.md, "bf16 on the CPU"); the leaderboard's world is fp32
+    "precision": "fp32",
 }
 QUICK_BUDGET = {
     "n": 12,
@@ -65,4 +68,5 @@ QUICK_BUDGET = {
     "vocab": 400,
     "align_steps": 2,
     "balance_images": 4,
+    "precision": "fp32",
 }

@@ -20,7 +20,9 @@ from polyvis.nano.budget import BUDGET, DEMO_ADAPTER, DEMO_CELLS, QUICK_BUDGET
 from polyvis.nano.world import prepare_world
 
 
-def demo_spec(quick: bool = False, jobs: int = 2, seed: int = 0) -> dict[str, Any]:
+def demo_spec(
+    quick: bool = False, jobs: int = 2, seed: int = 0, precision: str = "fp32"
+) -> dict[str, Any]:
     """The demo as an ablation file: the leaderboard's protocol at one seed over DEMO_CELLS."""
     return {
         "nano": True,
@@ -32,6 +34,7 @@ def demo_spec(quick: bool = False, jobs: int = 2, seed: int = 0) -> dict[str, An
             "seeds": [seed],
         },
         "jobs": jobs,
+        **({"precision": precision} if precision != "fp32" else {}),
     }
 
 
@@ -41,6 +44,7 @@ def run_demo(
     jobs: int = 2,
     seed: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Run the demo into `out` (resumable: finished runs are reused); returns the leaderboard
     document of its cells (polyvis.nano.protocol.run_fair)."""
@@ -50,14 +54,15 @@ def run_demo(
 
     out = Path(out)
     start = time.perf_counter()
-    spec = demo_spec(quick, jobs, seed)
-    budget = dict(QUICK_BUDGET if quick else BUDGET)
+    spec = demo_spec(quick, jobs, seed, precision)
+    budget = {**(QUICK_BUDGET if quick else BUDGET), "precision": precision}
     print(start_banner(spec, budget))
     # the protocol readies the same world quietly: here first, with progress, it finds it cached
     prepare_world(out, budget, quick, 0, jobs, progress, log=print, experts=EXPERTS)
     print(f"[3/4] {len(DEMO_CELLS)} runs, {jobs} at a time, each scored on the val questions, "
           "then on a fresh test set (data seed 1) made once every run is chosen")  # fmt: skip
     command = f"polyvis demo --out {out}" + (" --quick" if quick else "") + f" --seed {seed}"
+    command += f" --precision {precision}" if precision != "fp32" else ""
     doc = run_fair(spec, out, command, notes=demo_notes(quick, budget, seed))
     print("[4/4] results")
     print_summary(doc, out, quick, budget, seed, time.perf_counter() - start)

@@ -36,6 +36,7 @@ def start_banner(spec: dict[str, Any], budget: dict[str, Any]) -> str:
         f"{budget['batch_size']}\n"
         f"  scored on a test set generated from data seed {TEST_DATA_SEED} ({test} images per "
         "family) once every run is trained and scored on val"
+        + (f"\n  {precision_notice(p)}" if (p := budget.get("precision", "fp32")) != "fp32" else "")
     )
 
 
@@ -58,9 +59,23 @@ def one_seed_note(seed: int) -> str:
     )
 
 
+def precision_notice(precision: str) -> str:
+    """What a demo in another precision than the leaderboard's says first."""
+    return (
+        f"{precision} world (--precision {precision}): the experts and every run trained in "
+        f"{precision}, so these are other models than the leaderboard's (fp32) and its scores "
+        "are not theirs."
+    )
+
+
 def demo_notes(quick: bool, budget: dict[str, Any], seed: int) -> list[str]:
     """The notes leaderboard.md and results.html open with."""
-    return ([quick_notice(budget)] if quick else []) + [one_seed_note(seed)]
+    precision = budget.get("precision", "fp32")
+    return (
+        ([quick_notice(budget)] if quick else [])
+        + ([precision_notice(precision)] if precision != "fp32" else [])
+        + [one_seed_note(seed)]
+    )
 
 
 def demo_table(doc: dict[str, Any]) -> str:

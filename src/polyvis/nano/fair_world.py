@@ -171,6 +171,10 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
     if "difficulty" in spec:  # the world's data, per family (the experts keep their own data)
         budget["difficulty"] = {**budget.get("difficulty", {}), **_difficulty(spec["difficulty"])}
+    if "precision" in spec:  # the experts' and the runs': a new world, with its own experts
+        if spec["precision"] not in ("fp32", "bf16"):
+            raise ConfigError("precision", f"must be fp32 or bf16, got {spec['precision']!r}")
+        budget["precision"] = spec["precision"]
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
     ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
     seed = spec.get("test_data_seed", TEST_DATA_SEED)
@@ -181,7 +185,9 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     n_test = spec.get("test_images", 8 if quick else TEST_IMAGES)
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1:
         raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
-    experts = ensure_experts(quick=quick, progress=False, names=EXPERTS)  # every expert at once
+    experts = ensure_experts(  # every expert at once
+        settings=nano_world.expert_settings(budget), quick=quick, progress=False, names=EXPERTS
+    )
     world = nano_world.prepare_world(root, budget, quick, workers=jobs, progress=False)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
     options = {"families": nano_budget.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
@@ -205,6 +211,8 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         },  # fmt: skip
         "budget": {k: budget[k] for k in ("steps", "align_steps", "batch_size", "lr", "lr_llm")},
     }
+    if budget["precision"] != "fp32":
+        info["budget"]["precision"] = budget["precision"]
     if families != nano_budget.FAMILIES:
         info["data"]["families"] = families
     return FairWorld(

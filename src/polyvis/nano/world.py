@@ -72,7 +72,9 @@ def prepare_world(
     ensure_synthetic(options, progress=progress, workers=workers)
     names = experts or VISION_EXPERTS
     log(f"[2/4] nano experts: {', '.join(names)} (cached by their settings)")
-    built = ensure_experts(quick=quick, progress=progress, names=names)
+    built = ensure_experts(
+        settings=expert_settings(budget), quick=quick, progress=progress, names=names
+    )
     # The selection files sit beside the cached records (image paths stay relative); the name
     # says which selection it is, so runs with other selections never overwrite it.
     per_image = bool(budget.get("per_image"))
@@ -93,6 +95,14 @@ def prepare_world(
         select_split(data_dir, FAMILIES, "test"),
         write_corpus(data_dir, out / "corpus.txt"),
     )
+
+
+def expert_settings(budget: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Every expert's settings at the world's precision (None at fp32: the defaults)."""
+    from polyvis.nano.expert_specs import EXPERTS
+
+    precision = budget.get("precision", "fp32")
+    return None if precision == "fp32" else {n: {"precision": precision} for n in EXPERTS}
 
 
 def nano_lm(experts: dict[str, Path], corpus: Path, budget: dict, quick: bool) -> dict[str, Any]:
@@ -158,6 +168,7 @@ def run_config(
             "seed": seed,
             "save_every": max(1, budget["steps"] // 4),
             "cache_features": not quick,
+            **({"mixed_precision": "bf16"} if budget.get("precision") == "bf16" else {}),
         },
     }
 
