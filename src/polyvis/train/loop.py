@@ -199,14 +199,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from polyvis.models.attention import use_fp32_attention
     from polyvis.models.build import save_model
+    from polyvis.train.precision import allow_precision, cpu_bf16_attention
     from polyvis.train.stages import has_lora
 
     run = Path(out)
     tc = cfg.train
     # Several processes on a machine without GPUs: accelerate's CPU path (DDP over gloo).
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    allow_precision(tc.mixed_precision)
     accelerator = Accelerator(
         cpu=multi_cpu or None,
         mixed_precision=tc.mixed_precision,
@@ -240,8 +241,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     set_seed(tc.seed)
     model, processor = _start_model(cfg)
     configure_stage(model, tc)
-    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
-        use_fp32_attention(model)  # CPU bf16 attention kernels are slower than fp32 ones
+    cpu_bf16_attention(accelerator, model)
     model.train()
     cache = prepare_feature_cache(cfg, model, processor, accelerator, progress)
     loader, sampler = _make_loader(cfg, processor, "train", shuffle=True, cache=cache)
