@@ -393,6 +393,14 @@ def test_world_precision_other_than_fp32_or_bf16_names_the_field(tmp_path: Path)
 
     with pytest.raises(ConfigError, match=r"^precision: must be fp32 or bf16, got 'fp16'$"):
         plan_fair({**GRID, "precision": "fp16"}, tmp_path / "out")
+    from polyvis.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "nano-tiny.yaml"
+    base = load_config(tiny).model_dump(mode="json")
+    with pytest.raises(
+        ConfigError, match=r"^precision: nano ablations only .*train.mixed_precision"
+    ):
+        plan_fair({"base": base, "protocol": "fair", "precision": "bf16"}, tmp_path / "real")
     spec = tmp_path / "ab.yaml"  # an ablation file may name it
     spec.write_text("nano: true\nprecision: bf16\ngrid:\n  encoders: [[clip]]\n")
     assert load_ablation(spec)["precision"] == "bf16"

@@ -1,9 +1,9 @@
 """Attention in float32 while the rest of a CPU training step autocasts to bfloat16.
 
-On CPU, bf16 matmuls are 2-3.5x faster than fp32 ones (AVX512-BF16), but torch's bf16 SDPA
-kernels are slower than its fp32 ones (forward + backward at a nano batch: 15.2 against 6.4 ms;
-docs/performance.md). `train.mixed_precision: bf16` on CPU therefore runs attention in fp32:
-the registered implementation `sdpa_fp32` is transformers' SDPA with q, k and v upcast.
+On a CPU with AVX512-BF16, bf16 matmuls are faster than fp32 ones, but torch's bf16 SDPA
+kernels are slower than its fp32 ones (docs/performance.md, "bf16 on the CPU"). So
+`train.mixed_precision: bf16` on a CPU runs attention in fp32: the registered implementation
+`sdpa_fp32` is transformers' SDPA with q, k and v upcast.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ class Settings(BaseModel):
 class ExpertSettings(Settings):
     """Settings every nano expert's trainer takes."""
 
-    # bf16: the training steps autocast to bfloat16 (attention kept in float32): 1.65x faster
-    # clip-nano steps on an AVX512-BF16 CPU (docs/performance.md); fp32 experts keep their keys
+    # bf16: the training steps autocast to bfloat16, attention kept in float32 (faster on a CPU
+    # with AVX512-BF16: docs/performance.md); fp32, the default, keeps the experts' cache keys
     precision: Literal["fp32", "bf16"] = "fp32"
 
 

@@ -236,9 +236,10 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
 def _real_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.config import load_config
 
-    nano_only = [k for k in ("test_data_seed", "test_images", "arm") if k in spec]
+    nano_only = [k for k in ("test_data_seed", "test_images", "arm", "precision") if k in spec]
     if nano_only:
-        raise ConfigError(nano_only[0], "nano ablations only (nano: true)")
+        why = "; a base config sets train.mixed_precision" if nano_only[0] == "precision" else ""
+        raise ConfigError(nano_only[0], f"nano ablations only (nano: true){why}")
     src = spec["base"]
     cfg = load_config(src) if isinstance(src, str) else load_config(dict(src))
     base = cfg.model_dump(mode="json", exclude_none=True)
