@@ -179,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     trees = [("old", args.old, {}), ("new", args.new, {})]
     if "compile" in args.variant:
         trees.append(("new+compile", args.new, {"compile": True}))
-    if "bf16" in args.variant:  # bf16 autocast: the CPU's AVX512-BF16 matmuls
-        trees.append(("new+bf16", args.new, {"sets": [*args.set, "train.mixed_precision=bf16"]}))
+    bf16 = [*args.set, "train.mixed_precision=bf16"]  # autocast: AVX512-BF16 matmuls
+    if "bf16" in args.variant:
+        trees.append(("new+bf16", args.new, {"sets": bf16}))
     if "bf16-compile" in args.variant:
-        bf16 = {"sets": [*args.set, "train.mixed_precision=bf16"], "compile": True}
-        trees.append(("new+bf16+compile", args.new, bf16))
+        trees.append(("new+bf16+compile", args.new, {"sets": bf16, "compile": True}))
     procs = [
         Proc(n, str(Path(s).resolve()), {**base, **x, "out": str(tmp / n)}) for n, s, x in trees
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from polyvis.nano.budget import PRECISIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the one training seed (default 0)")
     p.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        choices=PRECISIONS,
         default="fp32",
         help="bf16: experts and runs autocast to bf16 (faster on AVX512-BF16 CPUs); other "
         "models than the leaderboard's fp32 ones",

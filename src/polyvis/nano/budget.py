@@ -17,6 +17,9 @@ QUICK_LM = {**LM, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers
 # as LLaVA-1 and Vary project, which can start from vary-nano's projector (nano_config).
 ADAPTER = {"type": "linear"}
 
+# the nano world's precisions (budget["precision"]; polyvis demo --precision)
+PRECISIONS = ("fp32", "bf16")
+
 # `polyvis demo`: the fair protocol at one seed over these cells (polyvis.nano.demo): each expert
 # alone, and the two fusions the leaderboard ranks first over its three seeds, each at the
 # learning rate it chose on val there (docs/nano.md, "The demo"). Their options are the

@@ -27,6 +27,8 @@ def start_banner(spec: dict[str, Any], budget: dict[str, Any]) -> str:
     steps = budget["steps"]
     align = align_steps(steps, ALIGN_SHARE)
     test = spec.get("test_images", 8 if spec.get("quick") else TEST_IMAGES)  # as fair_world
+    precision = budget.get("precision", "fp32")
+    said = f"\n  {precision_notice(precision)}" if precision != "fp32" else ""
     return (
         "polyvis demo: the leaderboard's fair protocol (polyvis ablate) at one seed "
         f"({grid['seeds'][0]}).\n"
@@ -35,8 +37,7 @@ def start_banner(spec: dict[str, Any], budget: dict[str, Any]) -> str:
         f"lm-nano, {align} align steps (LM frozen) then {steps - align} of fine-tuning, batch "
         f"{budget['batch_size']}\n"
         f"  scored on a test set generated from data seed {TEST_DATA_SEED} ({test} images per "
-        "family) once every run is trained and scored on val"
-        + (f"\n  {precision_notice(p)}" if (p := budget.get("precision", "fp32")) != "fp32" else "")
+        f"family) once every run is trained and scored on val{said}"
     )
 
 

@@ -172,7 +172,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     if "difficulty" in spec:  # the world's data, per family (the experts keep their own data)
         budget["difficulty"] = {**budget.get("difficulty", {}), **_difficulty(spec["difficulty"])}
     if "precision" in spec:  # the experts' and the runs': a new world, with its own experts
-        if spec["precision"] not in ("fp32", "bf16"):
+        if spec["precision"] not in nano_budget.PRECISIONS:
             raise ConfigError("precision", f"must be fp32 or bf16, got {spec['precision']!r}")
         budget["precision"] = spec["precision"]
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
