@@ -71,6 +71,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--window-ms", type=float, default=5.0, help="batching window")
+    parser.add_argument(
+        "--max-waiting-steps",
+        type=int,
+        default=8,
+        help="steps newcomers may wait (0: join at once)",
+    )
+    parser.add_argument("--waiting-served-ratio", type=float, default=1.2)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="passed to polyvis serve (e.g. cuda)")
     parser.add_argument(
@@ -85,7 +92,9 @@ def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
         f"model: {Path(args.model).name if args.model else 'nano-tiny (random)'}, device: "
         f"{args.device or 'default'}, {cpu}, server threads: {args.server_threads or 'default'}, "
         f"load average at start: {load_at_start:.1f}, {detail}, {args.requests} requests per "
-        f"run, one {args.image_size}x{args.image_size} image per request, window {args.window_ms} ms\n"
+        f"run, one {args.image_size}x{args.image_size} image per request, window {args.window_ms} ms, newcomers wait at most "
+        f"{args.max_waiting_steps} steps (or until {args.waiting_served_ratio}x the running rows "
+        "wait)\n"
     )
 
 
@@ -149,7 +158,15 @@ def batcher_runs(model_dir: Path, args: argparse.Namespace, limits: list[int], c
     pixels = [
         proc.preprocess_images([request_image(i, args.image_size)]) for i in range(len(limits))
     ]
-    batcher = Batcher(model, proc, args.max_batch, args.window_ms, max_queue=4 * len(limits))
+    batcher = Batcher(
+        model,
+        proc,
+        args.max_batch,
+        args.window_ms,
+        max_queue=4 * len(limits),
+        max_waiting_steps=args.max_waiting_steps,
+        waiting_served_ratio=args.waiting_served_ratio,
+    )
     batcher.start()
 
     def run(n: int, count: int = len(limits)) -> Run:

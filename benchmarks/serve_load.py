@@ -90,6 +90,8 @@ class ServerProcess:
         self.port = free_port()
         cmd = [sys.executable, "-m", "polyvis", "serve", str(model_dir), "--port", str(self.port)]
         cmd += ["--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms)]
+        cmd += ["--max-waiting-steps", str(args.max_waiting_steps)]
+        cmd += ["--waiting-served-ratio", str(args.waiting_served_ratio)]
         cmd += ["--max-queue", str(4 * args.requests), "--log-level", "warning"]
         if args.device:
             cmd += ["--device", args.device]

@@ -112,6 +112,8 @@ def test_request_schema_accepts_openai_shapes_and_names_bad_fields():
 def test_settings_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="^max_batch: must be at least 1"):
         ServeSettings(max_batch=0)
+    with pytest.raises(ConfigError, match="^max_waiting_steps: must not be negative, got -1"):
+        ServeSettings(max_waiting_steps=-1)
     with pytest.raises(ConfigError, match="^allow_local_files: .* is not a directory"):
         ServeSettings(allow_local_files=tmp_path / "nope")
     assert ServeSettings(allow_local_files=tmp_path).allow_local_files == tmp_path.resolve()
@@ -183,3 +185,22 @@ def wait_for(condition, timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_newcomers_join_a_running_batch_in_groups(loaded):
+    """TGI's rule: waiting requests join when at least ratio x the running rows wait, or after
+    max_waiting_steps steps; with max_waiting_steps=0, at every step."""
+    model, proc = loaded
+    batcher = Batcher(model, proc, max_waiting_steps=3, waiting_served_ratio=1.2)
+    assert not batcher._admit_now(running=4)  # nothing waits
+    batcher._queue.put("job")
+    assert [batcher._admit_now(running=4) for _ in range(4)] == [False, False, False, True]
+    batcher._queue.get_nowait()  # admitted
+    for _ in range(4):
+        batcher._queue.put("job")
+    assert not batcher._admit_now(running=4)  # 4 waiting < 1.2 x 4, and the count started again
+    batcher._queue.put("job")
+    assert batcher._admit_now(running=4)  # enough wait: they join at once
+    eager = Batcher(model, proc, max_waiting_steps=0)
+    eager._queue.put("job")
+    assert eager._admit_now(running=31)

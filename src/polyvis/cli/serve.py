@@ -67,6 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how long an idle batcher waits for more requests",
     )
     p.add_argument(
+        "--max-waiting-steps",
+        type=int,
+        default=8,
+        help="decoding steps newcomers may wait to join a running batch as one group (0: at once)",
+    )
+    p.add_argument(
+        "--waiting-served-ratio",
+        type=float,
+        default=1.2,
+        help="newcomers join at once when at least this many times the running rows wait",
+    )
+    p.add_argument(
         "--max-queue", type=int, default=256, help="waiting requests beyond this get 503"
     )
     p.add_argument(
@@ -113,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         api_key=api_key,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
+        max_waiting_steps=args.max_waiting_steps,
+        waiting_served_ratio=args.waiting_served_ratio,
         max_queue=args.max_queue,
         max_tokens_limit=args.max_tokens_limit,
         max_body_bytes=int(args.max_body_mb * MiB),

@@ -1,9 +1,10 @@
 """Batcher: one background thread owns the model and decodes requests by continuous batching.
 
 The worker keeps one running batch (polyvis.serve.decode_batch.DecodeBatch) and advances it one
-token per step. Before each step, the requests that have arrived join it: they are prefilled
+token per step. Before a step, the requests that have arrived join it: they are prefilled
 together (images encoded, prompts run into a fresh KV cache) and their cache rows merged into the
-running one. After each step a row that is done (EOS, its own max_tokens, a stop string, a client
+running one. As in TGI, newcomers join once enough of them wait or the oldest has waited a few
+steps, so they are prefilled in groups. After each step a row that is done (EOS, its own max_tokens, a stop string, a client
 that went away) leaves at once with its cache rows, so short answers never wait for long ones.
 When nothing runs, the worker takes the first request and collects others for at most
 `window_ms` (skipped when no other request is on its way), so a burst is prefilled as one group.
@@ -62,8 +63,9 @@ class Batcher:
     """Continuous batching around the model's forward; `submit` is thread-safe, `generate` blocks.
 
     max_batch: most rows decoding at once (1: one request at a time); window_ms: how long an
-    idle worker gathers a burst before prefilling it. `stats`: requests, batches (prefill
-    groups), max_batch_seen (most rows in one step), cancelled.
+    idle worker gathers a burst before prefilling it; max_waiting_steps / waiting_served_ratio:
+    when newcomers join a running batch (`_admit_now`; 0 steps: at the next step). `stats`:
+    requests, batches (prefill groups), max_batch_seen (most rows in one step), cancelled.
     """
 
     def __init__(
@@ -74,9 +76,14 @@ class Batcher:
         window_ms: float = 5.0,
         max_queue: int = 256,
         max_tokens_limit: int = 512,
+        max_waiting_steps: int = 8,
+        waiting_served_ratio: float = 1.2,
     ):
         self.model, self.processor = model, processor
         self.max_batch, self.window = max(1, max_batch), max(0.0, window_ms) / 1000.0
+        self.max_waiting_steps = max(0, max_waiting_steps)
+        self.waiting_served_ratio = max(0.0, waiting_served_ratio)
+        self._held = 0  # decoding steps the oldest waiting request has been held for
         self.max_tokens_limit = max_tokens_limit
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -253,7 +260,7 @@ class Batcher:
                 if first is _STOP:
                     break
                 jobs, stopping = self._collect(first)
-            elif not stopping and len(batch) < self.max_batch:
+            elif not stopping and len(batch) < self.max_batch and self._admit_now(len(batch)):
                 jobs, stopping = self._drain(self.max_batch - len(batch))
             try:
                 if jobs:
@@ -264,6 +271,20 @@ class Batcher:
                 if batch is not None:
                     self._fail(batch.rows, err)
                 batch = None
+
+    def _admit_now(self, running: int) -> bool:
+        """Whether the waiting requests join the running batch at this step (TGI's rule): at
+        once when enough wait (at least `waiting_served_ratio` times the running rows), else after `max_waiting_steps` steps. A prefill costs several decoding steps, so
+        one group of newcomers is cheaper than the same requests admitted one step at a time."""
+        waiting = self._queue.qsize()
+        if not waiting:
+            self._held = 0
+            return False
+        if self._held >= self.max_waiting_steps or waiting >= self.waiting_served_ratio * running:
+            self._held = 0
+            return True
+        self._held += 1
+        return False
 
     def _admit(self, jobs: list[Job], batch: DecodeBatch | None) -> DecodeBatch | None:
         """Prefill the newcomers as one group and merge them into the running batch."""

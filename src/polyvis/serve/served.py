@@ -74,6 +74,8 @@ def build_served(
             processor,
             max_batch=settings.max_batch,
             window_ms=settings.batch_window_ms,
+            max_waiting_steps=settings.max_waiting_steps,
+            waiting_served_ratio=settings.waiting_served_ratio,
             max_queue=settings.max_queue,
             max_tokens_limit=settings.max_tokens_limit,
         )

@@ -17,6 +17,9 @@ class ServeSettings:
     max_batch / batch_window_ms: continuous batching: at most max_batch requests decode together
         (newcomers join at the next step); an idle batcher waits at most batch_window_ms after
         the first request for others; max_batch=1 disables batching.
+    max_waiting_steps / waiting_served_ratio: newcomers join a running batch once at least
+        waiting_served_ratio x its rows wait, or after max_waiting_steps decoding steps (TGI's
+        max_waiting_tokens and waiting_served_ratio); max_waiting_steps=0 admits at every step.
     max_queue: requests waiting beyond this are refused with 503.
     max_tokens_limit: the largest max_tokens a request may ask for (and the default).
     allow_local_files: a directory whose files requests may name as images (None: refused).
@@ -27,6 +30,8 @@ class ServeSettings:
     api_key: str | None = None
     max_batch: int = 32
     batch_window_ms: float = 5.0
+    max_waiting_steps: int = 8
+    waiting_served_ratio: float = 1.2
     max_queue: int = 256
     max_tokens_limit: int = 512
     max_body_bytes: int = 32 * MiB
@@ -54,10 +59,9 @@ class ServeSettings:
         for name in ("max_image_pixels", "max_images", "max_stop"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
-        if self.batch_window_ms < 0:
-            raise ConfigError(
-                "batch_window_ms", f"must not be negative, got {self.batch_window_ms}"
-            )
+        for name in ("batch_window_ms", "max_waiting_steps", "waiting_served_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
         if self.allow_local_files is not None:
             root = Path(self.allow_local_files).expanduser().resolve()
             if not root.is_dir():
