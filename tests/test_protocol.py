@@ -198,6 +198,7 @@ def test_sensitivity_arm_gives_the_starts_to_every_cell_the_main_arm_to_none(tmp
     for cell in sens.cells:
         model, names = cell.model, cell.meta["encoders"]
         assert model["llm"] == {"path": decoder}  # the LM the projector was trained into
+        assert cell.meta["warm_lm"]
         can_warm = "vary" in names and model["fusion"]["type"] == "concat-channel"
         can_warm = can_warm and not cell.meta["random_init"]
         assert cell.meta["warm_start"] == can_warm == ("init_from" in model["adapter"])
@@ -206,6 +207,11 @@ def test_sensitivity_arm_gives_the_starts_to_every_cell_the_main_arm_to_none(tmp
     assert [c.name for c in sens.cells if c.meta["warm_start"]] == [
         "vary", "clip+vary concat-channel",
     ]  # fmt: skip
+    # with an MLP adapter no cell starts from the projector; every cell still gets the warm LM
+    mlp = {**arm, "balance": False, "grid": {**grid, "adapter": [{"type": "mlp", "depth": 2}]}}
+    warm_lm = plan_fair(mlp, tmp_path / "o")
+    assert all(c.meta["warm_lm"] and not c.meta["warm_start"] for c in warm_lm.cells)
+    assert {c.model["llm"]["path"] for c in warm_lm.cells} == {decoder}
 
 
 def test_a_random_init_twin_is_the_experts_architecture_read_the_same_way(tmp_path: Path):
@@ -255,8 +261,8 @@ def test_a_random_init_twin_is_the_experts_architecture_read_the_same_way(tmp_pa
         ({"test_data_seed": 0}, "test_data_seed", "training data"),
         ({"warm_start": True}, "warm_start", "sensitivity arm"),
         ({"arm": "sensitivity"}, "arm", "warm_start: true or balance: true"),
-        ({"arm": "sensitivity", "warm_start": True, "grid": {"fusion": ["add"],
-          "encoders": [["clip", "vary"]]}}, "warm_start", "no cell can take it"),
+        ({"arm": "sensitivity", "balance": True, "grid": {"fusion": ["add"],
+          "encoders": [["clip", "vary"]]}}, "balance", "no cell can take it"),
         ({"select": {"lr": 1e-3}}, "select", "candidate lists"),
         ({"align_share": 1.0}, "align_share", "fraction"),
         ({"eval": {"files": ["t.jsonl"]}}, "eval.files", "valid: val_limit, test_limit"),

@@ -248,7 +248,9 @@ def _cell(
 
 
 def _sensitivity(model: dict[str, Any], world: FairWorld) -> dict[str, bool]:
-    """The arm's starts, on `model` in place: {"warm_start": .., "balanced": ..} it received."""
+    """The arm's starts, on `model` in place, and which it received: warm_lm (vary-nano's
+    decoder as the LM: every cell), warm_start (the adapter from vary-nano's projector: the cells
+    it fits), balanced (concat-channel scales)."""
     from polyvis.nano.world import projector_init
 
     arm, warm, balanced = world.arm, False, False
@@ -262,15 +264,14 @@ def _sensitivity(model: dict[str, Any], world: FairWorld) -> dict[str, bool]:
     if arm["balance"] and fusion["type"] == "concat-channel" and len(model["encoders"]) >= 2:
         model["fusion"] = {**fusion, "scales": "auto", "scale_images": arm["balance_images"]}
         balanced = True
-    return {"warm_start": warm, "balanced": balanced}
+    return {"warm_lm": bool(arm["warm_start"]), "warm_start": warm, "balanced": balanced}
 
 
 def _check_sensitivity(cells: list[Cell], arm: dict[str, Any]) -> None:
     if not (arm["warm_start"] or arm["balance"]):
         raise ConfigError("arm", "the sensitivity arm needs warm_start: true or balance: true")
-    for key, got, need in (
-        ("warm_start", "warm_start", "a linear adapter over concat-channel with vary's channels"),
-        ("balance", "balanced", "concat-channel over 2 or more encoders"),
-    ):
-        if arm[key] and not any(c.meta[got] for c in cells):
-            raise ConfigError(key, f"no cell can take it (it needs {need})")
+    # warm_start always gives every cell vary-nano's decoder; only balance can find no taker
+    if arm["balance"] and not any(c.meta["balanced"] for c in cells):
+        raise ConfigError(
+            "balance", "no cell can take it (it needs concat-channel over 2 or more encoders)"
+        )
