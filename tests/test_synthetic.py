@@ -22,7 +22,7 @@ from polyvis.data.synthetic.table import to_markdown
 from polyvis.errors import ConfigError
 
 OLD = ["scene", "ocr", "latex", "chart", "table", "mixed"]
-ALL = [*OLD, "binding", "chartbind"]
+ALL = [*OLD, "binding", "chartbind", "detail"]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -41,7 +41,7 @@ def _question(rec: dict) -> str:
     return rec["conversations"][0]["value"].replace("<image>\n", "")
 
 
-def test_registry_holds_the_ten_families():
+def test_registry_holds_every_family():
     # the page families (tests/test_ocrpage.py) draw pages larger than the size
     assert FAMILIES.names() == sorted([*ALL, "ocrpage", "tablepage"])
 

@@ -4,7 +4,10 @@ scene (its COCO annotations, `scene/annotations/{split}.json`): the colour, shap
 the largest shape, the number of shapes, the colour of the leftmost shape (two or more
 shapes), and, per colour, the cell (3 x 3) of the one shape of that colour ("the cell of the
 red object"; images with exactly one shape of it). Every other attribute the generator writes
-on its shapes (`attributes`, besides the colour) becomes a probe of the largest shape too.
+on its shapes (`attributes`, besides the colour) becomes a probe of the largest shape too, and
+of the one shape of each colour ("the pattern of the red object").
+detail (the same annotations, in `detail/`): those probes, with pattern and orientation, each
+named with " (detail)" (`pattern (detail)`), apart from the scene's.
 mixed (`mixed/{split}.jsonl`): the word on the first sign in reading order, and its first letter.
 """
 
@@ -20,6 +23,8 @@ from polyvis.nano.probe_fit import Task
 SPLITS = ("train", "val")
 # The order of the table's columns; probes found in the data but not named here come last.
 ORDER = ("colour", "shape", "count", "size", "leftmost colour", "cell of the X object",
+         "pattern (detail)", "orientation (detail)", "pattern of the X object (detail)",
+         "orientation of the X object (detail)",
          "sign word", "sign letter")  # fmt: skip
 
 
@@ -53,15 +58,18 @@ def _scene_split(folder: Path, split: str) -> list[tuple[Path, list[dict[str, An
     ]
 
 
-def scene_probes(folder: Path, max_train: int | None = None) -> ProbeSet:
-    """The scene probes of a `scene` family folder (annotations written by the generator)."""
+def scene_probes(folder: Path, max_train: int | None = None, family: str = "scene") -> ProbeSet:
+    """The shape probes of a `scene` (or `detail`) family folder (the generator's annotations)."""
     rows = {s: _scene_split(folder, s) for s in SPLITS}
     rows["train"] = rows["train"][:max_train]
     images = [path for s in SPLITS for path, _, _ in rows[s]]
-    out = ProbeSet("scene", images, len(rows["train"]))
+    out = ProbeSet(family, images, len(rows["train"]))
     labels: dict[str, dict[str, list[tuple[int, str]]]] = {}
 
     def add(name: str, split: str, row: int, label: str) -> None:
+        if family != "scene":  # "pattern of the X object:red" -> "... (detail):red"
+            base, colon, colour = name.partition(":")
+            name = f"{base} ({family}){colon}{colour}"
         labels.setdefault(name, {s: [] for s in SPLITS})[split].append((row, label))
 
     thirds = _thirds(rows["train"])
@@ -106,6 +114,9 @@ def _shape_probes(
         if o.get("color") is not None and colours.count(o["color"]) == 1:
             cell = _cell(o["bbox"], im["width"], im["height"])
             out.append((f"cell of the X object:{o['color']}", cell))
+            for key in ("pattern", "orientation"):
+                if key in o:
+                    out.append((f"{key} of the X object:{o['color']}", str(o[key])))
     return out
 
 
@@ -148,12 +159,13 @@ def _tasks(labels: dict[str, dict[str, list[tuple[int, str]]]]) -> list[Task]:
 
 
 def find_probe_sets(data_dirs: list[Path], max_train: int | None = None) -> list[ProbeSet]:
-    """The scene and mixed probe sets of the first folders that hold each family."""
+    """The scene, detail and mixed probe sets of the first folders that hold each family."""
     sets = []
-    scene = next((d / "scene" for d in data_dirs if (d / "scene/annotations/val.json").is_file()),
-                 None)  # fmt: skip
-    if scene is not None:
-        sets.append(scene_probes(scene, max_train))
+    for family in ("scene", "detail"):
+        found = (d / family for d in data_dirs if (d / family / "annotations/val.json").is_file())
+        folder = next(found, None)
+        if folder is not None:
+            sets.append(scene_probes(folder, max_train, family))
     mixed = next((d / "mixed" for d in data_dirs if (d / "mixed/val.jsonl").is_file()), None)
     if mixed is not None:
         sets.append(mixed_probes(mixed, max_train))

@@ -33,10 +33,12 @@ RAW_PATCH = 8  # raw pixels are cut into the 8 x 8 patches of clip-nano and vary
 # fusion aligns grids: flattened at 16 x 16, dino-nano's 32768 features outnumber the training
 # images 14 to 1 and the probe starves (docs/nano.md).
 GRID_SIDE = 8
-# The probes' own images when no folder is given: the world's scene (medium) and easy mixed
-# settings at another seed than the experts' training data (seed 0), so no probe image was seen.
+# The probes' own images when no folder is given: the world's scene (medium), its detail
+# variant and easy mixed, at another seed than the experts' training data (seed 0), so no probe
+# image was seen.
 PROBE_DATA: list[dict[str, Any]] = [
     {"families": ["scene"], "n": 3000, "seed": 1},
+    {"families": ["detail"], "n": 3000, "seed": 1},
     {"families": ["mixed"], "n": 3000, "seed": 1, "difficulty": "easy"},
 ]
 

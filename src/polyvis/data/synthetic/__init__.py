@@ -3,7 +3,8 @@
     from polyvis.data.synthetic import generate
     generate(["scene", "ocr"], n=100, seed=0, out="data/nano", image_size=64)
 
-Families (registry `FAMILIES`): scene, ocr, latex, chart, table, mixed, binding and
+Families (registry `FAMILIES`): scene, detail (the scene's shapes with patterns and
+orientations), ocr, latex, chart, table, mixed, binding and
 chartbind (questions that need two experts at once), and ocrpage and tablepage (small text on a
 page larger than `size`, for tiling). See docs/data.md.
 """
@@ -15,6 +16,7 @@ from polyvis.data.synthetic import (  # noqa: F401
     binding,
     chart,
     chartbind,
+    detail,
     latex,
     mixed,
     ocr,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,38 +99,39 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, bbox: list[int], fill: tup
         draw.polygon([(x, y1), (x1, y1), ((x + x1) / 2, y)], fill=fill)
 
 
+def place_shapes(rng: np.random.Generator, size: int, difficulty: str) -> list[dict[str, Any]]:
+    """A level's shapes, each {shape, color, bbox}, placed by rejection sampling."""
+    lo, hi, smin, smax, max_iou = _LEVELS[difficulty]
+    want = uniform_int(rng, lo, hi)
+    side_lo, side_hi = max(6, round(smin * size)), max(7, round(smax * size))
+    objects: list[dict[str, Any]] = []
+    for _ in range(want):
+        for _try in range(60):  # a crowded image just gets fewer shapes
+            side = uniform_int(rng, side_lo, side_hi)
+            box = [uniform_int(rng, 0, size - side), uniform_int(rng, 0, size - side), side, side]
+            others = [o["bbox"] for o in objects]
+            ok = (
+                all(_iou(box, b) <= max_iou for b in others)
+                if max_iou > 0
+                else all(_gap_ok(box, b, 1) for b in others)
+            )
+            if ok:
+                objects.append(
+                    {"shape": pick(rng, SHAPES), "color": pick(rng, list(COLORS)), "bbox": box}
+                )
+                break
+    return objects
+
+
 @FAMILIES.register("scene")
 class SceneFamily(Family):
     name = "scene"
     metric = "exact_match"
 
     def render(self, rng: np.random.Generator, size: int, difficulty: str) -> Item:
-        lo, hi, smin, smax, max_iou = _LEVELS[difficulty]
         img = background(rng, size, difficulty)
+        objects = place_shapes(rng, size, difficulty)
         draw = ImageDraw.Draw(img)
-        want = uniform_int(rng, lo, hi)
-        side_lo, side_hi = max(6, round(smin * size)), max(7, round(smax * size))
-        objects: list[dict[str, Any]] = []
-        for _ in range(want):
-            for _try in range(60):  # rejection sampling; a crowded image just gets fewer shapes
-                side = uniform_int(rng, side_lo, side_hi)
-                box = [
-                    uniform_int(rng, 0, size - side),
-                    uniform_int(rng, 0, size - side),
-                    side,
-                    side,
-                ]
-                others = [o["bbox"] for o in objects]
-                ok = (
-                    all(_iou(box, b) <= max_iou for b in others)
-                    if max_iou > 0
-                    else all(_gap_ok(box, b, 1) for b in others)
-                )
-                if ok:
-                    objects.append(
-                        {"shape": pick(rng, SHAPES), "color": pick(rng, list(COLORS)), "bbox": box}
-                    )
-                    break
         for obj in objects:
             draw_shape(draw, obj["shape"], obj["bbox"], COLORS[obj["color"]])
         img = add_noise(img, rng, 4.0 * level_index(difficulty))
@@ -139,16 +141,24 @@ class SceneFamily(Family):
         self, split: str, metas: list[dict[str, Any]], folder: Path, seed: int
     ) -> list[dict[str, Any]]:
         coco = scene_coco(metas)
-        ann_path = folder / "annotations" / f"{split}.json"
-        ann_path.parent.mkdir(parents=True, exist_ok=True)
-        ann_path.write_text(json.dumps(coco, indent=1) + "\n", encoding="utf-8")
+        write_coco(folder, split, coco)
         return coco_to_records(
             coco, image_dir=f"images/{split}", id_prefix=f"scene-{split}", family="scene", seed=seed
         )
 
 
-def scene_coco(metas: list[dict[str, Any]]) -> dict[str, Any]:
-    """The COCO instances dict of a split: image i has id i and file name `{i:06d}.png`."""
+def scene_coco(
+    metas: list[dict[str, Any]],
+    attributes: tuple[str, ...] = ("color",),
+    polygon: Callable[[dict[str, Any]], list[float]] | None = None,
+    area: Callable[[dict[str, Any]], float] | None = None,
+    description: str = "polyvis synthetic scenes",
+) -> dict[str, Any]:
+    """The COCO instances dict of a split: image i has id i and file name `{i:06d}.png`; each
+    shape's `attributes` are those of `attributes` it has. polygon / area: a shape's segmentation
+    and area (default: an upright shape filling its box)."""
+    polygon = polygon or (lambda o: shape_polygon(o["shape"], o["bbox"]))
+    area = area or (lambda o: shape_area(o["shape"], o["bbox"][2], o["bbox"][3]))
     cat_id = {c["name"]: c["id"] for c in CATEGORIES}
     images, annotations = [], []
     for index, meta in enumerate(metas):
@@ -161,22 +171,28 @@ def scene_coco(metas: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
         for obj in meta["objects"]:
-            _, _, w, h = obj["bbox"]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": index,
                     "category_id": cat_id[obj["shape"]],
                     "bbox": list(obj["bbox"]),
-                    "area": shape_area(obj["shape"], w, h),
-                    "segmentation": [shape_polygon(obj["shape"], obj["bbox"])],
+                    "area": area(obj),
+                    "segmentation": [polygon(obj)],
                     "iscrowd": 0,
-                    "attributes": {"color": obj["color"]},
+                    "attributes": {k: obj[k] for k in attributes if k in obj},
                 }
             )
     return {
-        "info": {"description": "polyvis synthetic scenes"},
+        "info": {"description": description},
         "images": images,
         "annotations": annotations,
         "categories": CATEGORIES,
     }
+
+
+def write_coco(folder: Path, split: str, coco: dict[str, Any]) -> None:
+    """`{folder}/annotations/{split}.json`, where the probes and converters read it."""
+    path = folder / "annotations" / f"{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(coco, indent=1) + "\n", encoding="utf-8")
