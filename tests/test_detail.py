@@ -86,3 +86,12 @@ def test_probes_read_pattern_and_orientation_of_the_detail_family(tmp_path):
     assert "pattern of the X object (detail)" in names
     pattern = next(t for t in probe_set.tasks if t.name == "pattern (detail)")
     assert set(pattern.train_labels) <= set(PATTERNS)
+
+
+def test_dino_nano_trains_on_detail_images(tmp_path):
+    from polyvis.nano.dino import QUICK_SETTINGS, train_dino
+
+    generate(["detail"], 12, 0, tmp_path / "d", image_size=32, progress=False)
+    settings = {**QUICK_SETTINGS, "families": ["detail"]}
+    train_dino([tmp_path / "d"], tmp_path / "e", settings, progress=False)
+    assert (tmp_path / "e" / "model.safetensors").is_file()

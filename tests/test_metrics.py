@@ -300,6 +300,7 @@ def test_metric_for():
         "mixed": "exact_match",
         "binding": "exact_match",
         "chartbind": "relaxed_accuracy",
+        "detail": "exact_match",
         "ocrpage": "exact_match",
         "tablepage": "anls",
         "caption": "cider",

@@ -127,6 +127,7 @@ FAMILY_METRICS: dict[str, str] = {
     "mixed": "exact_match",
     "binding": "exact_match",
     "chartbind": "relaxed_accuracy",
+    "detail": "exact_match",
     "ocrpage": "exact_match",
     "tablepage": "anls",
     "caption": "cider",

@@ -37,8 +37,10 @@ _EVAL_SEED = 1234
 
 def one_per_image(rec: dict[str, Any], family: str) -> bool:
     """One record per image: dino-nano reads only the image, so a record here just names one
-    (a scene's caption record, another family's transcription record; the text is never read)."""
-    return is_caption(rec, family) if family == "scene" else is_transcription(rec, family)
+    (a scene's or detail image's caption record, another family's transcription record; the text
+    is never read)."""
+    captioned = family in ("scene", "detail")
+    return is_caption(rec, family) if captioned else is_transcription(rec, family)
 
 
 class DinoRecipe(Recipe[DinoSettings]):
@@ -46,7 +48,7 @@ class DinoRecipe(Recipe[DinoSettings]):
 
     name = "dino-nano"
     settings_class = DinoSettings
-    samples = "images (one record per image: scene captions, other families' transcriptions)"
+    samples = "images (one record per image: scene and detail captions, other transcriptions)"
     read_layer = -1
 
     @staticmethod
