@@ -41,6 +41,7 @@ from polyvis.serve.jobs import (
     Row,
     Started,
     pixel_token_counts,
+    token_budget,
 )
 
 __all__ = [
@@ -397,22 +398,5 @@ class Batcher:
         # Exactly what the processor does to a prompt; the worker is the tokenizer's only user.
         text = self.processor.expand_image_tokens(job.prompt, job.token_counts)
         ids = tok(text, add_special_tokens=True)["input_ids"]
-        n_prompt = len(ids)
-        room = self.context - n_prompt if self.context else self.max_tokens_limit
-        max_tokens = job.params.max_tokens or min(self.max_tokens_limit, room)
-        if max_tokens > self.max_tokens_limit:
-            raise APIError(
-                400,
-                f"must be at most {self.max_tokens_limit}",
-                "max_tokens",
-                "max_tokens_too_large",
-            )
-        if max_tokens > room or room < 1:
-            raise APIError(
-                400,
-                f"the prompt is {n_prompt} tokens (images included); with max_tokens={max_tokens} it "
-                f"exceeds the model's context of {self.context} tokens",
-                "messages",
-                "context_length_exceeded",
-            )
-        return Row(job, tok, ids, max_tokens, self.eos, self.model.device)
+        budget = token_budget(len(ids), job.params.max_tokens, self.context, self.max_tokens_limit)
+        return Row(job, tok, ids, budget, self.eos, self.model.device)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from polyvis.models.tiling import Tiling, present_views
+from polyvis.serve.errors import APIError
 from polyvis.serve.textstream import TextStream
 
 
@@ -151,3 +152,21 @@ def pixel_token_counts(processor: Any, pixel_values: torch.Tensor | None) -> lis
         processor.image_seq_length * tiling.num_views(tiling.layout(row))
         for row in present.tolist()
     ]
+
+
+def token_budget(n_prompt: int, requested: int | None, context: int | None, limit: int) -> int:
+    """The tokens a request may generate: its max_tokens, else what the server's limit and the
+    context leave; a 400 naming max_tokens or messages when it asks for more than either."""
+    room = context - n_prompt if context else limit
+    max_tokens = requested or min(limit, room)
+    if max_tokens > limit:
+        raise APIError(400, f"must be at most {limit}", "max_tokens", "max_tokens_too_large")
+    if max_tokens > room or room < 1:
+        raise APIError(
+            400,
+            f"the prompt is {n_prompt} tokens (images included); with max_tokens={max_tokens} it "
+            f"exceeds the model's context of {context} tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+    return max_tokens
