@@ -132,3 +132,18 @@ def test_without_the_options_the_world_is_the_six_families_and_the_base_encoders
     assert "families" not in plan.world.info["data"]
     (cell,) = plan.cells  # the default set: the base's encoders, no variant among them
     assert cell.meta["encoders"] == ["clip", "vary", "dino"]
+
+
+def test_a_level_for_another_family_goes_to_that_familys_data_not_the_six(tmp_path: Path):
+    from polyvis.data.synthetic.cache import synthetic_dir
+    from polyvis.nano.protocol import plan_fair
+
+    spec = {"nano": True, "quick": True, "families": ["binding", "detail"],
+            "difficulty": {"binding": "easy"}}  # fmt: skip
+    plan = plan_fair(spec, tmp_path / "o")  # the six families' world data took no binding level
+    assert [Path(f).parent.name for f in plan.world.val_files] == ["binding", "detail"]
+    data = plan.world.info["data"]
+    assert data["difficulty"] == {"binding": "easy"}
+    options = {"families": ["binding", "detail"], "n": 12, "seed": 0, "size": 64,
+               "difficulty": {"binding": "easy"}}  # fmt: skip
+    assert Path(data["folder"]) == synthetic_dir(options)

@@ -153,6 +153,13 @@ def _difficulty(value: Any) -> dict[str, str]:
     return out
 
 
+def _levels_of(difficulty: Any, families: list[str]) -> Any:
+    """A per-family difficulty cut to `families` (medium when none is left); a level as is."""
+    if not isinstance(difficulty, dict):
+        return difficulty or "medium"
+    return {f: v for f, v in difficulty.items() if f in families} or "medium"
+
+
 def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import budget as nano_budget
@@ -188,10 +195,13 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     experts = ensure_experts(  # every expert at once
         settings=nano_world.expert_settings(budget), quick=quick, progress=False, names=EXPERTS
     )
-    world = nano_world.prepare_world(root, budget, quick, workers=jobs, progress=False)
+    # the six families' world (the corpus, lm-nano's text) takes the levels of those six only;
+    # a level for another family (`families`) goes to that family's data below
+    six = {**budget, "difficulty": _levels_of(budget.get("difficulty"), nano_budget.FAMILIES)}
+    world = nano_world.prepare_world(root, six, quick, workers=jobs, progress=False)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
     options = {"families": nano_budget.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
-               "difficulty": budget.get("difficulty", "medium")}  # fmt: skip
+               "difficulty": six["difficulty"]}  # fmt: skip
     if synthetic_dir(options) != data_dir:
         raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
     families, train = world_families(spec), world.train
