@@ -95,3 +95,12 @@ def test_dino_nano_trains_on_detail_images(tmp_path):
     settings = {**QUICK_SETTINGS, "families": ["detail"]}
     train_dino([tmp_path / "d"], tmp_path / "e", settings, progress=False)
     assert (tmp_path / "e" / "model.safetensors").is_file()
+
+
+def test_the_nano_world_scores_detail_on_its_pattern_and_orientation_questions(tmp_path):
+    from polyvis.nano.tasks import select_split
+
+    generate(["detail"], 30, 0, tmp_path, image_size=32, progress=False)
+    (path,) = select_split(tmp_path, ["detail"], "train")
+    tasks = [r["task"] for r in read_records(path)]
+    assert set(tasks) == {"pattern", "orientation"}  # no caption: it is a long transcription

@@ -26,6 +26,7 @@ SCORED_TASKS: dict[str, tuple[str, ...]] = {
     "mixed": ("read", "colour", "describe"),
     "binding": ("position_colour", "colour_text", "position_text"),
     "chartbind": ("colour_value",),
+    "detail": ("pattern", "orientation"),
 }
 # Families that ask one question per image, its type drawn at random: a selection gives each
 # type an equal share, so no type weighs more in the family's mean by the luck of the draw.
