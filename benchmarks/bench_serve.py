@@ -92,9 +92,9 @@ def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
         f"model: {Path(args.model).name if args.model else 'nano-tiny (random)'}, device: "
         f"{args.device or 'default'}, {cpu}, server threads: {args.server_threads or 'default'}, "
         f"load average at start: {load_at_start:.1f}, {detail}, {args.requests} requests per "
-        f"run, one {args.image_size}x{args.image_size} image per request, window {args.window_ms} ms, newcomers wait at most "
-        f"{args.max_waiting_steps} steps (or until {args.waiting_served_ratio}x the running rows "
-        "wait)\n"
+        f"run, one {args.image_size}x{args.image_size} image per request, window "
+        f"{args.window_ms} ms, newcomers wait at most {args.max_waiting_steps} steps (or until "
+        f"{args.waiting_served_ratio}x the running rows wait)\n"
     )
 
 

@@ -50,6 +50,13 @@ def world_families(spec: dict[str, Any]) -> list[str]:
     return list(fams)
 
 
+def levels_of(difficulty: Any, families: list[str]) -> Any:
+    """A per-family difficulty cut to `families` (medium when none is left); a level as is."""
+    if not isinstance(difficulty, dict):
+        return difficulty or "medium"
+    return {f: v for f, v in difficulty.items() if f in families} or "medium"
+
+
 def family_data(
     families: list[str], budget: dict[str, Any], jobs: int
 ) -> tuple[Path, list[Path], dict[str, Any]]:
@@ -59,11 +66,8 @@ def family_data(
     from polyvis.data.synthetic.cache import ensure_synthetic
     from polyvis.nano.tasks import select_split
 
-    level = budget.get("difficulty", "medium")
-    if isinstance(level, dict):
-        level = {f: v for f, v in level.items() if f in families} or "medium"
     options = {"families": list(families), "n": budget["n"], "seed": 0, "size": 64,
-               "difficulty": level}  # fmt: skip
+               "difficulty": levels_of(budget.get("difficulty"), families)}  # fmt: skip
     data_dir = ensure_synthetic(options, progress=False, workers=jobs)
     # the selection's name as polyvis.nano.world.prepare_world gives it
     per_image = bool(budget.get("per_image"))

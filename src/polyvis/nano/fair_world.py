@@ -153,19 +153,12 @@ def _difficulty(value: Any) -> dict[str, str]:
     return out
 
 
-def _levels_of(difficulty: Any, families: list[str]) -> Any:
-    """A per-family difficulty cut to `families` (medium when none is left); a level as is."""
-    if not isinstance(difficulty, dict):
-        return difficulty or "medium"
-    return {f: v for f, v in difficulty.items() if f in families} or "medium"
-
-
 def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import budget as nano_budget
     from polyvis.nano import world as nano_world
     from polyvis.nano.experts import EXPERTS, ensure_experts
-    from polyvis.nano.fair_variants import family_data, world_families
+    from polyvis.nano.fair_variants import family_data, levels_of, world_families
     from polyvis.nano.tasks import select_split
 
     quick, jobs = bool(spec.get("quick")), int(spec.get("jobs", 2))
@@ -197,7 +190,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     )
     # the six families' world (the corpus, lm-nano's text) takes the levels of those six only;
     # a level for another family (`families`) goes to that family's data below
-    six = {**budget, "difficulty": _levels_of(budget.get("difficulty"), nano_budget.FAMILIES)}
+    six = {**budget, "difficulty": levels_of(budget.get("difficulty"), nano_budget.FAMILIES)}
     world = nano_world.prepare_world(root, six, quick, workers=jobs, progress=False)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
     options = {"families": nano_budget.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,

@@ -4,8 +4,9 @@ The worker keeps one running batch (polyvis.serve.decode_batch.DecodeBatch) and 
 token per step. Before a step, the requests that have arrived join it: they are prefilled
 together (images encoded, prompts run into a fresh KV cache) and their cache rows merged into the
 running one. As in TGI, newcomers join once enough of them wait or the oldest has waited a few
-steps, so they are prefilled in groups. After each step a row that is done (EOS, its own max_tokens, a stop string, a client
-that went away) leaves at once with its cache rows, so short answers never wait for long ones.
+steps, so they are prefilled in groups. After each step a row that is done (EOS, its own
+max_tokens, a stop string, a client that went away) leaves at once with its cache rows, so
+short answers never wait for long ones.
 When nothing runs, the worker takes the first request and collects others for at most
 `window_ms` (skipped when no other request is on its way), so a burst is prefilled as one group.
 
@@ -275,8 +276,9 @@ class Batcher:
 
     def _admit_now(self, running: int) -> bool:
         """Whether the waiting requests join the running batch at this step (TGI's rule): at
-        once when enough wait (at least `waiting_served_ratio` times the running rows), else after `max_waiting_steps` steps. A prefill costs several decoding steps, so
-        one group of newcomers is cheaper than the same requests admitted one step at a time."""
+        once when enough wait (at least `waiting_served_ratio` times the running rows), else
+        after `max_waiting_steps` steps. A prefill costs several decoding steps, so one group of
+        newcomers is cheaper than the same requests admitted one step at a time."""
         waiting = self._queue.qsize()
         if not waiting:
             self._held = 0
