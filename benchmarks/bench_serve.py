@@ -2,6 +2,7 @@
 
 Two scenarios; every request is a chat request with one image (a data URI) and a question,
 greedy, and closed-loop clients (each sends its next request when its answer arrives).
+--engine picks `polyvis serve --engine`: the models in the server's process, or in their own.
 
 --scenario uniform (default): `polyvis serve` twice on 127.0.0.1, each in its own process,
 batched (--max-batch) and unbatched (--max-batch 1); for 1, 8 and 32 clients, requests of
@@ -10,8 +11,9 @@ checks that both servers gave the same answers.
 
 --scenario mixed: half the requests ask 1-8 tokens, half 24-64 (a seeded draw, --seed), in a
 seeded order. The same requests are sent one at a time (one client) and by --clients clients
-(default 32), --repeat times each, alternating: through one batched `polyvis serve` (HTTP), and
-straight to a Batcher in this process (no HTTP, images preprocessed beforehand). The table gives
+(default 32), --repeat times each, alternating: through one batched `polyvis serve` (HTTP; by
+default once with each engine), and straight to a Batcher in this process (no HTTP, images
+preprocessed beforehand). The table gives
 requests/s (and its ratio) and the mean latency of the short and the long requests (and its
 ratio), and checks that every run gave the same answers.
 
@@ -83,6 +85,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--server-threads", type=int, default=None, help="torch CPU threads of the server"
     )
+    parser.add_argument(
+        "--engine",
+        choices=["thread", "process", "both"],
+        default=None,
+        help="polyvis serve --engine (uniform: default thread; mixed: default both, side by side)",
+    )
     return parser.parse_args()
 
 
@@ -123,9 +131,11 @@ def alternate(run: Callable[[int], Run], clients: int, repeat: int, label: str) 
     return out
 
 
-def http_runs(model_dir: Path, args: argparse.Namespace, bodies: list[dict], clients: int):
+def http_runs(
+    model_dir: Path, args: argparse.Namespace, bodies: list[dict], clients: int, engine: str
+):
     """The requests through `polyvis serve` (its own process), from closed-loop HTTP clients."""
-    with ServerProcess(model_dir, args.max_batch, args) as url:
+    with ServerProcess(model_dir, args.max_batch, args, engine) as url:
         asyncio.run(load(url, bodies[:clients], clients))  # warm-up: connections, kernels
 
         def run(n: int) -> Run:
@@ -138,7 +148,7 @@ def http_runs(model_dir: Path, args: argparse.Namespace, bodies: list[dict], cli
             texts = [a["choices"][0]["message"]["content"] for a in answers]
             return seconds, lat, texts, [a["usage"]["completion_tokens"] for a in answers], group
 
-        return alternate(run, clients, args.repeat, "HTTP")
+        return alternate(run, clients, args.repeat, f"HTTP, engine {engine}")
 
 
 def batcher_runs(model_dir: Path, args: argparse.Namespace, limits: list[int], clients: int):
@@ -253,9 +263,9 @@ def mixed(args: argparse.Namespace, model_dir: Path, load_at_start: float) -> in
     short = [i for i, m in enumerate(limits) if m <= 8]
     long_ = [i for i, m in enumerate(limits) if m > 8]
     clients = (args.clients or [32])[0]
-    http = http_runs(model_dir, args, bodies, clients)
-    batcher, cost_line = batcher_runs(model_dir, args, limits, clients)
-    paths = {"HTTP": http, "batcher": batcher}
+    engines = ["thread", "process"] if args.engine in (None, "both") else [args.engine]
+    paths = {f"HTTP, engine {e}": http_runs(model_dir, args, bodies, clients, e) for e in engines}
+    paths["batcher"], cost_line = batcher_runs(model_dir, args, limits, clients)
 
     detail = (
         f"{len(short)} requests of 1-8 tokens and {len(long_)} of 24-64 (seed {args.seed}, "
@@ -283,7 +293,7 @@ def mixed(args: argparse.Namespace, model_dir: Path, load_at_start: float) -> in
         print(f"{path}: continuous / one at a time req/s: x{ratio:.2f}")
     answers = [(r[2], r[3]) for runs in paths.values() for r in runs.values()]
     same = all(a == answers[0] for a in answers) and None not in answers[0][0]
-    print(f"greedy answers identical to one at a time (both paths): {'yes' if same else 'NO'}")
+    print(f"greedy answers identical to one at a time (every path): {'yes' if same else 'NO'}")
     print(f"model costs (median, this process): {cost_line}")
     return 0 if same else 1
 
@@ -298,6 +308,9 @@ def main() -> int:
         tmp.cleanup()
         return code
     args.clients = args.clients or [1, 8, 32]
+    if args.engine == "both":
+        sys.exit("bench_serve.py: --engine both is for --scenario mixed; give thread or process")
+    engine = args.engine or "thread"
     bodies = [request_body(i, args.max_tokens, args.image_size) for i in range(args.requests)]
     rows, answers_by_mode = [], {}
     modes = {"batched": args.max_batch, "unbatched": 1}
@@ -305,7 +318,7 @@ def main() -> int:
     # client count, so a change in the machine's other load does not favour one mode.
     with contextlib.ExitStack() as stack:
         urls = {
-            mode: stack.enter_context(ServerProcess(model_dir, mb, args))
+            mode: stack.enter_context(ServerProcess(model_dir, mb, args, engine))
             for mode, mb in modes.items()
         }
         warm = max(args.clients)

@@ -86,13 +86,16 @@ def percentile(values: list[float], q: float) -> float:
 class ServerProcess:
     """`polyvis serve` in its own process (clients in this one must not share its GIL)."""
 
-    def __init__(self, model_dir: Path, max_batch: int, args: argparse.Namespace):
+    def __init__(
+        self, model_dir: Path, max_batch: int, args: argparse.Namespace, engine: str = "thread"
+    ):
         self.port = free_port()
         cmd = [sys.executable, "-m", "polyvis", "serve", str(model_dir), "--port", str(self.port)]
         cmd += ["--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms)]
         cmd += ["--max-waiting-steps", str(args.max_waiting_steps)]
         cmd += ["--waiting-served-ratio", str(args.waiting_served_ratio)]
         cmd += ["--max-queue", str(4 * args.requests), "--log-level", "warning"]
+        cmd += ["--engine", engine]
         if args.device:
             cmd += ["--device", args.device]
         if args.server_threads:

@@ -172,6 +172,7 @@ def test_cli_serve_binds_127_0_0_1_and_reads_the_env_api_key(sharp_model_dir, mo
         torch.set_num_threads(threads)
     assert (launched["host"], launched["port"]) == ("127.0.0.1", 8123)
     assert launched["app"].state.settings.max_batch == 4
+    assert launched["app"].state.settings.engine == "process"  # the CLI's default
     with BackgroundServer(launched["app"]) as url:  # the very app the command built
         assert httpx.get(f"{url}/v1/models").status_code == 401
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer env-key"}).json()

@@ -96,6 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="let requests name image files inside DIR (paths or file:// URIs); refused otherwise",
     )
+    p.add_argument(
+        "--engine",
+        choices=["thread", "process"],
+        default="process",
+        help="run the models in a process of their own, so the HTTP front end does not share "
+        "Python's interpreter lock with them (process, the default), or in this one (thread)",
+    )
     p.add_argument("--no-web", action="store_true", help="no chat page at / (the API only)")
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         web=not args.no_web,
+        engine=args.engine,
     )
     if api_key is None and not _is_loopback(args.host):
         print(f"polyvis: warning: serving on {args.host} without an API key", file=sys.stderr)

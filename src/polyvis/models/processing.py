@@ -243,7 +243,10 @@ class PolyVisProcessor:
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: not found; is {directory} a polyvis model directory?")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        from polyvis.models.build import quiet_transformers
+
+        with quiet_transformers():  # it reads config.json and warns that "polyvis" is no LM type
+            tokenizer = AutoTokenizer.from_pretrained(directory)
         procs = {
             name: AutoImageProcessor.from_pretrained(directory / "image_processors" / name)
             for name in meta["encoders"]

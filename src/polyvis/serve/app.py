@@ -123,8 +123,8 @@ def create_app(
             params = check_limits(req, settings)
             prompt, pixel_values = await run_in_threadpool(intake, req, target)
         events: asyncio.Queue[Event] = asyncio.Queue()
-        sink = _threadsafe_sink(asyncio.get_running_loop(), events, collect=not req.stream)
-        job = target.batcher.submit(prompt, pixel_values, params, sink)
+        sink = _threadsafe_sink(asyncio.get_running_loop(), events)
+        job = target.batcher.submit(prompt, pixel_values, params, sink, collect=not req.stream)
         out = ResponseBuilder(target.name)
         first = await _next_event(events, request, job)
         if isinstance(first, Failed):
@@ -185,31 +185,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _threadsafe_sink(
-    loop: asyncio.AbstractEventLoop, events: asyncio.Queue, collect: bool = False
-) -> Any:
-    """Events come from the batcher thread; hand them to the request's event loop.
+def _threadsafe_sink(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Any:
+    """Events come from the batcher thread; hand them to the request's event loop."""
 
-    collect: a non-streamed answer needs its text only at the end, so its deltas are joined in
-    the batcher thread and handed over with Finished: one wake-up of the loop, not one a token.
-    """
-    parts: list[str] = []
-
-    def put(*items: Event) -> None:
-        for item in items:
-            events.put_nowait(item)
-
-    def sink(event: Event) -> None:
-        if collect and isinstance(event, Delta):
-            parts.append(event.text)
-            return
-        items = (
-            (Delta("".join(parts)), event) if parts and isinstance(event, Finished) else (event,)
-        )
+    def put(event: Event) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            loop.call_soon_threadsafe(put, *items)
+            loop.call_soon_threadsafe(events.put_nowait, event)
 
-    return sink
+    return put
 
 
 async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> Event:

@@ -41,6 +41,7 @@ from polyvis.serve.jobs import (
     Job,
     Row,
     Started,
+    collecting,
     pixel_token_counts,
     token_budget,
 )
@@ -59,6 +60,10 @@ __all__ = [
 
 
 _STOP = object()
+
+
+class _Counter:
+    value = 0
 
 
 class Batcher:
@@ -80,6 +85,7 @@ class Batcher:
         max_tokens_limit: int = 512,
         max_waiting_steps: int = 8,
         waiting_served_ratio: float = 1.2,
+        arrivals: Any = None,
     ):
         self.model, self.processor = model, processor
         self.max_batch, self.window = max(1, max_batch), max(0.0, window_ms) / 1000.0
@@ -90,7 +96,9 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._arriving = 0  # requests being received (see `arriving`)
+        # Requests being received (see `arriving`): anything with an int `.value`, so an HTTP
+        # front end in another process can count them in shared memory (polyvis.serve.engine).
+        self.arrivals = arrivals if arrivals is not None else _Counter()
         self._last_batch = 1
         self.stats = {
             "requests": 0,
@@ -149,11 +157,14 @@ class Batcher:
         images: Sequence[Image.Image] | torch.Tensor | None,
         params: GenerationParams,
         sink: Callable[[Event], None],
+        collect: bool = False,
     ) -> Job:
         """Queue a request; its events (Started, Delta..., Finished | Failed) go to `sink`.
 
         images: PIL images (preprocessed here, in the caller's thread) or the tensor of
         `processor.preprocess_images`; one per `<image>` marker of the prompt.
+        collect: the text is wanted only at the end, so deltas are joined and sent with
+        Finished (polyvis.serve.jobs.collecting).
         """
         if not self.running:
             raise APIError(503, "the model worker is not running")
@@ -167,7 +178,9 @@ class Batcher:
             msg = f"the prompt has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} marker(s) but {n_images} image(s)"
             raise APIError(400, msg, "messages", "image_count_mismatch")
         counts = pixel_token_counts(self.processor, pixel_values)
-        job = Job(prompt, pixel_values, params, sink, token_counts=counts)
+        job = Job(
+            prompt, pixel_values, params, collecting(sink) if collect else sink, token_counts=counts
+        )
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -210,12 +223,12 @@ class Batcher:
         """Wrap the intake of a request (parsing, image decoding) before `submit`: while any is
         in progress the worker waits out its window for it; otherwise a lone request starts at once."""
         with self._lock:
-            self._arriving += 1
+            self.arrivals.value += 1
         try:
             yield
         finally:
             with self._lock:
-                self._arriving -= 1
+                self.arrivals.value -= 1
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """An idle worker's first job and those arriving within the window (see `arriving`)."""
@@ -227,7 +240,7 @@ class Batcher:
                 remaining = deadline - time.monotonic()
                 # Waiting pays only when more requests are on their way: some are being received,
                 # or the last group had company. A lone client never waits for the window.
-                if remaining <= 0 or (self._arriving == 0 and self._last_batch <= 1):
+                if remaining <= 0 or (self.arrivals.value == 0 and self._last_batch <= 1):
                     break
                 try:
                     job = self._queue.get(timeout=min(remaining, 0.001))

@@ -29,6 +29,9 @@ class APIError(PolyVisError):
         self.code = code
         super().__init__(f"{param}: {message}" if param else message)
 
+    def __reduce__(self) -> tuple:  # the engine process sends these to the HTTP front end
+        return (type(self), (self.status, self.message, self.param, self.code))
+
     def body(self) -> dict[str, Any]:
         """The JSON body OpenAI clients expect: {"error": {message, type, param, code}}."""
         return error_body(self.status, str(self), self.param, self.code)

@@ -127,6 +127,24 @@ class Row:
         self.job.sink(Finished(self.reason or "length", self.prompt_tokens, self.count))
 
 
+def collecting(sink: Callable[[Event], None]) -> Callable[[Event], None]:
+    """A sink that joins the deltas and hands them over with Finished: for a request that needs
+    its text only at the end, one hand-over (a wake-up of the server's loop, a message from the
+    engine process) instead of one a token."""
+    parts: list[str] = []
+
+    def collect(event: Event) -> None:
+        if isinstance(event, Delta):
+            parts.append(event.text)
+            return
+        if parts and isinstance(event, Finished):
+            sink(Delta("".join(parts)))
+            parts.clear()
+        sink(event)
+
+    return collect
+
+
 @dataclass
 class Completion:
     text: str

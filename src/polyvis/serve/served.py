@@ -9,6 +9,7 @@ from typing import Any
 
 from polyvis.errors import ConfigError
 from polyvis.serve.batcher import Batcher
+from polyvis.serve.engine import Engine, RemoteBatcher
 from polyvis.serve.errors import APIError
 from polyvis.serve.settings import ServeSettings
 
@@ -18,7 +19,7 @@ ModelSource = str | Path | tuple[Any, Any]  # a model directory, or (model, proc
 @dataclass
 class ServedModel:
     name: str
-    batcher: Batcher
+    batcher: Batcher | RemoteBatcher
     processor: Any
 
 
@@ -59,6 +60,8 @@ def build_served(
         sources = {name: loaded if loaded is not None else models}
     if not sources:
         raise ConfigError("models", "no model to serve")
+    if settings.engine == "process":
+        return _remote(sources, settings)
     served = {}
     for name, source in sources.items():
         if not isinstance(name, str) or not name:
@@ -80,6 +83,26 @@ def build_served(
             max_tokens_limit=settings.max_tokens_limit,
         )
         served[name] = ServedModel(name, batcher, processor)
+    return served
+
+
+def _remote(sources: dict[str, Any], settings: ServeSettings) -> dict[str, ServedModel]:
+    """Every model in one engine process (started with the app); processors load here."""
+    from polyvis.models.processing import PolyVisProcessor
+
+    for name, source in sources.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError("models", f"a model id must be a non-empty string, got {name!r}")
+        if not isinstance(source, str | Path):
+            raise ConfigError(
+                "engine", "an engine process loads its models itself: give model directories"
+            )
+        if not (Path(source) / "config.json").is_file():
+            raise ConfigError("models", f"{source}: not a polyvis model directory (no config.json)")
+    engine, served = Engine(sources, settings), {}
+    for name, source in sources.items():
+        processor = PolyVisProcessor.from_pretrained(source)
+        served[name] = ServedModel(name, RemoteBatcher(engine, name, processor), processor)
     return served
 
 

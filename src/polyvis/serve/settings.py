@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1024 * 1024
+ENGINES = ("thread", "process")
 
 
 @dataclass
@@ -24,6 +25,9 @@ class ServeSettings:
     max_tokens_limit: the largest max_tokens a request may ask for (and the default).
     allow_local_files: a directory whose files requests may name as images (None: refused).
     web: serve the chat page at GET / (it is one more client of /v1/chat/completions).
+    engine: "thread" runs the models in the server's process, "process" in a process of their
+        own, so the HTTP front end does not share an interpreter lock with them
+        (polyvis.serve.engine; model directories only).
     """
 
     model_name: str | None = None
@@ -43,6 +47,7 @@ class ServeSettings:
     device: str | None = None
     dtype: str | None = None
     web: bool = True
+    engine: str = "thread"
 
     def __post_init__(self) -> None:
         from polyvis.errors import ConfigError
@@ -62,6 +67,8 @@ class ServeSettings:
         for name in ("batch_window_ms", "max_waiting_steps", "waiting_served_ratio"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must not be negative, got {getattr(self, name)}")
+        if self.engine not in ENGINES:
+            raise ConfigError("engine", f"must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.allow_local_files is not None:
             root = Path(self.allow_local_files).expanduser().resolve()
             if not root.is_dir():
