@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from paired_cells import seeds  # benchmarks/paired_cells.py, beside this script
+
 from polyvis.errors import DataError
 from polyvis.eval.stats import cell_scores, leaderboard
 from polyvis.nano.fair_cells import slug
@@ -48,14 +50,6 @@ def ranks(out: Path) -> dict[str, int]:
     """{cell name: rank} from OUT/leaderboard.json. Its "cells" list is in grid order, not sorted,
     so the rank is the row's own "rank" (1 = best mean)."""
     return {c["name"]: int(c["rank"]) for c in read_json(out / "leaderboard.json")["cells"]}
-
-
-def seeds(folder: Path) -> dict[int, Path]:
-    found = {int(p.parent.parent.name.removeprefix("seed-")): p
-             for p in folder.glob("seed-*/test/answers.jsonl")}  # fmt: skip
-    if not found:
-        sys.exit(f"{folder}: no seed-S/test/answers.jsonl")
-    return found
 
 
 def compare(name: str, dirs: tuple[Path, Path], names: list[str]) -> dict[str, Any]:

@@ -15,8 +15,9 @@ ITEMS = [(f"scene-test-{i:06d}", "scene") for i in range(4)] + [
 ]
 
 
-@pytest.fixture(scope="module")
-def compare_arms() -> ModuleType:
+@pytest.fixture()
+def compare_arms(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run: paired_cells beside it
     path = ROOT / "benchmarks" / "compare_arms.py"
     spec = importlib.util.spec_from_file_location("compare_arms", path)
     module = importlib.util.module_from_spec(spec)
