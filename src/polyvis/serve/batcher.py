@@ -41,6 +41,7 @@ from polyvis.serve.jobs import (
     Job,
     Row,
     Started,
+    as_pixels,
     collecting,
     pixel_token_counts,
     token_budget,
@@ -168,11 +169,7 @@ class Batcher:
         """
         if not self.running:
             raise APIError(503, "the model worker is not running")
-        pixel_values = (
-            images
-            if images is None or isinstance(images, torch.Tensor)
-            else self.preprocess(images)
-        )
+        pixel_values = as_pixels(self.processor, images)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         if prompt.count(IMAGE_TOKEN) != n_images:
             msg = f"the prompt has {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} marker(s) but {n_images} image(s)"
@@ -191,7 +188,7 @@ class Batcher:
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
         """PIL images -> the model's pixel tensor (thread-safe: call it off the event loop)."""
-        return self.processor.preprocess_images(list(images)) if images else None
+        return as_pixels(self.processor, images)
 
     def generate(
         self,

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from polyvis.serve.errors import APIError
-from polyvis.serve.jobs import Event, Failed, Finished, GenerationParams, Started
+from polyvis.serve.jobs import Event, Failed, Finished, GenerationParams, Started, as_pixels
 from polyvis.serve.settings import ServeSettings
 
 _START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
@@ -46,7 +46,7 @@ def _engine_main(
 ) -> None:
     """The engine process: load every model, start its batcher, and serve the pipe."""
     from polyvis.models.build import load_model
-    from polyvis.serve.batcher import Batcher
+    from polyvis.serve.served import make_batcher
 
     if threads:
         torch.set_num_threads(threads)
@@ -60,17 +60,7 @@ def _engine_main(
         batchers = {}
         for name, path in sources.items():
             model, processor = load_model(path, dtype=settings.dtype, device=settings.device)
-            batchers[name] = Batcher(
-                model,
-                processor,
-                max_batch=settings.max_batch,
-                window_ms=settings.batch_window_ms,
-                max_waiting_steps=settings.max_waiting_steps,
-                waiting_served_ratio=settings.waiting_served_ratio,
-                max_queue=settings.max_queue,
-                max_tokens_limit=settings.max_tokens_limit,
-                arrivals=arrivals[name],
-            ).start()
+            batchers[name] = make_batcher(model, processor, settings, arrivals[name]).start()
     except Exception as err:  # reported by the front end's start, which raises it
         send(("ready", f"{type(err).__name__}: {err}"))
         return
@@ -315,7 +305,7 @@ class RemoteBatcher:
         return self.engine.stats(self.name)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
-        return self.processor.preprocess_images(list(images)) if images else None
+        return as_pixels(self.processor, images)
 
     def submit(
         self,
@@ -327,11 +317,7 @@ class RemoteBatcher:
     ) -> RemoteJob:
         """As `Batcher.submit`; its errors (a 400 for a prompt too long, a 503 for a full queue)
         come back as a Failed event rather than raised here."""
-        pixel_values = (
-            images
-            if images is None or isinstance(images, torch.Tensor)
-            else self.preprocess(images)
-        )
+        pixel_values = as_pixels(self.processor, images)
         return self.engine.submit(self.name, prompt, pixel_values, params, sink, collect)
 
     @contextmanager

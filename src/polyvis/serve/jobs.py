@@ -127,6 +127,14 @@ class Row:
         self.job.sink(Finished(self.reason or "length", self.prompt_tokens, self.count))
 
 
+def as_pixels(processor: Any, images: Any) -> torch.Tensor | None:
+    """A request's images as the model's pixel tensor: PIL images are preprocessed (in the
+    caller's thread), a tensor of `processor.preprocess_images` or None passes as it is."""
+    if images is None or isinstance(images, torch.Tensor):
+        return images
+    return processor.preprocess_images(list(images)) if images else None
+
+
 def collecting(sink: Callable[[Event], None]) -> Callable[[Event], None]:
     """A sink that joins the deltas and hands them over with Finished: for a request that needs
     its text only at the end, one hand-over (a wake-up of the server's loop, a message from the

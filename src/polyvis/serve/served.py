@@ -23,6 +23,23 @@ class ServedModel:
     processor: Any
 
 
+def make_batcher(
+    model: Any, processor: Any, settings: ServeSettings, arrivals: Any = None
+) -> Batcher:
+    """A (not yet started) batcher with the settings' batching options."""
+    return Batcher(
+        model,
+        processor,
+        max_batch=settings.max_batch,
+        window_ms=settings.batch_window_ms,
+        max_waiting_steps=settings.max_waiting_steps,
+        waiting_served_ratio=settings.waiting_served_ratio,
+        max_queue=settings.max_queue,
+        max_tokens_limit=settings.max_tokens_limit,
+        arrivals=arrivals,
+    )
+
+
 def model_ids(dirs: Sequence[str | Path]) -> list[str]:
     """An id per model directory: its name, or, where names repeat, the shortest path tail that
     tells them apart (`demo/runs/clip-nano/final` -> `clip-nano/final` beside other `final`s)."""
@@ -72,16 +89,7 @@ def build_served(
             from polyvis.models.build import load_model
 
             model, processor = load_model(source, dtype=settings.dtype, device=settings.device)
-        batcher = Batcher(
-            model,
-            processor,
-            max_batch=settings.max_batch,
-            window_ms=settings.batch_window_ms,
-            max_waiting_steps=settings.max_waiting_steps,
-            waiting_served_ratio=settings.waiting_served_ratio,
-            max_queue=settings.max_queue,
-            max_tokens_limit=settings.max_tokens_limit,
-        )
+        batcher = make_batcher(model, processor, settings)
         served[name] = ServedModel(name, batcher, processor)
     return served
 
