@@ -87,13 +87,36 @@ def test_a_listed_cells_train_values_reach_its_runs_and_only_its_own(tmp_path: P
 TWO = {"encoders": ["clip", "dino"], "fusion": "add"}
 
 
+def test_a_listed_cell_with_its_own_adapter_is_built_with_that_one_only(tmp_path: Path):
+    cells = [
+        {"encoders": ["clip"]},
+        {"encoders": ["clip", "dino"], "fusion": "add", "adapter": "linear"},
+        {"encoders": ["clip", "dino"], "fusion": "add", "adapter": {"type": "ldp", "pool_grid": 2}},
+    ]  # fmt: skip
+    plan = plan_fair(_load(tmp_path, _spec(cells=cells, controls=["clip"])), tmp_path / "o")
+    names = [
+        "clip",
+        "clip (random init)",
+        "clip+dino add | linear",
+        "clip+dino add | ldp(pool_grid=2)",
+    ]
+    assert [c.name for c in plan.cells] == names
+    adapters = [c.model["adapter"] for c in plan.cells]
+    assert adapters[0] == adapters[1] == {"type": "mlp", "depth": 2}  # the grid's, one adapter
+    assert adapters[2]["type"] == "linear" and adapters[3] == {"type": "ldp", "pool_grid": 2}
+    assert [c.meta["adapter"] for c in plan.cells[2:]] == ["linear", "ldp(pool_grid=2)"]
+    assert plan.cells[0].baseline and not plan.cells[2].baseline
+
+
 @pytest.mark.parametrize(
     ("grid", "extra", "field", "words"),
     [
         ({"cells": []}, {}, "grid.cells", "give a list of cells"),
         ({"cells": [TWO, "clip"]}, {}, "grid.cells[1]", "expected a mapping"),
         ({"cells": [{"encoders": ["clip"], "colour": 1}]}, {}, "grid.cells[0].colour",
-         "unknown field; valid: encoders, fusion, train"),
+         "unknown field; valid: encoders, fusion, train, adapter"),
+        ({"cells": [{"encoders": ["clip"], "adapter": {"type": "mlp", "init_from": "p"}}]}, {},
+         "grid.cells[0].adapter.init_from", "sensitivity arm"),
         ({"cells": [{"fusion": "add"}]}, {}, "grid.cells[0].encoders", "list of encoder names"),
         ({"cells": [TWO, TWO, {"encoders": ["clip", "siglip"], "fusion": "add"}]}, {},
          "grid.cells[2].encoders", "unknown encoder 'siglip'"),

@@ -3,7 +3,8 @@ expert's random-init twin alone, every one with a fresh fusion and adapter and t
 
 A grid gives its cells as a product (`encoders` x `fusion`) or as a list (`cells`: each an
 encoder set, its fusion when it has two or more, and optionally its own `train` values, e.g.
-a learning rate the leaderboard chose on val), times each `adapter` either way.
+a learning rate the leaderboard chose on val), times each `adapter` either way; a listed cell
+with an `adapter` of its own is built with that one only (e.g. the adapters on one fusion).
 
 A random-init twin is the expert's architecture at random weights (its config.json as the
 encoder's `config:`) read through the same image processor settings (size, mean, std): what the
@@ -102,21 +103,16 @@ def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
     cells = []
     for adapter in adapters:
         tail = f" | {label(adapter)}" if many else ""
-        for names, fusion, train, source in entries:
-            encs = [world.encoders[n] for n in names]
-            if fusion is None:  # one encoder: the expert alone, a baseline (not a variant of one)
-                alone = names[0] not in world.variants
-                cell = _cell(names[0] + tail, encs, None, adapter, world, baseline=alone)
-            else:
-                name = f"{'+'.join(names)} {label(fusion)}{tail}"
-                cell = _cell(name, encs, fusion, adapter, world, baseline=False)
-            if train:
-                cell.train, cell.meta["train"] = dict(train), dict(train)
-            cell.source = source
-            cells.append(cell)
+        for names, fusion, train, source, own in entries:
+            if own is None:
+                cells.append(_entry_cell(names, fusion, train, source, adapter, tail, world))
         for n in controls:
             twin = random_twin(world.encoders[n], "grid.controls")
             cells.append(_cell(f"{n} (random init){tail}", [twin], None, adapter, world, False))
+    for names, fusion, train, source, own in entries:  # cells with an adapter of their own
+        if own is not None:
+            tail = f" | {label(own)}"
+            cells.append(_entry_cell(names, fusion, train, source, own, tail, world))
     names = [c.name for c in cells]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -126,9 +122,33 @@ def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
     return cells
 
 
-# (encoder names, fusion or None for one encoder, the cell's own train values, where it is listed)
-Entry = tuple[list[str], dict[str, Any] | None, dict[str, Any], str]
-CELL_KEYS = ("encoders", "fusion", "train")
+def _entry_cell(
+    names: list[str],
+    fusion: dict[str, Any] | None,
+    train: dict[str, Any],
+    source: str,
+    adapter: dict[str, Any],
+    tail: str,
+    world: FairWorld,
+) -> Cell:
+    encs = [world.encoders[n] for n in names]
+    if fusion is None:  # one encoder: the expert alone, a baseline (not a variant of one)
+        alone = names[0] not in world.variants
+        cell = _cell(names[0] + tail, encs, None, adapter, world, baseline=alone)
+    else:
+        cell = _cell(
+            f"{'+'.join(names)} {label(fusion)}{tail}", encs, fusion, adapter, world, False
+        )
+    if train:
+        cell.train, cell.meta["train"] = dict(train), dict(train)
+    cell.source = source
+    return cell
+
+
+# (encoder names, fusion or None for one encoder, the cell's own train values, where it is
+# listed, its own adapter or None for the grid's)
+Entry = tuple[list[str], dict[str, Any] | None, dict[str, Any], str, dict[str, Any] | None]
+CELL_KEYS = ("encoders", "fusion", "train", "adapter")
 # train values every cell shares: the budget, the stages and the grid's seeds
 SHARED_TRAIN = ("seed", "stage", "init_from", "max_steps", "batch_size", "grad_accum")
 
@@ -155,9 +175,9 @@ def _product(grid: dict[str, Any], world: FairWorld) -> list[Entry]:
     for i, names in enumerate(sets):
         where = f"grid.encoders[{i}]"
         if len(names) == 1:
-            entries.append((names, None, {}, where))
+            entries.append((names, None, {}, where, None))
         else:
-            entries += [(names, fusion, {}, where) for fusion in fusions]
+            entries += [(names, fusion, {}, where, None) for fusion in fusions]
     return entries
 
 
@@ -197,7 +217,12 @@ def _listed(grid: dict[str, Any], spec: dict[str, Any], world: FairWorld) -> lis
                 raise ConfigError(f"{where}.fusion", f"required for {len(names)} encoders")
             f = f"{where}.fusion"
             fusion = _fresh(typed(fusion, f), ("scales", *SCALE_KEYS), f)
-        entries.append((names, fusion, _cell_train(entry.get("train"), where, spec), where))
+        own = entry.get("adapter")
+        if own is not None:
+            a = f"{where}.adapter"
+            own = _fresh(typed(own, a), ADAPTER_INIT_KEYS, a)
+        train = _cell_train(entry.get("train"), where, spec)
+        entries.append((names, fusion, train, where, own))
     return entries
 
 
