@@ -65,14 +65,18 @@ def _engine_main(
         send(("ready", f"{type(err).__name__}: {err}"))
         return
     send(("ready", None))
-    jobs: dict[int, Any] = {}
+    jobs: dict[int, Any] = {}  # open jobs by id
+    ended: set[int] = set()  # jobs that ended before submit returned them
+    jobs_lock = threading.Lock()
 
     def sink_for(jid: int) -> Callable[[Event], None]:
         def sink(event: Event) -> None:
             if isinstance(event, Failed):
                 event = Failed(_as_api_error(event.error))
             if isinstance(event, Finished | Failed):
-                jobs.pop(jid, None)
+                with jobs_lock:  # it may end before submit has returned its job
+                    if jobs.pop(jid, None) is None:
+                        ended.add(jid)
             send(("event", jid, event))
 
         return sink
@@ -87,11 +91,17 @@ def _engine_main(
             _, jid, name, prompt, pixels, params, collect = message
             pixel_values = None if pixels is None else torch.from_numpy(pixels)
             try:
-                jobs[jid] = batchers[name].submit(
+                job = batchers[name].submit(
                     prompt, pixel_values, params, sink_for(jid), collect=collect
                 )
             except Exception as err:
                 send(("event", jid, Failed(_as_api_error(err))))
+                continue
+            with jobs_lock:  # kept for "cancel" until it ends; an ended one holds no tensors here
+                if jid in ended:
+                    ended.discard(jid)
+                else:
+                    jobs[jid] = job
         elif kind == "cancel":
             job = jobs.get(message[1])
             if job is not None:
