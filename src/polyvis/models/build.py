@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from polyvis.models.encoders import (
 )
 from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
 from polyvis.models.processing import PolyVisProcessor
+from polyvis.models.quiet import quiet_transformers
 from polyvis.models.tiling import processor_tiling
 from polyvis.models.tokenizer import (
     IMAGE_END_TOKEN,
@@ -124,22 +123,6 @@ def load_detector(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
         raise
     except (OSError, ValueError) as err:
         raise _load_error(f"{field}.path", spec.path, err) from None
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """transformers' warnings and progress bars off for a block, restored after it."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")

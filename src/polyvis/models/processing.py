@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
 from polyvis.errors import DataError
+from polyvis.models.quiet import quiet_transformers
 from polyvis.models.tiling import Tiling, resample_of, tile_image
 from polyvis.models.tokenizer import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
 
@@ -243,8 +244,6 @@ class PolyVisProcessor:
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: not found; is {directory} a polyvis model directory?")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        from polyvis.models.build import quiet_transformers
-
         with quiet_transformers():  # it reads config.json and warns that "polyvis" is no LM type
             tokenizer = AutoTokenizer.from_pretrained(directory)
         procs = {

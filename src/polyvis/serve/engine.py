@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from polyvis.serve.batcher import Batcher
 from polyvis.serve.errors import APIError
 from polyvis.serve.jobs import Event, Failed, Finished, GenerationParams, Started, as_pixels
 from polyvis.serve.settings import ServeSettings
@@ -41,12 +42,28 @@ def _as_api_error(err: Exception) -> APIError:
     return APIError(500, f"generation failed: {type(err).__name__}: {err}", code="internal_error")
 
 
+def make_batcher(
+    model: Any, processor: Any, settings: ServeSettings, arrivals: Any = None
+) -> Batcher:
+    """A (not yet started) batcher with the settings' batching options."""
+    return Batcher(
+        model,
+        processor,
+        max_batch=settings.max_batch,
+        window_ms=settings.batch_window_ms,
+        max_waiting_steps=settings.max_waiting_steps,
+        waiting_served_ratio=settings.waiting_served_ratio,
+        max_queue=settings.max_queue,
+        max_tokens_limit=settings.max_tokens_limit,
+        arrivals=arrivals,
+    )
+
+
 def _engine_main(
     conn: Any, sources: dict[str, str], settings: ServeSettings, threads: int | None, arrivals: dict
 ) -> None:
     """The engine process: load every model, start its batcher, and serve the pipe."""
     from polyvis.models.build import load_model
-    from polyvis.serve.served import make_batcher
 
     if threads:
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ from typing import Any
 
 from polyvis.errors import ConfigError
 from polyvis.serve.batcher import Batcher
-from polyvis.serve.engine import Engine, RemoteBatcher
+from polyvis.serve.engine import Engine, RemoteBatcher, make_batcher
 from polyvis.serve.errors import APIError
 from polyvis.serve.settings import ServeSettings
 
@@ -21,23 +21,6 @@ class ServedModel:
     name: str
     batcher: Batcher | RemoteBatcher
     processor: Any
-
-
-def make_batcher(
-    model: Any, processor: Any, settings: ServeSettings, arrivals: Any = None
-) -> Batcher:
-    """A (not yet started) batcher with the settings' batching options."""
-    return Batcher(
-        model,
-        processor,
-        max_batch=settings.max_batch,
-        window_ms=settings.batch_window_ms,
-        max_waiting_steps=settings.max_waiting_steps,
-        waiting_served_ratio=settings.waiting_served_ratio,
-        max_queue=settings.max_queue,
-        max_tokens_limit=settings.max_tokens_limit,
-        arrivals=arrivals,
-    )
 
 
 def model_ids(dirs: Sequence[str | Path]) -> list[str]:
