@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polyvis.serve.batcher import Delta, Event, Failed, Finished, Job, Started
 from polyvis.serve.completions import ResponseBuilder, check_limits, render_messages, sse
-from polyvis.serve.errors import APIError, error_body
+from polyvis.serve.errors import APIError, as_api_error, error_body
 from polyvis.serve.page import add_web_routes
 from polyvis.serve.schema import parse_request
 from polyvis.serve.served import ModelSource, ServedModel, build_served, health_stats, pick
@@ -128,7 +128,7 @@ def create_app(
         out = ResponseBuilder(target.name)
         first = await _next_event(events, request, job)
         if isinstance(first, Failed):
-            raise _as_api_error(first.error)
+            raise as_api_error(first.error)
         if not req.stream:
             return await _complete(events, request, job, out)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -206,12 +206,6 @@ async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> Even
                 raise APIError(400, "the client disconnected", code="client_disconnected") from None
 
 
-def _as_api_error(err: Exception) -> APIError:
-    if isinstance(err, APIError):
-        return err
-    return APIError(500, f"generation failed: {type(err).__name__}: {err}", code="internal_error")
-
-
 async def _complete(
     events: asyncio.Queue, request: Request, job: Job, out: ResponseBuilder
 ) -> JSONResponse:
@@ -226,7 +220,7 @@ async def _complete(
             )
             return JSONResponse(body)
         elif isinstance(event, Failed):
-            raise _as_api_error(event.error)
+            raise as_api_error(event.error)
 
 
 async def _stream(
@@ -247,7 +241,7 @@ async def _stream(
                     )
                 break
             elif isinstance(event, Failed):
-                yield sse(_as_api_error(event.error).body())
+                yield sse(as_api_error(event.error).body())
                 break
             elif isinstance(event, Started):  # pragma: no cover - only ever the first event
                 continue

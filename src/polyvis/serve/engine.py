@@ -1,6 +1,6 @@
 """The model engine in a process of its own (`polyvis serve --engine process`).
 
-With the engine in the server's process (`--engine thread`, the default), the HTTP event loop,
+With the models in the server's process (`--engine thread`, `create_app`'s default), the HTTP event loop,
 request parsing and image preprocessing share one interpreter lock with the model's thread, so
 on a CPU the whole server runs on about one core. Here, as in vLLM's V1 engine, the HTTP front
 end and the model run in two processes: the front end parses, renders prompts and preprocesses
@@ -27,19 +27,12 @@ import torch
 from PIL import Image
 
 from polyvis.serve.batcher import Batcher
-from polyvis.serve.errors import APIError
+from polyvis.serve.errors import APIError, as_api_error
 from polyvis.serve.jobs import Event, Failed, Finished, GenerationParams, Started, as_pixels
 from polyvis.serve.settings import ServeSettings
 
 _START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
 _STATS_TIMEOUT_S = 5.0
-
-
-def _as_api_error(err: Exception) -> APIError:
-    """Errors cross the pipe as APIErrors: every exception class need not pickle."""
-    if isinstance(err, APIError):
-        return err
-    return APIError(500, f"generation failed: {type(err).__name__}: {err}", code="internal_error")
 
 
 def make_batcher(
@@ -89,7 +82,7 @@ def _engine_main(
     def sink_for(jid: int) -> Callable[[Event], None]:
         def sink(event: Event) -> None:
             if isinstance(event, Failed):
-                event = Failed(_as_api_error(event.error))
+                event = Failed(as_api_error(event.error))
             if isinstance(event, Finished | Failed):
                 with jobs_lock:  # it may end before submit has returned its job
                     if jobs.pop(jid, None) is None:
@@ -112,7 +105,7 @@ def _engine_main(
                     prompt, pixel_values, params, sink_for(jid), collect=collect
                 )
             except Exception as err:
-                send(("event", jid, Failed(_as_api_error(err))))
+                send(("event", jid, Failed(as_api_error(err))))
                 continue
             with jobs_lock:  # kept for "cancel" until it ends; an ended one holds no tensors here
                 if jid in ended:

@@ -37,6 +37,14 @@ class APIError(PolyVisError):
         return error_body(self.status, str(self), self.param, self.code)
 
 
+def as_api_error(err: Exception) -> APIError:
+    """An error as the API reports it: a 500 naming the exception unless it is an APIError (so
+    it also crosses from the engine process, where not every exception class pickles)."""
+    if isinstance(err, APIError):
+        return err
+    return APIError(500, f"generation failed: {type(err).__name__}: {err}", code="internal_error")
+
+
 def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
 ) -> dict:
