@@ -124,3 +124,22 @@ def test_markdown_has_the_two_expert_question_types_beside_their_family(tmp_path
     plain = write_leaderboard(_stats(), tmp_path / "plain", META)
     assert "question_types" not in plain
     assert "need two experts" not in (tmp_path / "plain.md").read_text()
+
+
+def test_a_cell_named_with_its_adapter_stays_one_markdown_column(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    items = {"scene": [f"s{i}" for i in range(20)]}
+    names = ["clip", "clip+dino add | ldp"]
+    cells = [
+        CellScores(n, [0], {"scene": (rng.random((1, 20)) < 0.5) * 100.0}, items,
+                   {"encoders": ["clip"], "fusion": None, "adapter": "mlp", "train_seconds": 1.0})
+        for n in names
+    ]  # fmt: skip
+    write_leaderboard(leaderboard(cells, ["clip"], n_boot=50), tmp_path / "b", META)
+    md = (tmp_path / "b.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "ldp" in line]
+    assert table and all("clip+dino add \\| ldp" in line for line in table)
+    header = next(line for line in md.splitlines() if line.startswith("| rank"))
+    row = next(r for r in table if r.split(" | ")[0] in ("| 1", "| 2"))  # the main table's
+    # a pipe that is not escaped would split the row into more columns than the header has
+    assert len(row.replace("\\|", "").split("|")) == len(header.split("|"))
