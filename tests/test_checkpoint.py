@@ -119,3 +119,28 @@ def test_an_error_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypa
         save(run, 4, model, opt, sched)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2"]
     assert (run / "checkpoints" / "step-2" / "trainable.safetensors").read_bytes() == before
+
+
+def test_a_full_disk_is_named_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from polyvis.errors import PolyVisError
+
+    run = tmp_path / "run"
+    model, opt, sched = training_objects()
+    save(run, 2, model, opt, sched)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2980480")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 5 * 2**20))
+    with pytest.raises(PolyVisError, match=r"step-4: the disk is full \(5 MiB free\)"):
+        save(run, 4, model, opt, sched)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2"]
+    # with space left, the error is not about the disk and passes through as it is
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 10**11))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        save(run, 4, model, opt, sched)

@@ -8,9 +8,11 @@ A sharded run (FSDP) gathers its shards into the same format (polyvis.train.shar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
+_LOW_SPACE = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _disk_full_named(folder: Path) -> Iterator[None]:
+    """A write that fails on a full disk (torch says only "unexpected pos ...") is reported as
+    such, naming the folder; the previous checkpoint stays, so the run resumes from it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        free = shutil.disk_usage(folder.parent).free
+        if free >= _LOW_SPACE:
+            raise
+        raise PolyVisError(
+            f"{folder}: the disk is full ({free // (1024 * 1024)} MiB free) while writing this "
+            "checkpoint; free some space and run the same command again: it resumes from the "
+            "last checkpoint"
+        ) from err
+
+
 def save_checkpoint(
     run: Path,
     step: int,
@@ -87,7 +109,7 @@ def save_checkpoint(
     if sharded:  # every process takes part in gathering the shards
         tensors, optim_state = gather_trainable(accelerator, model, optimizer)
     if accelerator.is_main_process:
-        with atomic_dir(final, replace=True) as tmp:
+        with _disk_full_named(final), atomic_dir(final, replace=True) as tmp:
             for index, rng in enumerate(rng_states):
                 (tmp / f"rng-{index}.json").write_text(json.dumps(rng))
             if not sharded:
