@@ -317,13 +317,19 @@ def save_model(
     return out
 
 
+def model_dir(directory: str | Path) -> Path:
+    """The path of a polyvis model directory; a ConfigError when it has no config.json."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ConfigError("", f"{directory}: not a polyvis model directory (no config.json)")
+    return directory
+
+
 def load_model(
     directory: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None
 ) -> tuple[PolyVisForConditionalGeneration, PolyVisProcessor]:
     """Load a polyvis model directory (offline) with its processor."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise ConfigError("", f"{directory}: not a polyvis model directory (no config.json)")
+    directory = model_dir(directory)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     model = PolyVisForConditionalGeneration.from_pretrained(directory, dtype=dtype)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from polyvis.models.tokenizer import IMAGE_TOKEN
 from polyvis.serve.decode_batch import DecodeBatch, next_tokens
 from polyvis.serve.errors import APIError
 from polyvis.serve.jobs import (
+    Arrivals,
     Completion,
     Delta,
     Event,
@@ -61,10 +62,6 @@ __all__ = [
 
 
 _STOP = object()
-
-
-class _Counter:
-    value = 0
 
 
 class Batcher:
@@ -97,9 +94,7 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        # Requests being received (see `arriving`): anything with an int `.value`, so an HTTP
-        # front end in another process can count them in shared memory (polyvis.serve.engine).
-        self.arrivals = arrivals if arrivals is not None else _Counter()
+        self.arrivals = Arrivals(arrivals)  # requests being received (see `arriving`)
         self._last_batch = 1
         self.stats = {
             "requests": 0,
@@ -215,17 +210,11 @@ class Batcher:
                 raise event.error
 
     # -- worker ----------------------------------------------------------------------------------
-    @contextmanager
-    def arriving(self) -> Iterator[None]:
+    def arriving(self) -> AbstractContextManager[None]:
         """Wrap the intake of a request (parsing, image decoding) before `submit`: while any is
-        in progress the worker waits out its window for it; otherwise a lone request starts at once."""
-        with self._lock:
-            self.arrivals.value += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.arrivals.value -= 1
+        in progress the worker waits out its window for it; otherwise a lone request starts at
+        once."""
+        return self.arrivals.counting()
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
         """An idle worker's first job and those arriving within the window (see `arriving`)."""

@@ -1,8 +1,8 @@
 """The model engine in a process of its own (`polyvis serve --engine process`).
 
-With the models in the server's process (`--engine thread`, `create_app`'s default), the HTTP event loop,
-request parsing and image preprocessing share one interpreter lock with the model's thread, so
-on a CPU the whole server runs on about one core. Here, as in vLLM's V1 engine, the HTTP front
+With the models in the server's process (`--engine thread`, `create_app`'s default), the HTTP
+event loop, request parsing and image preprocessing share one interpreter lock with the model's
+thread, so on a CPU the whole server runs on about one core. Here, as in vLLM's V1 engine, the HTTP front
 end and the model run in two processes: the front end parses, renders prompts and preprocesses
 images; the engine process owns the models, one `Batcher` thread each, exactly as in-process.
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,15 @@ from PIL import Image
 
 from polyvis.serve.batcher import Batcher
 from polyvis.serve.errors import APIError, as_api_error
-from polyvis.serve.jobs import Event, Failed, Finished, GenerationParams, Started, as_pixels
+from polyvis.serve.jobs import (
+    Arrivals,
+    Event,
+    Failed,
+    Finished,
+    GenerationParams,
+    Started,
+    as_pixels,
+)
 from polyvis.serve.settings import ServeSettings
 
 _START_TIMEOUT_S = 600.0  # loading a large model from a slow disk
@@ -144,7 +152,7 @@ class Engine:
         self.sources = {name: str(path) for name, path in sources.items()}
         self.settings = settings
         self._ctx = mp.get_context("spawn")  # a forked torch with threads is unsafe
-        self.arrivals = {name: self._ctx.RawValue("i", 0) for name in self.sources}
+        self.arrivals = {name: Arrivals(self._ctx.RawValue("i", 0)) for name in self.sources}
         self._sinks: dict[int, tuple[str, Callable[[Event], None]]] = {}
         self._waiting: dict[str, set[int]] = {name: set() for name in self.sources}
         self._replies: dict[int, Any] = {}
@@ -163,9 +171,10 @@ class Engine:
             return
         ours, theirs = self._ctx.Pipe()
         threads = torch.get_num_threads()
+        shared = {name: a.shared for name, a in self.arrivals.items()}  # the lock stays here
         self._process = self._ctx.Process(
             target=_engine_main,
-            args=(theirs, self.sources, self.settings, threads, self.arrivals),
+            args=(theirs, self.sources, self.settings, threads, shared),
             name="polyvis-engine",
             daemon=True,
         )
@@ -304,7 +313,6 @@ class RemoteBatcher:
 
     def __init__(self, engine: Engine, name: str, processor: Any):
         self.engine, self.name, self.processor = engine, name, processor
-        self._lock = threading.Lock()
 
     def start(self) -> RemoteBatcher:
         self.engine.start()
@@ -340,14 +348,6 @@ class RemoteBatcher:
         pixel_values = as_pixels(self.processor, images)
         return self.engine.submit(self.name, prompt, pixel_values, params, sink, collect)
 
-    @contextmanager
-    def arriving(self) -> Iterator[None]:
+    def arriving(self) -> AbstractContextManager[None]:
         """As `Batcher.arriving`, counted in memory the engine process reads."""
-        counter = self.engine.arrivals[self.name]
-        with self._lock:
-            counter.value += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                counter.value -= 1
+        return self.engine.arrivals[self.name].counting()

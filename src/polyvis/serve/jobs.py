@@ -4,8 +4,10 @@ row while it decodes (`Row`)."""
 
 from __future__ import annotations
 
+import ctypes
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +129,31 @@ class Row:
         self.job.sink(Finished(self.reason or "length", self.prompt_tokens, self.count))
 
 
+class Arrivals:
+    """How many requests are being received (parsed, their images decoded) before `submit`:
+    while any is, an idle batcher waits out its window for them. `shared` is any int with a
+    `.value` (a ctypes int by default; multiprocessing's RawValue, which is one in shared memory,
+    when the HTTP front end counts in another process than the batcher reads)."""
+
+    def __init__(self, shared: Any = None):
+        self.shared = shared if shared is not None else ctypes.c_int(0)
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        return self.shared.value
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        with self._lock:
+            self.shared.value += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.shared.value -= 1
+
+
 def as_pixels(processor: Any, images: Any) -> torch.Tensor | None:
     """A request's images as the model's pixel tensor: PIL images are preprocessed (in the
     caller's thread), a tensor of `processor.preprocess_images` or None passes as it is."""
@@ -136,9 +163,9 @@ def as_pixels(processor: Any, images: Any) -> torch.Tensor | None:
 
 
 def collecting(sink: Callable[[Event], None]) -> Callable[[Event], None]:
-    """A sink that joins the deltas and hands them over with Finished: for a request that needs
-    its text only at the end, one hand-over (a wake-up of the server's loop, a message from the
-    engine process) instead of one a token."""
+    """A sink that joins the deltas and hands them over just before Finished: for a request that
+    needs its text only at the end, two hand-overs (wake-ups of the server's loop, messages from
+    the engine process) instead of one a token."""
     parts: list[str] = []
 
     def collect(event: Event) -> None:

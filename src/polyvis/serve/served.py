@@ -60,12 +60,13 @@ def build_served(
         sources = {name: loaded if loaded is not None else models}
     if not sources:
         raise ConfigError("models", "no model to serve")
+    for name in sources:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("models", f"a model id must be a non-empty string, got {name!r}")
     if settings.engine == "process":
         return _remote(sources, settings)
     served = {}
     for name, source in sources.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError("models", f"a model id must be a non-empty string, got {name!r}")
         if isinstance(source, tuple):
             model, processor = source
         else:
@@ -79,17 +80,15 @@ def build_served(
 
 def _remote(sources: dict[str, Any], settings: ServeSettings) -> dict[str, ServedModel]:
     """Every model in one engine process (started with the app); processors load here."""
+    from polyvis.models.build import model_dir
     from polyvis.models.processing import PolyVisProcessor
 
-    for name, source in sources.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError("models", f"a model id must be a non-empty string, got {name!r}")
+    for source in sources.values():
         if not isinstance(source, str | Path):
             raise ConfigError(
                 "engine", "an engine process loads its models itself: give model directories"
             )
-        if not (Path(source) / "config.json").is_file():
-            raise ConfigError("models", f"{source}: not a polyvis model directory (no config.json)")
+        model_dir(source)  # before a process starts for it
     engine, served = Engine(sources, settings), {}
     for name, source in sources.items():
         processor = PolyVisProcessor.from_pretrained(source)
@@ -111,12 +110,9 @@ def pick(served: dict[str, ServedModel], model_id: str | None) -> ServedModel:
 
 def health_stats(served: dict[str, ServedModel]) -> dict[str, Any]:
     """The batchers' counters added up (maxima for max_*), and each model's own with several."""
-    stats = [s.batcher.stats for s in served.values()]
-    total = {"queued": sum(s.batcher.queued() for s in served.values())}
-    for key in stats[0]:
-        total[key] = (max if key.startswith("max") else sum)(s[key] for s in stats)
+    each = {s.name: {"queued": s.batcher.queued(), **s.batcher.stats} for s in served.values()}
+    rows = list(each.values())
+    total = {key: (max if key.startswith("max") else sum)(r[key] for r in rows) for key in rows[0]}
     if len(served) > 1:
-        total["per_model"] = {
-            s.name: {"queued": s.batcher.queued(), **s.batcher.stats} for s in served.values()
-        }
+        total["per_model"] = each
     return total
