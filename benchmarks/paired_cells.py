@@ -18,11 +18,12 @@ from pathlib import Path
 from polyvis.eval.stats import cell_scores, leaderboard
 
 
-def seeds(folder: Path) -> dict[int, Path]:
+def seeds(folder: Path, split: str = "test") -> dict[int, Path]:
+    """{seed: answers.jsonl} of a setting folder's runs scored on `split`."""
     found = {int(p.parent.parent.name.removeprefix("seed-")): p
-             for p in folder.glob("seed-*/test/answers.jsonl")}  # fmt: skip
+             for p in folder.glob(f"seed-*/{split}/answers.jsonl")}  # fmt: skip
     if not found:
-        sys.exit(f"{folder}: no seed-S/test/answers.jsonl")
+        sys.exit(f"{folder}: no seed-S/{split}/answers.jsonl")
     return found
 
 

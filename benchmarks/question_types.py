@@ -15,15 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from paired_cells import seeds  # benchmarks/paired_cells.py, beside this script
+
 from polyvis.eval.stats import question_type_stats
-
-
-def seeds(folder: Path, split: str) -> dict[int, Path]:
-    found = {int(p.parent.parent.name.removeprefix("seed-")): p
-             for p in folder.glob(f"seed-*/{split}/answers.jsonl")}  # fmt: skip
-    if not found:
-        sys.exit(f"{folder}: no seed-S/{split}/answers.jsonl")
-    return found
 
 
 def table(stats: dict, names: list[str]) -> str:
