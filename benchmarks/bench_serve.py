@@ -3,6 +3,7 @@
 Two scenarios; every request is a chat request with one image (a data URI) and a question,
 greedy, and closed-loop clients (each sends its next request when its answer arrives).
 --engine picks `polyvis serve --engine`: the models in the server's process, or in their own.
+The HTTP clients are aiohttp (`pip install -e '.[bench]'`; --client httpx for the old ones).
 
 --scenario uniform (default): `polyvis serve` twice on 127.0.0.1, each in its own process,
 batched (--max-batch) and unbatched (--max-batch 1); for 1, 8 and 32 clients, requests of
@@ -91,6 +92,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="polyvis serve --engine (uniform: default thread; mixed: default both, side by side)",
     )
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the HTTP load generator (httpx: what this benchmark used before 2026-12-06)",
+    )
     return parser.parse_args()
 
 
@@ -99,15 +106,17 @@ def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
     return (
         f"model: {Path(args.model).name if args.model else 'nano-tiny (random)'}, device: "
         f"{args.device or 'default'}, {cpu}, server threads: {args.server_threads or 'default'}, "
-        f"load average at start: {load_at_start:.1f}, {detail}, {args.requests} requests per "
+        f"load average at start: {load_at_start:.1f}, HTTP client: {args.client}, {detail}, "
+        f"{args.requests} requests per "
         f"run, one {args.image_size}x{args.image_size} image per request, window "
         f"{args.window_ms} ms, newcomers wait at most {args.max_waiting_steps} steps (or until "
         f"{args.waiting_served_ratio}x the running rows wait)\n"
     )
 
 
-# One measured run: seconds, each request's latency, answers, completion tokens, mean prefill group.
-Run = tuple[float, list[float], list[str], list[int], float]
+# One measured run: seconds, each request's latency, answers, completion tokens, mean prefill group,
+# the clients' CPU milliseconds per request.
+Run = tuple[float, list[float], list[str], list[int], float, float]
 
 
 def alternate(run: Callable[[int], Run], clients: int, repeat: int, label: str) -> dict[str, Run]:
@@ -127,7 +136,8 @@ def alternate(run: Callable[[int], Run], clients: int, repeat: int, label: str) 
         same = all(r[2:4] == rs[0][2:4] for r in rs)
         texts = rs[0][2] if same else [None] * len(lat)
         group = sum(r[4] for r in rs) / len(rs)
-        out[name] = (sum(r[0] for r in rs) / len(rs), lat, texts, rs[0][3], group)
+        cpu = sum(r[5] for r in rs) / len(rs)
+        out[name] = (sum(r[0] for r in rs) / len(rs), lat, texts, rs[0][3], group, cpu)
     return out
 
 
@@ -136,17 +146,18 @@ def http_runs(
 ):
     """The requests through `polyvis serve` (its own process), from closed-loop HTTP clients."""
     with ServerProcess(model_dir, args.max_batch, args, engine) as url:
-        asyncio.run(load(url, bodies[:clients], clients))  # warm-up: connections, kernels
+        asyncio.run(load(url, bodies[:clients], clients, args.client))  # warm-up
 
         def run(n: int) -> Run:
             before = httpx.get(f"{url}/health").json()
-            seconds, lat, answers = asyncio.run(load(url, bodies, n))
+            seconds, lat, answers, cpu = asyncio.run(load(url, bodies, n, args.client))
             after = httpx.get(f"{url}/health").json()
             group = (after["requests"] - before["requests"]) / max(
                 1, after["batches"] - before["batches"]
             )
             texts = [a["choices"][0]["message"]["content"] for a in answers]
-            return seconds, lat, texts, [a["usage"]["completion_tokens"] for a in answers], group
+            tokens = [a["usage"]["completion_tokens"] for a in answers]
+            return seconds, lat, texts, tokens, group, 1000 * cpu / len(bodies)
 
         return alternate(run, clients, args.repeat, f"HTTP, engine {engine}")
 
@@ -199,6 +210,7 @@ def batcher_runs(model_dir: Path, args: argparse.Namespace, limits: list[int], c
                 lat[i] = time.perf_counter() - t0
 
         before = dict(batcher.stats)
+        cpu0 = time.process_time()  # the clients' threads and the batcher's together
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(n)]
         for t in threads:
@@ -212,7 +224,8 @@ def batcher_runs(model_dir: Path, args: argparse.Namespace, limits: list[int], c
             1, batcher.stats["batches"] - before["batches"]
         )
         texts = [a.text for a in answers]
-        return seconds, lat, texts, [a.completion_tokens for a in answers], group
+        cpu = 1000 * (time.process_time() - cpu0) / count
+        return seconds, lat, texts, [a.completion_tokens for a in answers], group, cpu
 
     try:
         run(clients, min(clients, len(limits)))  # warm-up
@@ -274,18 +287,18 @@ def mixed(args: argparse.Namespace, model_dir: Path, load_at_start: float) -> in
     print(header(args, load_at_start, detail))
     print(
         "| path | run | clients | req/s | tokens/s | mean ms short | mean ms long | short / long "
-        "| mean prefill group |"
+        "| mean prefill group | this process's CPU ms / request |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path, runs in paths.items():
-        for name, (seconds, lat, _, tokens, group) in runs.items():
+        for name, (seconds, lat, _, tokens, group, cpu) in runs.items():
             n = 1 if name == "one at a time" else clients
             s_ms = 1000 * sum(lat[i] for i in short) / len(short)
             l_ms = 1000 * sum(lat[i] for i in long_) / len(long_)
             print(
                 f"| {path} | {name} | {n} | {len(bodies) / seconds:.2f} | "
                 f"{sum(tokens) / seconds:.0f} | {s_ms:.0f} | {l_ms:.0f} | {s_ms / l_ms:.2f} "
-                f"| {group:.1f} |"
+                f"| {group:.1f} | {cpu:.2f} |"
             )
     print()
     for path, runs in paths.items():
@@ -323,11 +336,11 @@ def main() -> int:
         }
         warm = max(args.clients)
         for url in urls.values():  # warm-up: connections, kernels, batch shapes
-            asyncio.run(load(url, bodies[:warm], warm))
+            asyncio.run(load(url, bodies[:warm], warm, args.client))
         for clients in args.clients:
             for mode, url in urls.items():
                 before = httpx.get(f"{url}/health").json()
-                seconds, lat, answers = asyncio.run(load(url, bodies, clients))
+                seconds, lat, answers, _ = asyncio.run(load(url, bodies, clients, args.client))
                 after = httpx.get(f"{url}/health").json()
                 tokens = sum(a["usage"]["completion_tokens"] for a in answers)
                 mean_batch = (after["requests"] - before["requests"]) / max(

@@ -7,12 +7,17 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+try:
+    import aiohttp
+except ImportError:  # the load generator only; the server never needs it
+    sys.exit("benchmarks/bench_serve.py needs aiohttp: pip install -e '.[bench]'")
 import httpx
 import torch
 from PIL import Image
@@ -55,13 +60,31 @@ def request_body(i: int, max_tokens: int, image_size: int) -> dict:
     return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
 
 
-async def load(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], list[dict]]:
+async def load(
+    url: str, bodies: list[dict], clients: int, client: str = "aiohttp"
+) -> tuple[float, list[float], list[dict], float]:
     """`clients` closed-loop clients share the request list; returns (seconds, each request's
-    latency, answers), both lists in request order."""
+    latency, answers, the clients' CPU seconds), the lists in request order.
+
+    The clients share this 2-core machine with the server, so their CPU is the server's loss:
+    `aiohttp` (as vLLM's serving benchmark) with the bodies encoded beforehand is the default;
+    `httpx`, what this benchmark used before, costs about four times its CPU (docs/serving.md)."""
     answers: list[dict] = [{}] * len(bodies)
     latencies: list[float] = [0.0] * len(bodies)
+    raw = [json.dumps(body).encode() for body in bodies]
+    headers = {"content-type": "application/json"}
+    queue = list(range(len(bodies)))
 
-    async def client(http: httpx.AsyncClient, queue: list[int]) -> None:
+    async def via_aiohttp(http: aiohttp.ClientSession) -> None:
+        while queue:
+            i = queue.pop(0)
+            t0 = time.perf_counter()
+            async with http.post("/v1/chat/completions", data=raw[i], headers=headers) as r:
+                r.raise_for_status()
+                answers[i] = await r.json()
+            latencies[i] = time.perf_counter() - t0
+
+    async def via_httpx(http: httpx.AsyncClient) -> None:
         while queue:
             i = queue.pop(0)
             t0 = time.perf_counter()
@@ -70,12 +93,20 @@ async def load(url: str, bodies: list[dict], clients: int) -> tuple[float, list[
             r.raise_for_status()
             answers[i] = r.json()
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        queue = list(range(len(bodies)))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http, queue) for _ in range(clients)))
-        return time.perf_counter() - t0, latencies, answers
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    if client == "aiohttp":
+        connector = aiohttp.TCPConnector(limit=clients + 4)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
+            await asyncio.gather(*(via_aiohttp(http) for _ in range(clients)))
+    elif client == "httpx":
+        limits = httpx.Limits(max_connections=clients + 4)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+            await asyncio.gather(*(via_httpx(http) for _ in range(clients)))
+    else:
+        raise ValueError(f"client must be aiohttp or httpx, not {client!r}")
+    return time.perf_counter() - t0, latencies, answers, time.process_time() - cpu0
 
 
 def percentile(values: list[float], q: float) -> float:
