@@ -18,7 +18,9 @@ The first losses of both runs are compared too (the old and new code on the same
 
 `--variant compile` adds a third process: the new tree with each LM decoder layer under
 torch.compile (one compile thread, a fresh inductor cache unless TORCHINDUCTOR_CACHE_DIR is set);
-its first block's extra time is the compile cost.
+its first block's extra time is the compile cost. `--variant bf16` autocasts to bf16;
+`--variant bf16-worker` also loads the data in one DataLoader worker (train.num_workers=1), which
+runs on another core while the training process computes (its CPU time is not in the CPU column).
 """
 
 from __future__ import annotations
@@ -156,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="untimed first steps")
     parser.add_argument("--losses", type=int, default=100, help="first losses compared")
     parser.add_argument(
-        "--variant", action="append", default=[], choices=["compile", "bf16", "bf16-compile"]
+        "--variant",
+        action="append",
+        default=[],
+        choices=["compile", "bf16", "bf16-compile", "bf16-worker"],
     )
     parser.add_argument("--set", action="append", default=[], help="config override (both runs)")
     parser.add_argument("--start-model", action="store_true",
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         trees.append(("new+bf16", args.new, {"sets": bf16}))
     if "bf16-compile" in args.variant:
         trees.append(("new+bf16+compile", args.new, {"sets": bf16, "compile": True}))
+    if "bf16-worker" in args.variant:  # the data (tokenising, collation) on another core
+        trees.append(("new+bf16+worker", args.new, {"sets": [*bf16, "train.num_workers=1"]}))
     procs = [
         Proc(n, str(Path(s).resolve()), {**base, **x, "out": str(tmp / n)}) for n, s, x in trees
     ]
