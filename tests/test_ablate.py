@@ -10,7 +10,7 @@ import yaml
 from polyvis.cli import main
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
-from polyvis.nano.ablate import load_ablation, plan
+from polyvis.nano.ablate import load_ablation, plan, protocol_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,6 @@ def test_ablate_rejects_an_unknown_field_or_axis(tmp_path: Path, capsys):
 
 
 def test_nano_ablations_default_to_the_fair_protocol_and_none_keeps_the_old_grid(tmp_path: Path):
-    from polyvis.nano.ablate import protocol_of
-
     assert protocol_of(load_ablation(write(tmp_path / "n.yaml", {"nano": True}))) == "fair"
     assert protocol_of(load_ablation(write(tmp_path / "b.yaml", {"base": base()}))) == "none"
     old = {"nano": True, "protocol": "none", "align": {"train": {"max_steps": 3}}}
@@ -92,3 +90,19 @@ def test_nano_ablations_default_to_the_fair_protocol_and_none_keeps_the_old_grid
         ["clip", "dino"],
         ["clip", "dino", "vary"],
     ]
+
+
+def test_every_shipped_ablation_file_loads():
+    """Each `polyvis ablate` file in configs/ (those with a grid) passes the file-level checks,
+    so a typo in a field name fails here, not an hour into a grid."""
+    files = [
+        p
+        for p in sorted((ROOT / "configs").glob("*.yaml"))
+        if "grid" in yaml.safe_load(p.read_text())
+    ]
+    assert len(files) >= 8
+    for path in files:
+        spec = load_ablation(path)
+        assert spec["grid"], path.name
+        if protocol_of(spec) == "fair" and spec.get("val_only"):
+            assert "test_data_seed" not in spec, f"{path.name}: a val-only pilot makes no test set"
