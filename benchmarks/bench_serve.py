@@ -115,7 +115,7 @@ def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
 
 
 # One measured run: seconds, each request's latency, answers, completion tokens, mean prefill group,
-# the clients' CPU milliseconds per request.
+# this process's CPU milliseconds per request (the HTTP clients'; at the batcher, its own too).
 Run = tuple[float, list[float], list[str], list[int], float, float]
 
 

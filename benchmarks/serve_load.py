@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 try:
     import aiohttp
@@ -75,23 +77,22 @@ async def load(
     headers = {"content-type": "application/json"}
     queue = list(range(len(bodies)))
 
-    async def via_aiohttp(http: aiohttp.ClientSession) -> None:
-        while queue:
-            i = queue.pop(0)
-            t0 = time.perf_counter()
-            async with http.post("/v1/chat/completions", data=raw[i], headers=headers) as r:
-                r.raise_for_status()
-                answers[i] = await r.json()
-            latencies[i] = time.perf_counter() - t0
-
-    async def via_httpx(http: httpx.AsyncClient) -> None:
-        while queue:
-            i = queue.pop(0)
-            t0 = time.perf_counter()
-            r = await http.post("/v1/chat/completions", json=bodies[i])
-            latencies[i] = time.perf_counter() - t0
+    async def post_aiohttp(http: aiohttp.ClientSession, i: int) -> dict:
+        async with http.post("/v1/chat/completions", data=raw[i], headers=headers) as r:
             r.raise_for_status()
-            answers[i] = r.json()
+            return await r.json()
+
+    async def post_httpx(http: httpx.AsyncClient, i: int) -> dict:
+        r = await http.post("/v1/chat/completions", json=bodies[i])
+        r.raise_for_status()
+        return r.json()
+
+    async def closed_loop(http: Any, post: Callable[[Any, int], Awaitable[dict]]) -> None:
+        while queue:
+            i = queue.pop(0)
+            t0 = time.perf_counter()
+            answers[i] = await post(http, i)
+            latencies[i] = time.perf_counter() - t0
 
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -99,11 +100,11 @@ async def load(
         connector = aiohttp.TCPConnector(limit=clients + 4)
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
-            await asyncio.gather(*(via_aiohttp(http) for _ in range(clients)))
+            await asyncio.gather(*(closed_loop(http, post_aiohttp) for _ in range(clients)))
     elif client == "httpx":
         limits = httpx.Limits(max_connections=clients + 4)
         async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-            await asyncio.gather(*(via_httpx(http) for _ in range(clients)))
+            await asyncio.gather(*(closed_loop(http, post_httpx) for _ in range(clients)))
     else:
         raise ValueError(f"client must be aiohttp or httpx, not {client!r}")
     return time.perf_counter() - t0, latencies, answers, time.process_time() - cpu0
