@@ -1,4 +1,4 @@
-"""Chance levels of the two-expert question types (binding, chartbind), for docs/nano.md.
+"""Chance levels of the two-expert question types (binding, chartbind), for docs/two-expert-questions.md.
 
     .venv/bin/python benchmarks/binding_chance.py [--n 1500] [--seed 0] [--levels easy,medium,hard]
 

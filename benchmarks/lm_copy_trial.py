@@ -1,4 +1,4 @@
-"""Val-only trial 3 of docs/nano.md ("What val says so far"): an lm-nano that can also copy text.
+"""Val-only trial 3 of docs/protocol.md ("What val says"): an lm-nano that can also copy text.
 
 It trains lm-nano's recipe on the world's text plus 6000 copy lines ("<text> What does the text
 say? <text>", the OCR family's strings at easy, medium and hard), 360 steps, into OUT/lm:
@@ -7,7 +7,7 @@ say? <text>", the OCR family's strings at easy, medium and hard), 360 steps, int
 
 The trial then runs vary alone under the fair protocol with that LM in place of lm-nano: copy
 $POLYVIS_CACHE into a new cache, overwrite its experts/lm-nano-<hash>/ files with OUT/lm's,
-and run `polyvis ablate` on a `val_only: true` file (the one in docs/nano.md) with
+and run `polyvis ablate` on a `val_only: true` file (the one in docs/protocol.md) with
 POLYVIS_CACHE pointing at the copy. Nothing here reads a test split.
 """
 

@@ -8,7 +8,7 @@ the starting LM, adapter, data. Prints per-family scores (points) and the time t
 The data (`--n` images per family, `--difficulty`) and the experts are made once in
 $POLYVIS_CACHE and reused; each run trains in OUT/runs/NAME with the feature cache, one thread, and is scored on
 the held-out scored questions (at most --eval-limit per family): the old demo's recipe trials
-(docs/nano.md, "What the old demo taught"), whose test-split figures are withdrawn; use the val
+(docs/demo.md, "What the old demo taught"), whose test-split figures are withdrawn; use the val
 split (select_split(..., "val")) for new choices.
 """
 

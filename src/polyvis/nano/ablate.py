@@ -20,7 +20,7 @@ A fair grid may list its cells instead of `encoders` x `fusion`, each with its o
     grid:
       cells: [{encoders: [clip]}, {encoders: [clip, dino], fusion: add, train: {lr: 0.003}}]
 
-`protocol: fair` (docs/nano.md, "The fair protocol"): a one-encoder set is one cell (the
+`protocol: fair` (docs/protocol.md): a one-encoder set is one cell (the
 expert alone), a set of 2+ is one cell per fusion; every cell starts fresh, aligns for
 `align_share` of the steps (default 0.2), trains with the same LM, picks its `select`
 candidates ({lr: [1e-3, 3e-3]}) on val at the first seed, then runs every seed and is scored on

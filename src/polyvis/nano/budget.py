@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "bf16")
 
 # `polyvis demo`: the fair protocol at one seed over these cells (polyvis.nano.demo): each expert
 # alone, and the two fusions the leaderboard ranks first over its three seeds, each at the
-# learning rate it chose on val there (docs/nano.md, "The demo"). Their options are the
+# learning rate it chose on val there (docs/demo.md). Their options are the
 # leaderboard's (align: pool), so a demo run is that cell's seed-0 run there.
 _POOL = {"align": "pool"}
 DEMO_CELLS = [
@@ -38,7 +38,7 @@ DEMO_ADAPTER = {"type": "mlp", "depth": 2}
 
 # Many small steps teach more per sample than few large ones, and 1000 keep a run near 2 minutes
 # on 2 cores. The LM trains slower than the adapter (lr_llm): an LM that already reads forgot how
-# before the adapter fed it. Both were chosen on the old demo's test split (docs/nano.md, "What
+# before the adapter fed it. Both were chosen on the old demo's test split (docs/demo.md, "What
 # the old demo taught"); the fair protocol keeps them fixed for every cell and chooses only on val.
 BUDGET = {
     "n": 1500,

@@ -17,7 +17,7 @@ from typing import Any
 from polyvis.errors import ConfigError, PolyVisError
 
 # The align stage's share of the steps (LLaVA's first stage, LM frozen): 200 of the nano budget's
-# 1000, a little under LLaVA-1.5's share (why: docs/nano.md, "The fair protocol")
+# 1000, a little under LLaVA-1.5's share (why: docs/protocol.md)
 ALIGN_SHARE = 0.2
 TEST_DATA_SEED = 1
 TEST_IMAGES = 400  # per family: at least 400 scored questions in every family

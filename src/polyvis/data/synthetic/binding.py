@@ -10,7 +10,7 @@ Each image asks one question; its type (the record's `task`) is drawn at random:
 k is 2, 3, 4 (easy, medium, hard) and n = k + 1; medium adds a pale tint, hard pixel noise.
 Answers are drawn uniformly (colours of six, words of the word list, the asked candidate among
 those in the image), so one expert that sees only one of the two properties is left at 1 in k
-(docs/nano.md, "Questions that need two experts").
+(docs/two-expert-questions.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ no axis and there are no labels, and the tallest bar always reaches the same hei
 height gives only its ratio to the tallest: the value must be read, and the colour seen. The
 values of a chart are more than 5 % apart, so under relaxed accuracy (the metric, as for
 `chart`) another bar's value never counts as right, and reading every value without the colour
-leaves 1 in k (docs/nano.md, "Questions that need two experts").
+leaves 1 in k (docs/two-expert-questions.md).
 """
 
 from __future__ import annotations
