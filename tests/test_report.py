@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,18 @@ def test_compare_duplicate_names_are_kept_apart(tmp_path):
     names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert names == ["run", "run (2)"]
     assert "different families" not in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_escapes_pipes_in_run_names(tmp_path):
+    # an ablation's runs are named "cell | setting | seed S"; unescaped, each row would have
+    # more cells than the header
+    a = _run_dir(tmp_path, "a", {**CLIP, "name": "clip | lr=0.001 | seed 0"})
+    b = _run_dir(tmp_path, "b", {**FUSED, "name": "fused | lr=0.003 | seed 0"})
+    table = compare([a, b], tmp_path / "out")
+    header, _, *rows = table.splitlines()
+    cells = re.compile(r"(?<!\\)\|")
+    assert all(len(cells.split(r)) == len(cells.split(header)) for r in rows)
+    assert rows[0].startswith(r"| clip \| lr=0.001 \| seed 0 | 0.7500 |")
 
 
 def test_compare_missing_results_names_file(tmp_path):

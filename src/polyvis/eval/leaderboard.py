@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import DataError
+from polyvis.eval.report import md_cell
 from polyvis.paths import atomic_file, write_json_atomic, write_text_atomic
 
 META_KEYS = ("command", "date", "machine", "wall_seconds")
@@ -61,11 +62,6 @@ def _ci(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
-def _cell(name: str) -> str:
-    """A cell name in a Markdown table: a grid with several adapters names them after " | "."""
-    return name.replace("|", "\\|")
-
-
 def _sorted_cells(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(doc["cells"], key=lambda c: -c["mean"]["mean"])
 
@@ -78,7 +74,7 @@ def _main_table(doc: dict[str, Any]) -> str:
     head = ["rank", "cell", *fams, "**mean**", "p_best", *(labels[k] for k in extra)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" + "---|" + "---:|" * (len(head) - 2)]
     for c in cells:
-        row = [str(c["rank"]), _cell(c["name"]), *(_ci(c["families"][f]) for f in fams)]
+        row = [str(c["rank"]), md_cell(c["name"]), *(_ci(c["families"][f]) for f in fams)]
         row += [f"**{_ci(c['mean'])}**", f"{c['p_best']:.2f}"]
         for k in extra:
             v = c.get(k)
@@ -100,7 +96,7 @@ def _type_table(doc: dict[str, Any]) -> str | None:
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(groups)]
     for c in _sorted_cells(doc):
         row = qt["cells"][c["name"]]
-        lines.append("| " + " | ".join([_cell(c["name"]), *(_ci(row[g]) for g in groups)]) + " |")
+        lines.append("| " + " | ".join([md_cell(c["name"]), *(_ci(row[g]) for g in groups)]) + " |")
     return "\n".join(lines)
 
 
@@ -116,7 +112,7 @@ def _comparison_table(doc: dict[str, Any]) -> str:
     for c in sorted(doc["comparisons"], key=lambda c: -c["diff"]):
         lo, hi = c["ci"]
         lines.append(
-            f"| {_cell(c['cell'])} | {_cell(c['vs'])} | {c['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+            f"| {md_cell(c['cell'])} | {md_cell(c['vs'])} | {c['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
             f"{_p(c.get('p'), floor)} | {c['p_holm']:.4f} |"
         )
     return "\n".join(lines)

@@ -178,6 +178,12 @@ def compare_rows(runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[f
     return [*families, "mean"], rows
 
 
+def md_cell(text: str) -> str:
+    """Text for a Markdown table cell: a run or cell name may hold " | " (an ablation's run
+    names, a grid with several adapters), which would otherwise split the cell."""
+    return text.replace("|", "\\|")
+
+
 def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
     """Markdown table: one row per run, one column per family, then the mean."""
     columns, rows = compare_rows(runs)
@@ -186,7 +192,7 @@ def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for name, row in zip(names, rows):
-        lines.append(f"| {name} | " + " | ".join(fmt_score(v) for v in row) + " |")
+        lines.append(f"| {md_cell(name)} | " + " | ".join(fmt_score(v) for v in row) + " |")
     return "\n".join(lines)
 
 
