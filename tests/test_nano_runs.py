@@ -13,7 +13,14 @@ from PIL import Image
 from polyvis.config import load_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano import runs
-from polyvis.nano.runs import RunSpec, pending_stages, stage_configs, train_runs, train_seconds
+from polyvis.nano.runs import (
+    Finished,
+    RunSpec,
+    pending_stages,
+    stage_configs,
+    train_runs,
+    train_seconds,
+)
 from polyvis.nano.worker import EvalStage, FlopsStage, TrainStage, run_stages
 from polyvis.nano.world import align_stage, nano_config, projector_init
 
@@ -165,7 +172,7 @@ def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypa
     long = RunSpec.build("long", endless, tmp_path / "long", [])
     done = []
     with pytest.raises(PolyVisError) as err:
-        train_runs([bad, long], jobs=2, on_done=lambda s, t: done.append(s.name))
+        train_runs([bad, long], jobs=2, on_done=lambda f: done.append(f.spec.name))
     msg = str(err.value)
     assert msg.startswith(f"run bad failed (see {tmp_path / 'bad' / 'train.log'}): ")
     assert msg.endswith(f"polyvis: error: train.init_from: {tmp_path / 'none'} is neither a model "
@@ -173,6 +180,33 @@ def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypa
     assert "\n" not in msg
     assert len(procs) == 2 and all(p.poll() is not None for p in procs) and done == []
     assert not (tmp_path / "long" / "done.json").exists()
+
+
+def test_each_finished_run_reports_its_place_and_the_time_left_at_this_pace(
+    tmp_path: Path, monkeypatch
+):
+    import subprocess
+    import sys
+
+    def quick(spec, stages, threads):  # a run that ends at once, in place of a worker
+        return subprocess.Popen([sys.executable, "-c", "pass"]), (spec.out / "train.log").open("a")
+
+    monkeypatch.setattr(runs, "_launch", quick)
+    specs = [RunSpec.build(f"r{i}", CFG, tmp_path / f"r{i}", []) for i in range(3)]
+    finished: list[Finished] = []
+    train_runs(specs, jobs=2, on_done=finished.append)
+    assert [f.done for f in finished] == [1, 2, 3] and {f.total for f in finished} == {3}
+    assert sorted(f.spec.name for f in finished) == ["r0", "r1", "r2"]
+    assert all(0 <= f.seconds <= f.elapsed for f in finished)
+    # the line: the run, its time, its place and the rest at the pace so far
+    spec = specs[0]
+    assert Finished(spec, 311.4, 6, 48, 1800.0).line() == (
+        "  r0: done in 311 s [6/48, about 3 h 30 min left at this pace]"
+    )
+    assert Finished(spec, 50.0, 3, 4, 100.0).line() == (
+        "  r0: done in 50 s [3/4, about 0 min 33 s left at this pace]"
+    )
+    assert Finished(spec, 50.0, 4, 4, 100.0).line() == "  r0: done in 50 s [4/4]"
 
 
 def test_demo_runs_start_from_the_experts_projector_and_scale_mixed_encoders(tmp_path: Path):

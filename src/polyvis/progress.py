@@ -36,3 +36,9 @@ def progress_bar(
     if eta:
         columns.append(TimeRemainingColumn())
     return Progress(*columns, disable=not enabled)
+
+
+def duration(seconds: float) -> str:
+    """ "1 h 05 min" from an hour up, else "4 min 7 s": wall times in logs and reports."""
+    s = int(round(seconds))
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60} s"

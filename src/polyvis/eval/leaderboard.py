@@ -16,6 +16,7 @@ from typing import Any
 from polyvis.errors import DataError
 from polyvis.eval.report import md_cell
 from polyvis.paths import atomic_file, write_json_atomic, write_text_atomic
+from polyvis.progress import duration
 
 META_KEYS = ("command", "date", "machine", "wall_seconds")
 # Per-cell fields in the order the JSON lists them; anything else the caller adds follows.
@@ -50,11 +51,6 @@ def _document(stats: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     rest = {k: v for k, v in stats.items() if k not in ("cells", "comparisons")}
     doc = {**meta, **rest, "cells": cells, "comparisons": stats["comparisons"]}
     return _round(doc)
-
-
-def _wall(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60} s"
 
 
 def _ci(entry: dict[str, Any]) -> str:
@@ -140,7 +136,7 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
     parts = [
         "# Leaderboard",
         f"Command: `{doc['command']}`  \nDate: {doc['date']}  \nMachine: {doc['machine']}  \n"
-        f"Wall time: {_wall(float(doc['wall_seconds']))} ({float(doc['wall_seconds']):.0f} s)",
+        f"Wall time: {duration(float(doc['wall_seconds']))} ({float(doc['wall_seconds']):.0f} s)",
         _main_table(doc),
     ]
     if doc["comparisons"]:

@@ -195,7 +195,7 @@ def run_ablation(path: str | Path, out: str | Path, command: str | None = None) 
     train_runs(
         [r for _, _, r in runs],
         jobs=int(spec.get("jobs", 2)),
-        on_done=lambda s, t: print(f"  trained and scored {s.name} in {t:.0f} s"),
+        on_done=lambda f: print(f.line(), flush=True),
     )
     cells: dict[str, list[dict[str, float]]] = {}
     for cell, _seed, run in runs:

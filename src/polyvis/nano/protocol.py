@@ -41,7 +41,14 @@ from polyvis.config import SCALE_KEYS
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano.fair_cells import Cell, plan_cells
 from polyvis.nano.fair_world import FairWorld, make_world
-from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs, train_seconds
+from polyvis.nano.runs import (
+    Finished,
+    RunSpec,
+    family_scores,
+    read_results,
+    train_runs,
+    train_seconds,
+)
 from polyvis.nano.wall import WallClock
 from polyvis.nano.worker import FlopsStage
 from polyvis.paths import write_json_atomic, write_text_atomic
@@ -200,8 +207,8 @@ def val_table(chosen: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _done(spec: RunSpec, seconds: float) -> None:
-    print(f"  {spec.name}: done in {seconds:.0f} s")
+def _done(finished: Finished) -> None:
+    print(finished.line(), flush=True)
 
 
 def final_runs(plan: FairPlan, chosen: dict[str, dict[str, Any]]) -> dict[str, list[RunSpec]]:

@@ -27,6 +27,7 @@ from typing import IO, Any
 from polyvis.config import Config, load_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano.worker import EvalStage, FlopsStage, Stage, TrainStage
+from polyvis.progress import duration
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
 EVAL_BATCH_SIZE, EVAL_MAX_NEW_TOKENS = 32, 48
@@ -141,11 +142,31 @@ def _launch(spec: RunSpec, stages: list[Stage], threads: int) -> tuple[subproces
     return proc, log
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A run that train_runs has just finished, and where the call stands."""
+
+    spec: RunSpec
+    seconds: float  # the run's wall time, training and scoring
+    done: int  # runs finished so far in this call
+    total: int  # runs this call trains or scores (finished ones found on disk not counted)
+    elapsed: float  # wall seconds since the call began
+
+    def line(self) -> str:
+        """ "  NAME: done in 311 s [6/48, about 1 h 12 min left at this pace]": the estimate is
+        the pace so far (runs start longest first, so it errs long)."""
+        left = ""
+        if self.done < self.total:
+            pace = self.elapsed / self.done
+            left = f", about {duration(pace * (self.total - self.done))} left at this pace"
+        return f"  {self.spec.name}: done in {self.seconds:.0f} s [{self.done}/{self.total}{left}]"
+
+
 def train_runs(
     specs: list[RunSpec],
     jobs: int = 2,
     threads: int = 1,
-    on_done: Callable[[RunSpec, float], None] | None = None,
+    on_done: Callable[[Finished], None] | None = None,
     evaluate: bool = True,
 ) -> dict[str, float]:
     """Train (then, with `evaluate`, score on its held-out files) every run not done yet, `jobs`
@@ -154,6 +175,7 @@ def train_runs(
     A failed run stops the others and raises a PolyVisError with the end of its log."""
     pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
     running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
+    total, done, began = len(pending), 0, time.perf_counter()
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -174,8 +196,10 @@ def train_runs(
                     raise PolyVisError(
                         f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}"
                     )
+                done += 1
                 if on_done:
-                    on_done(spec, time.perf_counter() - start)
+                    now = time.perf_counter()
+                    on_done(Finished(spec, now - start, done, total, now - began))
     finally:  # a failed run, an error here or Ctrl-C: the other runs stop too
         for _, proc, _, log in running:
             proc.kill()
