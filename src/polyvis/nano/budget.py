@@ -21,9 +21,9 @@ ADAPTER = {"type": "linear"}
 PRECISIONS = ("fp32", "bf16")
 
 # `polyvis demo`: the fair protocol at one seed over these cells (polyvis.nano.demo): each expert
-# alone, and the two fusions the leaderboard ranks first over its three seeds, each at the
+# alone, and the two fusions the leaderboard ranks first over its five seeds, each at the
 # learning rate it chose on val there (docs/demo.md). Their options are the
-# leaderboard's (align: pool), so a demo run is that cell's seed-0 run there.
+# leaderboard's (concat-channel pooled to 8x8), so a demo run is that cell's seed-0 run there.
 _POOL = {"align": "pool"}
 DEMO_CELLS = [
     {"encoders": ["clip"], "train": {"lr": 1e-3}},
@@ -31,7 +31,8 @@ DEMO_CELLS = [
     {"encoders": ["dino"], "train": {"lr": 1e-3}},
     {"encoders": ["clip", "dino", "vary"], "fusion": {"type": "concat-channel", **_POOL},
      "train": {"lr": 1e-3}},
-    {"encoders": ["clip", "dino"], "fusion": {"type": "mul", **_POOL}, "train": {"lr": 1e-3}},
+    {"encoders": ["clip", "dino", "vary"], "fusion": {"type": "concat-sequence"},
+     "train": {"lr": 1e-3}},
 ]  # fmt: skip
 # the leaderboard's adapter (configs/leaderboard-nano.yaml): LLaVA-1.5's two-layer MLP
 DEMO_ADAPTER = {"type": "mlp", "depth": 2}
