@@ -18,6 +18,7 @@ from polyvis.nano.demo_report import (
     quick_notice,
     start_banner,
 )
+from polyvis.nano.fair_cells import label, typed
 
 
 def _doc() -> dict:
@@ -73,10 +74,12 @@ def test_the_banner_names_every_cell_its_rate_and_the_budget():
     spec = demo_spec(quick=False, jobs=2, seed=0)
     banner = start_banner(spec, BUDGET)
     listed = [
-        "+".join(c["encoders"]) + (f" {c['fusion']}" if "fusion" in c else "")
+        "+".join(c["encoders"]) + (f" {label(typed(c['fusion'], 'f'))}" if "fusion" in c else "")
         + f" (lr {c['train']['lr']:g})"
         for c in DEMO_CELLS
     ]  # fmt: skip
     assert f"cells: {'; '.join(listed)}\n" in banner and listed[0] == "clip (lr 0.001)"
+    # fusions by their leaderboard names, not as Python dicts
+    assert "clip+dino+vary concat-channel(align=pool) (lr 0.001)" in banner and "{" not in banner
     assert "mlp(depth=2) adapter on lm-nano, 200 align steps" in banner
     assert "then 800 of fine-tuning, batch 8" in banner and "(400 images per family)" in banner
