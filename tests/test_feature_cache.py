@@ -109,6 +109,31 @@ def test_cli_fills_the_cache_and_training_reuses_it(
     assert "computed 0 encoder feature set(s)" in capsys.readouterr().out and encoder_calls == []
 
 
+def test_a_checkpoint_encoder_shares_its_store_with_the_run_started_from_it(
+    tmp_path, synth_dir, cache_dir, encoder_calls
+):
+    """An encoder loaded by `path:` (align run) and the same weights inside that run's model
+    (the finetune run started from it) have one fingerprint: the features are computed once."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    ckpt = tmp_path / "clip-ckpt"
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(ckpt)  # fmt: skip
+    CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(ckpt)
+    sets = overrides(synth_dir, "train.cache_features=true", "model.fusion={type: concat-channel}",
+                     f"model.encoders=[{{name: clip, path: {ckpt}, layers: [-2]}}]")  # fmt: skip
+    train(load_config(CFG, [*sets, "train.stage=align"]), tmp_path / "align", progress=False)
+    assert encoder_calls and len(list(cache_dir.iterdir())) == 1
+    encoder_calls.clear()
+    started = [*sets, "train.stage=finetune", f"train.init_from={tmp_path / 'align'}"]
+    train(load_config(CFG, started), tmp_path / "finetune", progress=False)
+    assert encoder_calls == [] and len(list(cache_dir.iterdir())) == 1
+    assert len(losses(tmp_path / "finetune")) == 5
+
+
 def _png(path: Path, color: tuple[int, int, int]) -> Path:
     Image.new("RGB", (40, 30), color).save(path)
     return path
@@ -126,7 +151,6 @@ def test_fingerprint_changes_with_layers_size_weights_and_processor(tmp_path):
     assert encoder_fingerprint(*changed_layers, 0) == base[0]  # the other encoder keeps its own
     assert encoder_fingerprint(*changed_layers, 1) != base[1]
     assert encoder_fingerprint(*build("model.encoders.0.image_size=32"), 0) != base[0]
-    assert encoder_fingerprint(model, proc, 0, {"path": "other/checkpoint"}) != base[0]
     proc.image_processors["dino"].image_mean = [0.5, 0.5, 0.5]
     assert encoder_fingerprint(model, proc, 1) != base[1]
     with torch.no_grad():

@@ -1,9 +1,10 @@
 """The feature cache: frozen encoders' outputs computed once per image and kept on disk.
 
 With frozen encoders, every epoch recomputes the same features; the cache computes them once.
-Each encoder has its own fingerprint (a hash of its config entry, checkpoint source, image
-processor settings and weights), so changing one encoder's layers, image size or weights misses
-its cache and never reuses stale features, while the other encoders' features are kept in
+Each encoder has its own fingerprint (a hash of its config entry, image processor settings and
+weights: what decides its features, not where it was loaded from), so changing one encoder's
+layers, image size or weights misses its cache and never reuses stale features, an align run and
+the finetune run started from it share one store, and the other encoders' features are kept in
 `<cache_root()>/features/<fingerprint>/` (a FeatureStore: shards and their index).
 
 Features are computed with the encoder in eval mode, in its own dtype (no autocast). A tiled
@@ -48,18 +49,14 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def encoder_fingerprint(
-    model: Any, processor: Any, k: int, source: dict[str, Any] | None = None
-) -> str:
-    """Fingerprint of encoder k: what decides its features, hashed (20 hex digits).
-
-    source: where the checkpoint came from (path, revision), when known.
-    """
+def encoder_fingerprint(model: Any, processor: Any, k: int) -> str:
+    """Fingerprint of encoder k: what decides its features, hashed (20 hex digits). The weights'
+    digest identifies the checkpoint, so the same weights loaded from another folder (a run
+    started from an align run) hit the same store."""
     entry = model.config.encoders[k]
     desc = {
         "format": FORMAT,
         "entry": entry,  # backbone config, layers, num_prefix_tokens, grid, image size, tiling
-        "source": source or {},
         "image_processor": processor.image_processors[entry["name"]].to_dict(),
         "weights": weights_digest(model.encoders[k]),
     }
@@ -79,16 +76,12 @@ class FeatureCache:
         model: Any,
         processor: Any,
         root: str | Path | None = None,
-        sources: dict[str, dict[str, Any]] | None = None,
     ) -> FeatureCache:
-        """The cache of this model's encoders under `root` (default: features_root()).
-
-        sources: encoder name -> {path, revision} of its checkpoint, part of the fingerprint.
-        """
+        """The cache of this model's encoders under `root` (default: features_root())."""
         root = Path(root) if root is not None else features_root()
         stores, fps = [], []
         for k, entry in enumerate(model.config.encoders):
-            fp = encoder_fingerprint(model, processor, k, (sources or {}).get(entry["name"]))
+            fp = encoder_fingerprint(model, processor, k)
             meta = {"format": FORMAT, "encoder": entry["name"], "layers": entry["layers"], "grid": entry["grid"],
                     "dim": entry["dim"], "image_size": entry["image_size"]}  # fmt: skip
             if entry.get("tiling"):
@@ -247,15 +240,6 @@ def check_cacheable(cfg: Config, model: Any | None = None) -> None:
         )
 
 
-def encoder_sources(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Encoder name -> its checkpoint (path, revision) as the config names it."""
-    if cfg.train.init_from:
-        # The encoders come from that model (the weights digest identifies them), so a finetune
-        # run started from an align run reuses the align run's cache.
-        return {}
-    return {e.name: {"path": e.path, "revision": e.revision} for e in cfg.model.encoders if e.path}
-
-
 def config_image_paths(cfg: Config, processor: Any) -> list[Path]:
     """Every image of the train and val records files (synthetic families included)."""
     from polyvis.data.dataset import ConversationDataset
@@ -281,7 +265,7 @@ def fill_for_config(
 ) -> tuple[FeatureCache, dict[str, int]]:
     """Fill the cache of this model's encoders with every train and val image of the config."""
     check_cacheable(cfg)
-    cache = FeatureCache.for_model(model, processor, sources=encoder_sources(cfg))
+    cache = FeatureCache.for_model(model, processor)
     if device is not None:
         model.encoders.to(device)
     stats = cache.fill(model, processor, config_image_paths(cfg, processor), progress=progress)
@@ -304,5 +288,5 @@ def prepare_feature_cache(
             )
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        cache = FeatureCache.for_model(model, processor, sources=encoder_sources(cfg))
+        cache = FeatureCache.for_model(model, processor)
     return cache
