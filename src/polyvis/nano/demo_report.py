@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polyvis.nano.fair_cells import label, slug, typed
+from polyvis.nano.fair_cells import cell_name, slug, typed
 from polyvis.nano.fair_world import ALIGN_SHARE, TEST_DATA_SEED, TEST_IMAGES, align_steps
 
 LEADERBOARD = "docs/leaderboard.md"
@@ -18,8 +18,8 @@ LEADERBOARD = "docs/leaderboard.md"
 def start_banner(spec: dict[str, Any], budget: dict[str, Any]) -> str:
     """The demo's plan in a few lines: its cells, the one seed, the budget, the test set."""
     grid = spec["grid"]
-    names = [  # the leaderboard's cell names, e.g. "clip+dino+vary concat-channel(align=pool)"
-        "+".join(c["encoders"]) + (f" {label(typed(c['fusion'], 'fusion'))}" if c.get("fusion") else "")
+    names = [
+        cell_name(c["encoders"], typed(c["fusion"], "fusion") if c.get("fusion") else None)
         + "".join(f" ({k} {v:g})" for k, v in (c.get("train") or {}).items())
         for c in grid["cells"]
     ]  # fmt: skip

@@ -43,6 +43,12 @@ def label(d: dict[str, Any]) -> str:
     return d["type"] + (f"({extra})" if extra else "")
 
 
+def cell_name(encoders: list[str], fusion: dict[str, Any] | None) -> str:
+    """A cell's name on the leaderboard: the expert alone, or the encoders and the fusion's label
+    (e.g. "clip+dino+vary concat-channel(align=pool)")."""
+    return "+".join(encoders) + (f" {label(fusion)}" if fusion else "")
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", name).strip("_")
 
@@ -134,11 +140,9 @@ def _entry_cell(
     encs = [world.encoders[n] for n in names]
     if fusion is None:  # one encoder: the expert alone, a baseline (not a variant of one)
         alone = names[0] not in world.variants
-        cell = _cell(names[0] + tail, encs, None, adapter, world, baseline=alone)
+        cell = _cell(cell_name(names, None) + tail, encs, None, adapter, world, baseline=alone)
     else:
-        cell = _cell(
-            f"{'+'.join(names)} {label(fusion)}{tail}", encs, fusion, adapter, world, False
-        )
+        cell = _cell(cell_name(names, fusion) + tail, encs, fusion, adapter, world, False)
     if train:
         cell.train, cell.meta["train"] = dict(train), dict(train)
     cell.source = source
