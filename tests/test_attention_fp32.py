@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,23 @@ def test_under_cpu_bf16_autocast_attention_gets_float32_and_the_rest_bf16(
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_naming_the_setting(monkeypatch, caplog):
+    from polyvis.train import precision
+
+    monkeypatch.setattr(precision, "_warned", set())
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="polyvis.train.precision"):
+        assert precision.warn_slow_cpu_bf16("train.mixed_precision") is False
+    assert not caplog.records
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="polyvis.train.precision"):
+        assert precision.warn_slow_cpu_bf16("train.mixed_precision") is True
+        assert precision.warn_slow_cpu_bf16("train.mixed_precision") is True
+        precision.warn_slow_cpu_bf16("clip-nano.precision")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("train.mixed_precision=bf16: this CPU has no native bf16")
+    assert torch.backends.cpu.get_cpu_capability() in lines[0]
+    assert lines[1].startswith("clip-nano.precision=bf16")

@@ -5,6 +5,7 @@ random-init twins, resuming, and lm-nano (the same LM for every cell)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -434,3 +435,11 @@ def test_world_steps_set_every_cells_budget_and_its_align_share(tmp_path: Path):
     assert run.config.train.max_steps == 15  # fine-tuning: the rest of the budget
     with pytest.raises(ConfigError, match=r"^steps: must be an integer"):
         plan_fair({**GRID, "steps": 1.5}, tmp_path / "bad")
+
+
+def test_the_machine_line_names_the_cpu_kernels_that_decide_the_bytes():
+    from polyvis.nano.protocol import machine
+
+    line = machine()
+    assert f"torch kernels {torch.backends.cpu.get_cpu_capability()}" in line
+    assert f"{os.cpu_count()} CPUs" in line

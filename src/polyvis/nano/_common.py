@@ -193,6 +193,10 @@ def adamw_steps(
 
         use_fp32_attention(model)
     device = next(model.parameters()).device.type
+    if bf16 and device == "cpu":
+        from polyvis.train.precision import warn_slow_cpu_bf16
+
+        warn_slow_cpu_bf16(f"{name}.precision")
     gen = torch.Generator().manual_seed(s.seed)
     log: dict[str, list[float]] = {k: [] for k in curves}
     with progress_bar(progress, fields=LOSS_FIELD) as bar:

@@ -226,13 +226,20 @@ def final_runs(plan: FairPlan, chosen: dict[str, dict[str, Any]]) -> dict[str, l
 
 
 def machine() -> str:
+    """The OS, CPU count and model, and the vector instructions torch's CPU kernels use: fp32
+    kernels of different instruction sets (AVX2, AVX-512) sum in different orders, so trained
+    bytes, and the scores of a nano world built from scratch, are reproducible only on the same
+    kind (docs/demo.md)."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     info = Path("/proc/cpuinfo")
     if info.is_file():
         names = [ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
                  if ln.startswith("model name")]  # fmt: skip
         cpu = names[0] if names else cpu
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu})"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({cpu}; torch kernels {kernels})"
 
 
 def run_fair(
