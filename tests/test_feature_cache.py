@@ -235,3 +235,36 @@ def test_refuses_trained_encoders(tmp_path, synth_dir, cache_dir, capsys):
     assert main(["cache-features", str(CFG), "--set", *sets]) == 2
     assert "train.cache_features: needs frozen encoders" in capsys.readouterr().err
     assert not cache_dir.exists()
+
+
+def test_training_items_take_their_hashes_from_the_fill_and_read_no_image_again(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from polyvis.data import dataset as dataset_module
+    from polyvis.models.build import load_model
+
+    model, proc = load_model(tiny_model_dir)
+    _png(tmp_path / "a.png", (10, 200, 10))
+    _png(tmp_path / "b.png", (200, 10, 10))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    turns = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "ok"}]
+    records = [{"id": k, "image": f"{k}.png", "conversations": turns} for k in ("a", "b", "bad")]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    plain = ConversationDataset(tmp_path / "r.jsonl", proc, decode_images=False)
+    paths = [p for i in range(len(plain)) for p in plain.image_paths(i)]
+    cache = FeatureCache.for_model(model, proc, root=tmp_path / "features")
+    cache.fill(model, proc, paths)
+    assert set(cache.path_hashes) == set(paths[:2])  # bad.png gave no features: no hash kept
+    known = ConversationDataset(
+        tmp_path / "r.jsonl", proc, decode_images=False, image_hashes=cache.path_hashes
+    )
+    reads: list[Path] = []
+    hash_file = dataset_module.image_hash
+    monkeypatch.setattr(dataset_module, "image_hash", lambda p: reads.append(p) or hash_file(p))
+    for i in range(3):
+        a, b = plain[i], known[i]
+        assert a["image_hashes"] == b["image_hashes"]
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    # plain read all three files; known read only the one the fill could not use
+    assert reads == [*paths, paths[2]]
+    assert cache.wrap(known)[2] is None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class ConversationDataset(Dataset):
     template: a chat template (jinja text) instead of the tokenizer's own.
     decode_images: False reads and hashes image files but neither decodes nor preprocesses them
         (items then carry no pixels: training from the feature cache needs only the hashes).
+    image_hashes: without decoding, known hashes by resolved image path (the feature cache's
+        `path_hashes`, taken when it was filled): those files are not read again.
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class ConversationDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         template: str | None = None,
         decode_images: bool = True,
+        image_hashes: Mapping[Path, str] | None = None,
     ):
         files = [files] if isinstance(files, str | Path) else list(files)
         if not files:
@@ -68,6 +71,7 @@ class ConversationDataset(Dataset):
         self.max_pixels = int(max_pixels)
         self.template = template
         self.decode_images = bool(decode_images)
+        self.image_hashes = image_hashes if image_hashes is not None else {}
         self.records: list[dict[str, Any]] = []
         self._roots: list[Path] = []  # one per file; _file_of[i] points into it
         self._file_of: list[int] = []
@@ -141,7 +145,8 @@ class ConversationDataset(Dataset):
                     image, digest = load_image_and_hash(path, self.max_pixels)
                     size = (image.height, image.width)
                 else:
-                    image, digest = None, image_hash(path)
+                    image = None
+                    digest = self.image_hashes.get(path) or image_hash(path)
                     size = header_size(path) if self._tokens_vary else (0, 0)
             except ImageError as err:
                 return self._skip(i, err.reason, str(err))

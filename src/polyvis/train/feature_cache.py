@@ -69,6 +69,9 @@ class FeatureCache:
     def __init__(self, stores: list[FeatureStore], fingerprints: list[str]):
         self.stores = stores
         self.fingerprints = fingerprints
+        # each readable image's hash as `fill` read it: the training data then need not read
+        # every image file again only to name its features
+        self.path_hashes: dict[Path, str] = {}
 
     @classmethod
     def for_model(
@@ -143,6 +146,7 @@ class FeatureCache:
                 continue
             # The key the dataset gives the image (polyvis.data.images.image_hash).
             digest = hashlib.sha1(data).hexdigest()
+            self.path_hashes[path] = digest
             if digest in seen:
                 continue
             seen.add(digest)
@@ -152,6 +156,7 @@ class FeatureCache:
                 except ImageError:
                     stats["unreadable"] += 1
                     seen.discard(digest)
+                    del self.path_hashes[path]
                     continue
             if len(todo) >= batch_size:
                 stats["computed"] += self._compute(model, processor, todo)

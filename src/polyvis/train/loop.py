@@ -106,6 +106,7 @@ def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
         max_length=cfg.data.max_length,
         image_root=cfg.data.image_root,
         decode_images=cache is None,
+        image_hashes=cache.path_hashes if cache is not None else None,
     )
     if cache is not None:  # items carry image hashes only; features come from the cache
         ds = cache.wrap(ds)
