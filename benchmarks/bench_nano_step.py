@@ -206,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         p.p.stdin.close()
         p.p.wait()
 
+    from polyvis.nano.protocol import machine  # its CPU kernels decide the figures
+
     load = os.getloadavg()
     print(f"# bench_nano_step: {args.blocks} blocks of {args.steps} steps per variant after "
-          f"{args.warmup} untimed steps, one thread each; load average {load[0]:.1f} on "
-          f"{os.cpu_count()} CPUs; {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
+          f"{args.warmup} untimed steps, one thread each; load average {load[0]:.1f}; "
+          f"{machine()}; {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
     ref = procs[0]
     names = [p.name for p in procs]
     head = " | ".join(f"{n} steps/s (wall, CPU)" for n in names)

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -102,7 +101,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
-    cpu = f"{os.cpu_count()} CPUs ({platform.machine()})"
+    from polyvis.nano.protocol import machine  # its CPU kernels decide the figures
+
+    cpu = machine()
     return (
         f"model: {Path(args.model).name if args.model else 'nano-tiny (random)'}, device: "
         f"{args.device or 'default'}, {cpu}, server threads: {args.server_threads or 'default'}, "
