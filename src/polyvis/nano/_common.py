@@ -188,15 +188,14 @@ def adamw_steps(
         model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.98)
     )
     bf16 = getattr(s, "precision", "fp32") == "bf16"
+    device = next(model.parameters()).device.type
     if bf16:
         from polyvis.models.attention import use_fp32_attention
-
-        use_fp32_attention(model)
-    device = next(model.parameters()).device.type
-    if bf16 and device == "cpu":
         from polyvis.train.precision import warn_slow_cpu_bf16
 
-        warn_slow_cpu_bf16(f"{name}.precision")
+        use_fp32_attention(model)
+        if device == "cpu":
+            warn_slow_cpu_bf16(f"{name}.precision")
     gen = torch.Generator().manual_seed(s.seed)
     log: dict[str, list[float]] = {k: [] for k in curves}
     with progress_bar(progress, fields=LOSS_FIELD) as bar:
