@@ -413,6 +413,45 @@ def test_world_precision_other_than_fp32_or_bf16_names_the_field(tmp_path: Path)
     assert load_ablation(spec)["precision"] == "bf16"
 
 
+@pytest.mark.parametrize("value", [-1, True, "1", 1.5])
+def test_expert_seed_must_be_a_non_negative_integer(tmp_path: Path, value):
+    from polyvis.nano.protocol import plan_fair
+
+    with pytest.raises(ConfigError, match=r"^expert_seed: must be a non-negative integer, got "):
+        plan_fair({**GRID, "expert_seed": value}, tmp_path / "out")
+
+
+def test_expert_seed_is_a_nano_option_and_an_ablation_file_may_name_it(tmp_path: Path):
+    from polyvis.config import load_config
+    from polyvis.nano.protocol import plan_fair
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "nano-tiny.yaml"
+    base = load_config(tiny).model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"^expert_seed: nano ablations only"):
+        plan_fair({"base": base, "protocol": "fair", "expert_seed": 1}, tmp_path / "real")
+    spec = tmp_path / "ab.yaml"
+    spec.write_text("nano: true\nexpert_seed: 2\ngrid:\n  encoders: [[clip]]\n")
+    assert load_ablation(spec)["expert_seed"] == 2
+
+
+def test_expert_seed_reseeds_every_expert_into_cache_entries_of_its_own():
+    from polyvis.nano import experts
+    from polyvis.nano.expert_specs import EXPERTS
+    from polyvis.nano.world import expert_settings
+
+    assert expert_settings({"expert_seed": 0}) is None  # seed 0 is the default world
+    reseeded = expert_settings({"expert_seed": 3, "precision": "bf16"})
+    assert reseeded == {n: {"seed": 3, "precision": "bf16"} for n in EXPERTS}
+    for name in EXPERTS:
+        data = experts.resolve_data(None, name, quick=True)
+        default = experts.resolve_settings(name, None, quick=True)
+        same = experts.resolve_settings(name, {name: {"seed": 0}}, quick=True)
+        other = experts.resolve_settings(name, expert_settings({"expert_seed": 3}), quick=True)
+        assert other["seed"] == 3
+        assert experts.expert_dir(name, same, data) == experts.expert_dir(name, default, data)
+        assert experts.expert_dir(name, other, data) != experts.expert_dir(name, default, data)
+
+
 def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
     from polyvis.nano.protocol import plan_fair
 

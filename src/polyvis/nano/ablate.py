@@ -59,7 +59,7 @@ KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align", "protocol")
 # the fair protocol's own keys (polyvis.nano.protocol); `align` is its align_share there
 FAIR_KEYS = ("select", "test_data_seed", "test_images", "align_share", "arm", "warm_start",
              "balance", "families", "variants", "val_only",
-             "difficulty", "steps", "precision")  # fmt: skip
+             "difficulty", "steps", "precision", "expert_seed")  # fmt: skip
 AXES = ("fusion", "adapter", "encoders", "seeds")
 
 

@@ -153,6 +153,12 @@ def _difficulty(value: Any) -> dict[str, str]:
     return out
 
 
+def _expert_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("expert_seed", f"must be a non-negative integer, got {value!r}")
+    return value
+
+
 def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import budget as nano_budget
@@ -175,6 +181,8 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         if spec["precision"] not in nano_budget.PRECISIONS:
             raise ConfigError("precision", f"must be fp32 or bf16, got {spec['precision']!r}")
         budget["precision"] = spec["precision"]
+    if "expert_seed" in spec:  # a rebuild of every expert (lm-nano too) from the same recipes
+        budget["expert_seed"] = _expert_seed(spec["expert_seed"])
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
     ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
     seed = spec.get("test_data_seed", TEST_DATA_SEED)
@@ -216,6 +224,8 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     }
     if budget["precision"] != "fp32":
         info["budget"]["precision"] = budget["precision"]
+    if budget.get("expert_seed"):
+        info["budget"]["expert_seed"] = budget["expert_seed"]
     if families != nano_budget.FAMILIES:
         info["data"]["families"] = families
     return FairWorld(
@@ -239,7 +249,8 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
 def _real_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.config import load_config
 
-    nano_only = [k for k in ("test_data_seed", "test_images", "arm", "precision") if k in spec]
+    nano_keys = ("test_data_seed", "test_images", "arm", "precision", "expert_seed")
+    nano_only = [k for k in nano_keys if k in spec]
     if nano_only:
         why = "; a base config sets train.mixed_precision" if nano_only[0] == "precision" else ""
         raise ConfigError(nano_only[0], f"nano ablations only (nano: true){why}")

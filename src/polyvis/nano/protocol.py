@@ -249,6 +249,13 @@ def run_fair(
     the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
     (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
     plan = plan_fair(spec, out)
+    seed = plan.world.info.get("budget", {}).get("expert_seed")
+    if seed:
+        notes = [
+            *notes,
+            f"Experts rebuilt at seed {seed} (expert_seed): another draw of the world's experts "
+            "from the same recipes and data, so these are other models than the leaderboard's.",
+        ]
     with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
         return _run(plan, spec, command, clock, notes)
 

@@ -98,11 +98,16 @@ def prepare_world(
 
 
 def expert_settings(budget: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """Every expert's settings at the world's precision (None at fp32: the defaults)."""
+    """What every expert's settings take from the world: its precision and its experts' seed
+    (None at fp32 and seed 0: the defaults, and the cache entries they always had)."""
     from polyvis.nano.expert_specs import EXPERTS
 
-    precision = budget.get("precision", "fp32")
-    return None if precision == "fp32" else {n: {"precision": precision} for n in EXPERTS}
+    extra: dict[str, Any] = {}
+    if budget.get("precision", "fp32") != "fp32":
+        extra["precision"] = budget["precision"]
+    if budget.get("expert_seed", 0):
+        extra["seed"] = budget["expert_seed"]
+    return {n: dict(extra) for n in EXPERTS} if extra else None
 
 
 def nano_lm(experts: dict[str, Path], corpus: Path, budget: dict, quick: bool) -> dict[str, Any]:
