@@ -152,7 +152,9 @@ def main() -> None:
         print(f"| {name} | {value:.1f} | {value / (1000 * step):.0%} | {rate} |")
     print(f"| step | {1000 * step:.1f} | 100% | {gflops / step:.1f} |")
     print(f"\nmatmul GFLOP per step: {gflops:.2f}; most frequent shape {common}")
-    print(f"sgemm alone, one thread: {peak_common:.1f} GFLOP/s at {common}, {peak_big:.1f} at 2048^3")
+    print(
+        f"sgemm alone, one thread: {peak_common:.1f} GFLOP/s at {common}, {peak_big:.1f} at 2048^3"
+    )
     bound = ms["matmul"] / 1000
     print(
         f"the matmuls alone at the step's own rate: {bound * 1000:.1f} ms, "

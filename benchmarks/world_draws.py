@@ -32,7 +32,9 @@ from polyvis.eval.stats import cell_scores, leaderboard
 def parse_world(text: str) -> tuple[int, Path]:
     seed, sep, folder = text.partition("=")
     if not sep or not seed.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: give EXPERT_SEED=OUT, e.g. 1=runs/world-seed-1")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give EXPERT_SEED=OUT, e.g. 1=runs/world-seed-1"
+        )
     return int(seed), Path(folder)
 
 
