@@ -8,7 +8,6 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
 from tests.test_compare_arms import ITEMS, _grid
 
 ROOT = Path(__file__).resolve().parents[1]
