@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tests._bench import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 ITEMS = [(f"scene-test-{i:06d}", "scene") for i in range(4)] + [
     (f"ocr-test-{i:06d}", "ocr") for i in range(3)
 ]
@@ -17,12 +16,7 @@ ITEMS = [(f"scene-test-{i:06d}", "scene") for i in range(4)] + [
 
 @pytest.fixture()
 def compare_arms(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run: paired_cells beside it
-    path = ROOT / "benchmarks" / "compare_arms.py"
-    spec = importlib.util.spec_from_file_location("compare_arms", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_arms", monkeypatch)  # paired_cells beside it, as when run
 
 
 def _answers(path: Path, scores: list[float]) -> None:

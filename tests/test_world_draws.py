@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from tests._bench import load_benchmark
 from tests.test_compare_arms import ITEMS, _grid
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def world_draws(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run: compare_arms beside it
-    path = ROOT / "benchmarks" / "world_draws.py"
-    spec = importlib.util.spec_from_file_location("world_draws", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("world_draws", monkeypatch)  # compare_arms beside it, as when run
 
 
 def _row(text: str, cell: str) -> list[str]:
