@@ -6,8 +6,9 @@ every aten op timed where it runs (a TorchDispatchMode below autograd, so the ba
 counted too). It prints a table per step: the matmuls (mm, addmm, bmm) with their GFLOP/s, SDPA
 attention forward and backward, every other aten op, and what is left of the step outside aten
 ops (Python, the data, autograd's bookkeeping). Then the same CPU's sgemm rate on the step's most
-frequent matmul shape and on a large square one, and the step rate if everything but the
-matmuls took no time: the ceiling of any change that keeps the step's FLOPs.
+frequent matmul shape and on a large square one, its causal attention (forward and backward)
+on SDPA's flash and math backends at the step's most frequent shape, and the step rate if
+everything but the matmuls took no time: the ceiling of any change that keeps the step's FLOPs.
 
     POLYVIS_CACHE=... .venv/bin/python benchmarks/bench_nano_roofline.py --config RUN/config.yaml \
         [--steps 40 --warmup 20]
@@ -22,8 +23,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 aten = torch.ops.aten
 MATMULS = {aten.mm.default: "mm", aten.addmm.default: "addmm", aten.bmm.default: "bmm"}
-ATTENTION = {
-    aten._scaled_dot_product_flash_attention_for_cpu.default,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
-}
+ATTENTION_FORWARD = aten._scaled_dot_product_flash_attention_for_cpu.default
+ATTENTION = {ATTENTION_FORWARD, aten._scaled_dot_product_flash_attention_for_cpu_backward.default}
 
 
 def matmul_flops(name: str, args: tuple) -> tuple[int, tuple[int, ...]]:
@@ -57,6 +58,7 @@ class OpClock(TorchDispatchMode):
         self.seconds: collections.Counter[str] = collections.Counter()
         self.flops = 0
         self.shapes: collections.Counter[tuple[int, ...]] = collections.Counter()
+        self.attention: collections.Counter[tuple] = collections.Counter()  # (q, k) shapes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t = time.perf_counter()
@@ -69,6 +71,8 @@ class OpClock(TorchDispatchMode):
             self.shapes[shape] += 1
         elif func in ATTENTION:
             self.seconds["attention"] += dt
+            if func is ATTENTION_FORWARD:
+                self.attention[(tuple(args[0].shape), tuple(args[1].shape))] += 1
         else:
             self.seconds["other"] += dt
         return out
@@ -86,6 +90,27 @@ def sgemm_rate(shape: tuple[int, ...], seconds: float = 1.0) -> float:
         reps += 1
     per = (time.perf_counter() - start) / reps
     return 2 * (batch[0] if batch else 1) * m * k * n / per / 1e9
+
+
+def attention_ms(q_shape: tuple, k_shape: tuple, backend: Any, seconds: float = 1.0) -> float:
+    """ms of one causal SDPA forward and backward at these shapes, on one SDPA backend."""
+    from torch.nn.attention import sdpa_kernel
+
+    q = torch.randn(q_shape, requires_grad=True)
+    k, v = (torch.randn(k_shape, requires_grad=True) for _ in range(2))
+    gqa = q_shape[1] != k_shape[1]
+
+    def once() -> None:
+        with sdpa_kernel(backend):
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa).sum().backward()
+
+    for _ in range(3):
+        once()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        once()
+        reps += 1
+    return (time.perf_counter() - start) / reps * 1000
 
 
 def main() -> None:
@@ -154,6 +179,16 @@ def main() -> None:
     print(f"\nmatmul GFLOP per step: {gflops:.2f}; most frequent shape {common}")
     print(
         f"sgemm alone, one thread: {peak_common:.1f} GFLOP/s at {common}, {peak_big:.1f} at 2048^3"
+    )
+    from torch.nn.attention import SDPBackend
+
+    (q_shape, k_shape), calls = clock.attention.most_common(1)[0]
+    flash = attention_ms(q_shape, k_shape, SDPBackend.FLASH_ATTENTION)
+    math = attention_ms(q_shape, k_shape, SDPBackend.MATH)
+    print(
+        f"causal attention forward + backward at q {q_shape}, k/v {k_shape} "
+        f"({calls} of the {sum(clock.attention.values())} forward calls timed): "
+        f"flash {flash:.2f} ms, math {math:.2f} ms"
     )
     bound = ms["matmul"] / 1000
     print(
