@@ -434,6 +434,15 @@ def test_expert_seed_is_a_nano_option_and_an_ablation_file_may_name_it(tmp_path:
     assert load_ablation(spec)["expert_seed"] == 2
 
 
+def test_a_grid_on_another_draw_of_the_experts_says_so_first():
+    from polyvis.nano.protocol import world_notes
+
+    assert world_notes({"budget": {"steps": 1000}}) == []
+    assert world_notes({}) == []
+    (note,) = world_notes({"budget": {"expert_seed": 2}})
+    assert note.startswith("Experts rebuilt at seed 2 (expert_seed)")
+
+
 def test_expert_seed_reseeds_every_expert_into_cache_entries_of_its_own():
     from polyvis.nano import experts
     from polyvis.nano.expert_specs import EXPERTS

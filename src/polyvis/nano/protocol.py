@@ -249,15 +249,20 @@ def run_fair(
     the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
     (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
     plan = plan_fair(spec, out)
-    seed = plan.world.info.get("budget", {}).get("expert_seed")
-    if seed:
-        notes = [
-            *notes,
-            f"Experts rebuilt at seed {seed} (expert_seed): another draw of the world's experts "
-            "from the same recipes and data, so these are other models than the leaderboard's.",
-        ]
+    notes = [*notes, *world_notes(plan.world.info)]
     with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
         return _run(plan, spec, command, clock, notes)
+
+
+def world_notes(info: dict[str, Any]) -> list[str]:
+    """What a grid on another world than the leaderboard's says first (its experts' seed)."""
+    seed = info.get("budget", {}).get("expert_seed")
+    if not seed:
+        return []
+    return [
+        f"Experts rebuilt at seed {seed} (expert_seed): another draw of the world's experts from "
+        "the same recipes and data, so these are other models than the leaderboard's."
+    ]
 
 
 @contextlib.contextmanager
