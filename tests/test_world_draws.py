@@ -47,8 +47,27 @@ def test_each_draw_is_one_column_and_the_mean_is_over_draws(world_draws, tmp_pat
     diff = [ln for ln in text.splitlines() if ln.startswith("| clip+dino add(align=pool) | clip |")]
     assert diff and "+50.0 [+50.0, +50.0]" in diff[0]  # every draw: +50, so no spread
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert doc["worlds"] == {"0": str(a), "1": str(b)} and doc["run_seed"] == 0
+    assert doc["worlds"] == {"0": str(a), "1": str(b)} and doc["run_seeds"] == {"0": 0, "1": 0}
     assert out.with_suffix(".md").read_text().strip() == text.strip()
+
+
+def test_seed_draw_takes_from_each_draw_its_own_run_seed(world_draws, tmp_path: Path, capsys):
+    a = _draw(tmp_path / "w0", clip=0.5, fused=1.0)
+    b = _grid(  # draw 1 has run seeds 0 and 1; with --seed draw only seed 1 counts
+        tmp_path / "w1",
+        {
+            "clip": ({"lr": 0.001}, [[0.0] * len(ITEMS), [1.0] * len(ITEMS)]),
+            "clip+dino add(align=pool)": ({"lr": 0.003}, [[0.0] * len(ITEMS)] * 2),
+        },
+        ["clip", "clip+dino add(align=pool)"],
+    )
+    argv = ["--world", f"0={a}", "--world", f"1={b}", "--seed", "draw"]
+    assert world_draws.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| cell | draw 0, seed 0 | draw 1, seed 1 |" in text
+    assert _row(text, "clip")[1:3] == ["50.0", "100.0"]
+    with pytest.raises(SystemExit, match="no cell has its own seed's test run in every draw"):
+        world_draws.main(["--world", f"0={a}", "--world", f"2={b}", "--seed", "draw"])
 
 
 def test_bad_arguments_name_the_problem(world_draws, tmp_path: Path, capsys):
@@ -61,3 +80,6 @@ def test_bad_arguments_name_the_problem(world_draws, tmp_path: Path, capsys):
         world_draws.main(["--world", f"zero={a}", "--world", f"1={a}"])
     err = capsys.readouterr().err
     assert "'zero=" in err and "give EXPERT_SEED=OUT" in err
+    with pytest.raises(SystemExit):
+        world_draws.main(["--world", f"0={a}", "--world", f"1={a}", "--seed", "first"])
+    assert "'first': give a run seed (0, 1, ...) or 'draw'" in capsys.readouterr().err
