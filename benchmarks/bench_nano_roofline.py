@@ -1,9 +1,9 @@
 """Where a nano training step's time goes, against what this CPU's matmuls can do.
 
 One `polyvis.train.train` process on a nano run config, one torch thread, checkpoints off. After
-`--warmup` steps it times `--steps` steps as they are, then times the next `--steps` again with
-every aten op timed where it runs (a TorchDispatchMode below autograd, so the backward's ops are
-counted too). It prints a table per step: the matmuls (mm, addmm, bmm) with their GFLOP/s, SDPA
+`--warmup` steps it alternates `--blocks` pairs of blocks of `--steps` steps: one as it is, one
+with every aten op timed where it runs (a TorchDispatchMode below autograd, so the backward's
+ops are counted too); batches differ in length, so alternating puts the same mix in both. It prints a table per step: the matmuls (mm, addmm, bmm) with their GFLOP/s, SDPA
 attention forward and backward, every other aten op, and what is left of the step outside aten
 ops (Python, the data, autograd's bookkeeping). Then the same CPU's sgemm rate on the step's most
 frequent matmul shape and on a large square one, its causal attention (forward and backward)
@@ -11,7 +11,7 @@ on SDPA's flash and math backends at the step's most frequent shape, and the ste
 everything but the matmuls took no time: the ceiling of any change that keeps the step's FLOPs.
 
     POLYVIS_CACHE=... .venv/bin/python benchmarks/bench_nano_roofline.py --config RUN/config.yaml \
-        [--steps 40 --warmup 20]
+        [--blocks 6 --steps 10 --warmup 20]
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def attention_ms(q_shape: tuple, k_shape: tuple, backend: Any, seconds: float = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", required=True, help="a nano run's config.yaml")
-    ap.add_argument("--steps", type=int, default=40, help="steps per timed block")
+    ap.add_argument("--steps", type=int, default=10, help="steps per block")
+    ap.add_argument("--blocks", type=int, default=6, help="pairs of blocks (plain, ops timed)")
     ap.add_argument("--warmup", type=int, default=20, help="steps before the first block")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -128,21 +129,27 @@ def main() -> None:
     from polyvis.nano.protocol import machine
     from polyvis.train import loop
 
-    total = args.warmup + 2 * args.steps
+    total = args.warmup + 2 * args.blocks * args.steps
     cfg = load_config(args.config, [f"train.max_steps={total}", "train.save_every=0"])
     clock = OpClock()
-    marks: dict[int, float] = {}
+    spent = {"plain": 0.0, "timed": 0.0}
+    last = [0.0]
     write = loop._MetricsLog.write  # called once per optimizer step
 
     def timed(self, row: dict) -> None:
         write(self, row)
         n = row["step"]
-        if n in (args.warmup, args.warmup + args.steps, total):
-            marks[n] = time.perf_counter()
-        if n == args.warmup + args.steps:
-            clock.__enter__()
-        elif n == total:
+        if n < args.warmup or (n - args.warmup) % args.steps:
+            return
+        now = time.perf_counter()
+        block = (n - args.warmup) // args.steps  # the block that starts now; odd ones are timed
+        if block:
+            spent["timed" if block % 2 == 0 else "plain"] += now - last[0]
+        if block % 2 == 0 and block:
             clock.__exit__(None, None, None)
+        if block % 2 == 1:
+            clock.__enter__()
+        last[0] = time.perf_counter()
 
     loop._MetricsLog.write = timed
     out = Path(tempfile.mkdtemp(prefix="roofline-"))
@@ -151,9 +158,8 @@ def main() -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
-    n = args.steps
-    step = (marks[args.warmup + n] - marks[args.warmup]) / n
-    timed_step = (marks[total] - marks[args.warmup + n]) / n
+    n = args.blocks * args.steps
+    step, timed_step = spent["plain"] / n, spent["timed"] / n
     ms = {k: 1000 * v / n for k, v in clock.seconds.items()}
     inside = sum(ms.values())
     # the clock's own overhead is in the timed block only: what lies outside aten ops is the
@@ -163,7 +169,9 @@ def main() -> None:
     common = clock.shapes.most_common(1)[0][0]
     peak_common, peak_big = sgemm_rate(common), sgemm_rate((2048, 2048, 2048))
     print(f"machine: {machine()}; one torch thread")
-    print(f"config: {args.config}; {n} steps per block after {args.warmup}")
+    print(
+        f"config: {args.config}; {args.blocks} x 2 blocks of {args.steps} steps after {args.warmup}"
+    )
     print(f"step: {1000 * step:.1f} ms plain, {1000 * timed_step:.1f} ms with every op timed\n")
     print("| part of a step | ms | share | GFLOP/s |")
     print("|---|---:|---:|---:|")
