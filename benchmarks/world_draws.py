@@ -14,7 +14,8 @@ number (`--seed 0`) takes that run seed from every draw, which shares the seed's
         [--seed draw | --seed 0] [--out docs/world-draws]
 
 Each OUT is a `polyvis ablate` folder (selection.json, cells/CELL/SETTING/seed-S/test/); the
-cells every draw has are compared. With --out it writes OUT.md and OUT.json.
+cells every draw has are compared. With --out it writes OUT.md, OUT.json and OUT.png (each cell's
+mean over draws with its CI, as the leaderboard's plot).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from compare_arms import chosen_dirs, fmt_diff, fmt_mean, fmt_p  # benchmarks/, beside this script
 
 from polyvis.errors import DataError
+from polyvis.eval.leaderboard import plot_leaderboard
 from polyvis.eval.stats import cell_scores, leaderboard
 
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=seed_arg, default="0",
                         help="the run seed taken from every draw, or 'draw': seed d from draw d")  # fmt: skip
     parser.add_argument("--baseline", nargs="*", default=[], help="cells to compare against")
-    parser.add_argument("--out", type=Path, help="write OUT.md and OUT.json")
+    parser.add_argument("--out", type=Path, help="write OUT.md, OUT.json and OUT.png")
     args = parser.parse_args(argv)
     worlds = dict(args.world)
     if len(worlds) < 2:
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
         args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        plot_leaderboard(doc, args.out.with_suffix(".png"), title="draws of the experts")
     return 0
 
 

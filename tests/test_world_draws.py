@@ -49,6 +49,7 @@ def test_each_draw_is_one_column_and_the_mean_is_over_draws(world_draws, tmp_pat
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["worlds"] == {"0": str(a), "1": str(b)} and doc["run_seeds"] == {"0": 0, "1": 0}
     assert out.with_suffix(".md").read_text().strip() == text.strip()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_seed_draw_takes_from_each_draw_its_own_run_seed(world_draws, tmp_path: Path, capsys):

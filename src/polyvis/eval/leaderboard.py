@@ -154,7 +154,7 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot_leaderboard(doc: dict[str, Any], path: Path) -> None:
+def plot_leaderboard(doc: dict[str, Any], path: Path, title: str = "leaderboard") -> None:
     """Each cell's mean with its 95 % CI, best at the top; single experts (baselines) in grey."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -179,7 +179,7 @@ def plot_leaderboard(doc: dict[str, Any], path: Path) -> None:
     ax.set_ylim(-0.6, len(cells) - 0.4)
     ax.set_xlabel("mean score (points), 95 % CI")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("leaderboard (grey: single experts; dotted: the best one)", fontsize=10)
+    ax.set_title(f"{title} (grey: single experts; dotted: the best one)", fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
