@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -164,6 +165,36 @@ def test_sampling_follows_each_rows_settings_and_seed():
     ]
     assert [m[2] for m in mixed] == solo and len(set(solo)) > 1
     assert {m[0] for m in mixed} == {int(logits[0].argmax())}  # the greedy row
+
+
+def test_a_temperature_too_small_to_divide_by_samples_its_limit_the_top_token():
+    logits = torch.tensor([[0.5, 3.0, -2.0, 1.0], [-7.0, -9.0, -8.0, -7.5]])
+    for row in logits:
+        probs = warp(row, 1e-40, 1.0).softmax(-1)  # logits / 1e-40 overflows to +-inf
+        assert torch.equal(probs, torch.nn.functional.one_hot(row.argmax(), 4).float())
+        assert torch.isfinite(warp(row, 1e-40, 0.5).softmax(-1)).all()
+    assert next_tokens(logits, [1e-40, 1e-45], [1.0, 0.9], [None, None]) == [1, 0]
+    # an ordinary temperature keeps transformers' arithmetic exactly (the test above)
+    assert torch.equal(warp(logits[0], 0.7, 1.0), logits[0] / 0.7)
+
+
+def test_a_row_whose_own_draw_fails_fails_alone_and_the_others_take_their_tokens():
+    class Row:
+        def __init__(self, temperature: float, generator=None):
+            self.temperature, self.top_p, self.generator = temperature, 1.0, generator
+            self.token, self.error = None, None
+
+        def feed(self, token: int) -> None:
+            self.token = token
+
+        def fail(self, err: Exception) -> None:
+            self.error = err
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [5.0, 1.0, 2.0]])
+    rows = [Row(0.0), Row(1.0, generator=object()), Row(1e-40)]  # the middle one cannot draw
+    Batcher._choose(SimpleNamespace(rows=rows), logits)
+    assert [r.token for r in rows] == [1, None, 0]
+    assert rows[1].error is not None and rows[0].error is None and rows[2].error is None
 
 
 def test_a_short_request_joins_a_running_long_one_and_finishes_first(served, reference):

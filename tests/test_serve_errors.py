@@ -166,6 +166,17 @@ def malformed_requests(image_dir: Path) -> list[tuple[str, object, int, str | No
             "messages[0].content[0].image_url.url",
         ),
         ("prompt over the context", msg(" ".join(WORDS) * 40), 400, "messages"),
+        # refused in the request's thread, uncounted: the model's worker never tokenizes it
+        ("prompt far over the context", msg("what is the picture " * 10_000), 400, "messages"),
+        ("seed over 64 bits", {**ok, "temperature": 1, "seed": 2**64}, 400, "seed"),
+        ("seed under -2**63", {**ok, "temperature": 1, "seed": -(2**63) - 1}, 400, "seed"),
+        ("NUL in a local path", img("red\u0000.png"), 400, "messages[0].content[0].image_url.url"),
+        (
+            "local file name too long",
+            img("a" * 300 + ".png"),
+            400,
+            "messages[0].content[0].image_url.url",
+        ),
         (
             "streamed, over the context",
             {**msg(" ".join(WORDS) * 40), "stream": True},
@@ -191,7 +202,8 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_answering(server, image
             error = r.json()["error"]
             assert error["message"] and error["type"], name
             assert error["param"] == param, (name, error)
-        assert client.get("/v1/chat/completions").status_code == 405
+        r = client.get("/v1/chat/completions")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
         assert client.get("/v1/nothing").status_code == 404
         r = client.post("/v1/chat/completions", json={"messages": user("hi"), "max_tokens": 2})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"

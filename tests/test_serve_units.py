@@ -15,8 +15,10 @@ from polyvis.errors import ConfigError
 from polyvis.models.build import load_model
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.serve.batcher import Batcher, Delta, Finished, GenerationParams, Started
+from polyvis.serve.completions import check_prompt_length
 from polyvis.serve.errors import APIError
 from polyvis.serve.images import decode_image, load_image
+from polyvis.serve.jobs import token_budget
 from polyvis.serve.schema import format_loc, parse_request
 from polyvis.serve.settings import ServeSettings
 from polyvis.serve.textstream import TextStream
@@ -107,6 +109,29 @@ def test_request_schema_accepts_openai_shapes_and_names_bad_fields():
             b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "max_completion_tokens": 1}'
         )
     assert err.value.param == "max_tokens" and "not both" in err.value.message
+
+
+def test_a_prompt_over_the_context_is_refused_before_the_models_worker_tokenizes_it():
+    calls = []
+
+    def tokenizer(text, add_special_tokens=True):  # one token per character
+        calls.append(len(text))
+        return {"input_ids": list(range(len(text)))}
+
+    check_prompt_length("x" * 100, tokenizer, 100, 3)  # fits: nothing counted
+    assert calls == []
+    with pytest.raises(APIError, match=r"^messages: the prompt is 101 tokens before its images"):
+        check_prompt_length("x" * 101, tokenizer, 100, 3)  # counted, in this thread
+    assert calls == [101]
+    with pytest.raises(APIError, match=r"the prompt is 1201 characters, more than") as err:
+        check_prompt_length("x" * 1201, tokenizer, 100, 3)  # 4 x 100 x 3: refused uncounted
+    assert calls == [101] and err.value.code == "context_length_exceeded"
+    check_prompt_length("x" * 10**6, tokenizer, None, 3)  # no known context: the worker decides
+    # the worker's own count: with no max_tokens asked, the message does not invent one
+    with pytest.raises(APIError, match=r"is 600 tokens \(images included\); it leaves no room"):
+        token_budget(600, None, 512, 64)
+    with pytest.raises(APIError, match=r"with max_tokens=20 it exceeds the model's context of 512"):
+        token_budget(500, 20, 512, 64)
 
 
 def test_settings_errors_name_the_field(tmp_path):

@@ -15,9 +15,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from polyvis.serve.batcher import Delta, Event, Failed, Finished, Job, Started
-from polyvis.serve.completions import ResponseBuilder, check_limits, render_messages, sse
+from polyvis.serve.completions import (
+    ResponseBuilder,
+    check_limits,
+    check_prompt_length,
+    render_messages,
+    sse,
+)
 from polyvis.serve.errors import APIError, as_api_error, error_body
 from polyvis.serve.page import add_web_routes
 from polyvis.serve.schema import parse_request
@@ -63,12 +70,16 @@ def create_app(
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        if err.code == "queue_full":
+            headers = {"Retry-After": "1"}
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            error_body(err.status_code, str(err.detail)), status_code=err.status_code
+        return JSONResponse(  # its headers too: a 405 carries Allow
+            error_body(err.status_code, str(err.detail)),
+            status_code=err.status_code,
+            headers=getattr(err, "headers", None),
         )
 
     def authorize(request: Request) -> None:
@@ -108,6 +119,8 @@ def create_app(
     def intake(req: Any, target: ServedModel) -> tuple[str, Any]:
         """Prompt and pixel tensor, made in a worker thread so the model's thread only generates."""
         prompt, images = render_messages(req, target.processor, settings)
+        tokenizer = target.processor.tokenizer
+        check_prompt_length(prompt, tokenizer, target.context, target.longest_token)
         return prompt, target.batcher.preprocess(images)
 
     @app.post("/v1/chat/completions")
@@ -175,13 +188,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 code="body_too_large",
             )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(
-                413, f"request body is over the limit of {limit} bytes", code="body_too_large"
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(
+                    413, f"request body is over the limit of {limit} bytes", code="body_too_large"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # it left mid-upload: nobody to answer, no traceback to log
+        raise APIError(400, "the client disconnected before sending its body") from None
     return b"".join(chunks)
 
 

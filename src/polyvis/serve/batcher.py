@@ -137,7 +137,7 @@ class Batcher:
             except queue.Empty:
                 break
             if isinstance(job, Job):
-                job.sink(Failed(APIError(503, "the server is shutting down")))
+                job.sink(Failed(APIError(503, "the server is shutting down", code="shutting_down")))
 
     @property
     def running(self) -> bool:
@@ -163,7 +163,7 @@ class Batcher:
         Finished (polyvis.serve.jobs.collecting).
         """
         if not self.running:
-            raise APIError(503, "the model worker is not running")
+            raise APIError(503, "the model worker is not running", code="engine_stopped")
         pixel_values = as_pixels(self.processor, images)
         n_images = 0 if pixel_values is None else pixel_values.shape[0]
         if prompt.count(IMAGE_TOKEN) != n_images:
@@ -365,13 +365,31 @@ class Batcher:
 
     @staticmethod
     def _choose(batch: DecodeBatch, logits: torch.Tensor) -> None:
+        """Each row's next token. Should one row's settings make its draw fail, the others
+        draw again alone (the same draws: each row samples on its own) and only it fails."""
         rows = batch.rows
-        tokens = next_tokens(
-            logits,
-            [r.temperature for r in rows],
-            [r.top_p for r in rows],
-            [r.generator for r in rows],
-        )
+
+        def draw(i: slice) -> list[int]:
+            return next_tokens(
+                logits[i],
+                [r.temperature for r in rows[i]],
+                [r.top_p for r in rows[i]],
+                [r.generator for r in rows[i]],
+            )
+
+        try:
+            tokens = draw(slice(None))
+        except Exception:
+            if len(rows) == 1:
+                raise
+            for i, row in enumerate(rows):
+                try:
+                    (token,) = draw(slice(i, i + 1))
+                except Exception as err:
+                    row.fail(err)
+                else:
+                    row.feed(token)
+            return
         for row, token in zip(rows, tokens):
             row.feed(token)
 
@@ -391,8 +409,7 @@ class Batcher:
 
     def _fail(self, rows: list[Row], err: Exception) -> None:
         for row in rows:
-            if row.reason != "cancelled":  # a client that left needs no error
-                row.job.sink(Failed(err))
+            row.fail(err)
 
     def _prepare(self, job: Job) -> Row:
         tok = self.processor.tokenizer

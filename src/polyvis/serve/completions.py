@@ -112,6 +112,33 @@ def render_messages(
     return prompt, images
 
 
+def check_prompt_length(prompt: str, tokenizer: Any, context: int | None, longest: int) -> None:
+    """A 400 for a prompt that cannot fit the LM's context, found here, in the request's own
+    thread, so that the model's worker never tokenizes it: no token holds more than `longest`
+    characters, so a prompt over `context * longest * 4` (the 4 a margin for normalisers) is
+    refused uncounted, and one over `context` characters is counted. Images only add tokens;
+    the worker's exact count, images included, still applies to every prompt."""
+    if not context or len(prompt) <= context:
+        return
+    if len(prompt) > 4 * context * longest:
+        raise APIError(
+            400,
+            f"the prompt is {len(prompt)} characters, more than the model's context of "
+            f"{context} tokens can hold",
+            "messages",
+            "context_length_exceeded",
+        )
+    n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if n > context:
+        raise APIError(
+            400,
+            f"the prompt is {n} tokens before its images, over the model's context of "
+            f"{context} tokens",
+            "messages",
+            "context_length_exceeded",
+        )
+
+
 class ResponseBuilder:
     """OpenAI response bodies for one request (one id and timestamp across its chunks)."""
 

@@ -165,6 +165,10 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor
     """One row's scores for sampling: logits / temperature, -inf outside the top-p nucleus
     (as transformers' TemperatureLogitsWarper then TopPLogitsWarper)."""
     scores = logits / temperature
+    if not torch.isfinite(scores.max()):
+        # A tiny temperature overflows the division; shifted, the top logits stay at 0 and the
+        # rest go to -inf: the limit of sampling as the temperature falls (greedy, ties shared).
+        scores = (logits - logits.max()) / temperature
     if top_p >= 1.0:
         return scores
     ordered, order = torch.sort(scores, descending=False)

@@ -215,7 +215,7 @@ class Engine:
         if self._process.is_alive():
             self._process.kill()
         self._process = None
-        self._fail_open(APIError(503, "the server is shutting down"))
+        self._fail_open(APIError(503, "the server is shutting down", code="shutting_down"))
 
     def _read(self) -> None:
         while True:
@@ -266,7 +266,7 @@ class Engine:
         collect: bool,
     ) -> RemoteJob:
         if not self.running:
-            raise APIError(503, "the model worker is not running")
+            raise APIError(503, "the model worker is not running", code="engine_stopped")
         # numpy, not a tensor: torch would pass the tensor through shared memory, a file
         # descriptor a request, where a small image's bytes are cheaper to copy
         pixels = None if pixel_values is None else pixel_values.numpy()

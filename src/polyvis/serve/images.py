@@ -96,17 +96,27 @@ def _read_local(url: str, field: str, max_bytes: int, root: Path | None) -> byte
         raise APIError(400, f"unsupported URL scheme {parsed.scheme!r}", field, "invalid_image")
     else:
         raw = url
-    path = Path(raw)
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
+    # A NUL byte or an over-long name makes the OS calls below raise: a bad path, not a 500.
+    try:
+        path = Path(raw)
+        path = (path if path.is_absolute() else root / path).resolve()
+        inside = path.is_relative_to(root)
+        is_file = inside and path.is_file()
+    except (ValueError, OSError) as err:
+        reason = (
+            "contains a NUL byte" if "null" in str(err) else f"is unusable ({type(err).__name__})"
+        )
+        raise APIError(400, f"the image path {reason}", field, "invalid_image") from None
+    if not inside:
         raise APIError(
             403,
             "path lies outside the directory allowed by --allow-local-files",
             field,
             "forbidden_path",
         )
-    if not path.is_file():
-        raise APIError(400, f"no such image file: {raw}", field, "invalid_image")
+    if not is_file:
+        shown = raw if len(raw) <= 200 else raw[:200] + "..."
+        raise APIError(400, f"no such image file: {shown}", field, "invalid_image")
     if path.stat().st_size > max_bytes:
         raise APIError(
             400, f"image is larger than the limit of {max_bytes} bytes", field, "image_too_large"

@@ -118,8 +118,17 @@ class Row:
         elif self.count >= self.max_tokens:
             self.reason = "length"
 
+    def fail(self, err: Exception) -> None:
+        """This row alone failed: its request gets the error, and the row leaves at the next
+        retirement with nothing more sent."""
+        if self.reason not in ("cancelled", "failed"):  # a client that left needs no error
+            self.job.sink(Failed(err))
+        self.reason = "failed"
+
     def close(self) -> None:
         """The row has left the batch: send what the stream held back, then Finished."""
+        if self.reason == "failed":
+            return
         if self.reason != "cancelled":  # nobody listens any more: nothing but the end is sent
             tail = self.stream.finish()
             if tail:
@@ -215,10 +224,11 @@ def token_budget(n_prompt: int, requested: int | None, context: int | None, limi
     if max_tokens > limit:
         raise APIError(400, f"must be at most {limit}", "max_tokens", "max_tokens_too_large")
     if max_tokens > room or room < 1:
+        asked = f"with max_tokens={max_tokens} it exceeds" if requested else "it leaves no room in"
         raise APIError(
             400,
-            f"the prompt is {n_prompt} tokens (images included); with max_tokens={max_tokens} it "
-            f"exceeds the model's context of {context} tokens",
+            f"the prompt is {n_prompt} tokens (images included); {asked} the model's context "
+            f"of {context} tokens",
             "messages",
             "context_length_exceeded",
         )

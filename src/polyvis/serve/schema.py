@@ -79,7 +79,8 @@ class ChatCompletionRequest(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: list[str] | None = None
-    seed: int | None = None
+    # torch.Generator.manual_seed takes any 64-bit integer, signed or not
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,18 @@ class ServedModel:
     name: str
     batcher: Batcher | RemoteBatcher
     processor: Any
+    context: int | None = None  # the LM's max_position_embeddings, where it has one
+    longest_token: int = field(init=False)  # characters of the longest vocabulary entry
+
+    def __post_init__(self) -> None:
+        vocab = self.processor.tokenizer.get_vocab()
+        self.longest_token = max((len(t) for t in vocab), default=1)
+
+
+def lm_context(config: Any) -> int | None:
+    """The LM's context length from a polyvis model's config (None when it does not say)."""
+    text_config = getattr(config, "text_config", config)
+    return getattr(text_config, "max_position_embeddings", None)
 
 
 def model_ids(dirs: Sequence[str | Path]) -> list[str]:
@@ -74,13 +86,14 @@ def build_served(
 
             model, processor = load_model(source, dtype=settings.dtype, device=settings.device)
         batcher = make_batcher(model, processor, settings)
-        served[name] = ServedModel(name, batcher, processor)
+        served[name] = ServedModel(name, batcher, processor, lm_context(model.config))
     return served
 
 
 def _remote(sources: dict[str, Any], settings: ServeSettings) -> dict[str, ServedModel]:
     """Every model in one engine process (started with the app); processors load here."""
     from polyvis.models.build import model_dir
+    from polyvis.models.modeling import PolyVisConfig
     from polyvis.models.processing import PolyVisProcessor
 
     for source in sources.values():
@@ -92,7 +105,8 @@ def _remote(sources: dict[str, Any], settings: ServeSettings) -> dict[str, Serve
     engine, served = Engine(sources, settings), {}
     for name, source in sources.items():
         processor = PolyVisProcessor.from_pretrained(source)
-        served[name] = ServedModel(name, RemoteBatcher(engine, name, processor), processor)
+        context = lm_context(PolyVisConfig.from_pretrained(source))
+        served[name] = ServedModel(name, RemoteBatcher(engine, name, processor), processor, context)
     return served
 
 
