@@ -187,7 +187,9 @@ def test_cli_serve_binds_127_0_0_1_and_reads_the_env_api_key(sharp_model_dir, mo
     assert "pip install 'polyvis[serve]'" in capsys.readouterr().err
 
 
-def test_clients_that_go_away_stop_their_generation_and_failures_stay_contained(sharp_model_dir):
+def test_clients_that_go_away_stop_their_generation_and_failures_stay_contained(
+    sharp_model_dir, monkeypatch
+):
     model, processor = load_model(sharp_model_dir)
     forward = model.forward
 
@@ -222,3 +224,14 @@ def test_clients_that_go_away_stop_their_generation_and_failures_stay_contained(
         broken.clear()
         r = client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+
+        # A bug in the front end: a JSON 500 in OpenAI's shape, and the server carries on.
+        def bug(*args):
+            raise KeyError("simulated bug")
+
+        monkeypatch.setattr("polyvis.serve.app.check_prompt_length", bug)
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 500 and "simulated bug" in r.json()["error"]["message"]
+        monkeypatch.undo()
+        r = client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+        assert r.status_code == 200

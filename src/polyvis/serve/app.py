@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -30,6 +31,8 @@ from polyvis.serve.page import add_web_routes
 from polyvis.serve.schema import parse_request
 from polyvis.serve.served import ModelSource, ServedModel, build_served, health_stats, pick
 from polyvis.serve.settings import ServeSettings
+
+log = logging.getLogger("polyvis.serve")
 
 _DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
 
@@ -125,6 +128,17 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
+        try:
+            return await _chat_completions(request)
+        except (APIError, StarletteHTTPException):
+            raise
+        except Exception as err:
+            # A bug: logged, and answered as a JSON 500 in OpenAI's shape. Left to Starlette, it
+            # would close the connection, which keep-alive clients then fail on.
+            log.exception("unexpected error in a chat completion request")
+            raise as_api_error(err) from err
+
+    async def _chat_completions(request: Request) -> Any:
         authorize(request)
         _require_json(request)
         # Until the body names its model, the first one's worker waits for it, as for any
