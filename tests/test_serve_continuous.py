@@ -190,11 +190,19 @@ def test_a_row_whose_own_draw_fails_fails_alone_and_the_others_take_their_tokens
         def fail(self, err: Exception) -> None:
             self.error = err
 
-    logits = torch.tensor([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [5.0, 1.0, 2.0]])
-    rows = [Row(0.0), Row(1.0, generator=object()), Row(1e-40)]  # the middle one cannot draw
+    class Broken:  # a generator the draw refuses
+        def get_state(self):
+            return None
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [5.0, 1.0, 2.0], [0.1, 0.2, 0.3]])
+    seeded = [torch.Generator().manual_seed(7) for _ in range(2)]
+    rows = [Row(0.0), Row(1.0, seeded[0]), Row(1.0, Broken()), Row(1e-40)]
     Batcher._choose(SimpleNamespace(rows=rows), logits)
-    assert [r.token for r in rows] == [1, None, 0]
-    assert rows[1].error is not None and rows[0].error is None and rows[2].error is None
+    assert rows[2].error is not None and [r.error for r in rows[:2] + rows[3:]] == [None] * 3
+    assert [rows[0].token, rows[2].token, rows[3].token] == [1, None, 2]
+    # the seeded row drew what it draws alone, though the failed first pass had drawn for it
+    assert rows[1].token == next_tokens(logits[1:2], [1.0], [1.0], [seeded[1]])[0]
+    assert seeded[0].get_state().equal(seeded[1].get_state())
 
 
 def test_a_short_request_joins_a_running_long_one_and_finishes_first(served, reference):

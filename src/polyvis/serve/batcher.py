@@ -366,8 +366,10 @@ class Batcher:
     @staticmethod
     def _choose(batch: DecodeBatch, logits: torch.Tensor) -> None:
         """Each row's next token. Should one row's settings make its draw fail, the others
-        draw again alone (the same draws: each row samples on its own) and only it fails."""
+        draw again alone, their generators rewound (a seeded row's sample stays the one it
+        would draw alone), and only it fails."""
         rows = batch.rows
+        states = [None if r.generator is None else r.generator.get_state() for r in rows]
 
         def draw(i: slice) -> list[int]:
             return next_tokens(
@@ -383,6 +385,8 @@ class Batcher:
             if len(rows) == 1:
                 raise
             for i, row in enumerate(rows):
+                if states[i] is not None:
+                    row.generator.set_state(states[i])
                 try:
                     (token,) = draw(slice(i, i + 1))
                 except Exception as err:
