@@ -135,6 +135,10 @@ def test_task_subset_and_min_area(dataset, tmp_path):
     # Only the bus (500 px^2) is at least 300 px^2, so it is the one grounded.
     (g,) = [r for r in records if r["task"] == "grounding"]
     assert g["conversations"][1]["value"] == "[70, 55, 95, 75]"
+    # --limit, as every converter takes it: the first N records of the same conversion
+    assert _convert(ann, images, tmp_path / "two", "--tasks", "grounding,count", "--min-area",
+                    "300", "--limit", "2") == 0  # fmt: skip
+    assert read_records(tmp_path / "two" / "val.jsonl") == records[:2]
 
 
 def test_missing_image_is_an_error_naming_the_file(dataset, tmp_path, capsys):

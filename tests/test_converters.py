@@ -163,6 +163,7 @@ def test_im2latex_errors(tmp_path, capsys):
     (root / "im2latex_train.lst").write_text("0 66667cee5b basic\n9 1f2e3d4c5b basic\n")
     err = convert_error("im2latex", args, tmp_path / "out", capsys)
     assert f"{root / 'im2latex_train.lst'}:2: formula index 9 is past" in err
+    assert "(3 lines)" in err  # the file's final newline starts no fourth formula
     (root / "im2latex_train.lst").write_text("0 66667cee5b basic\nnot-a-line\n")
     err = convert_error("im2latex", args, tmp_path / "out", capsys)
     assert f"{root / 'im2latex_train.lst'}:2: expected" in err and "not-a-line" in err

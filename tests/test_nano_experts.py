@@ -412,3 +412,12 @@ def _recording_autocast(seen: list):
         return real(device_type, dtype=dtype, enabled=enabled, **kwargs)
 
     return autocast
+
+
+def test_a_vary_decoder_config_without_model_type_names_the_field() -> None:
+    from polyvis.nano.vary import VarySettings
+    from polyvis.nano.vary_model import build_vary
+
+    partial = {k: v for k, v in TINY_DEC.items() if k != "model_type"}
+    with pytest.raises(ConfigError, match=r"^decoder: needs model_type \(a whole causal-LM"):
+        build_vary(VarySettings(**{**VARY, "decoder": partial}), 50, 20)

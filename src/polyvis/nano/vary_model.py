@@ -125,6 +125,11 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
     # stages, or nothing, for convolutional backbones).
     entry = describe(encoder, [-1], (settings.size, settings.size), "encoder")
     dcfg = dict(settings.decoder)
+    if "model_type" not in dcfg:  # a whole causal-LM config, not changes to the default one
+        raise ConfigError(
+            "decoder",
+            f"needs model_type (a whole causal-LM config; the default is {DECODER_NANO})",
+        )
     dcfg.update(vocab_size=vocab_size, pad_token_id=0)
     try:
         decoder = AutoModelForCausalLM.from_config(

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, NonNegativeInt, field_validator
 
 from polyvis.data.converters import ConverterParams, register_converter, relative_image_path
 from polyvis.data.converters._util import comma_choices
@@ -269,6 +269,7 @@ class COCOParams(ConverterParams):
     max_caption_objects: int = Field(10, description="most objects a caption names")
     min_area: float = Field(0.0, description="skip smaller objects (px^2)")
     allow_missing: bool = Field(False, description="drop images whose file is missing")
+    limit: NonNegativeInt | None = Field(None, description="keep at most N records")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -303,4 +304,4 @@ def convert(params: COCOParams, out_dir: Path) -> list[dict[str, Any]]:
         tasks=params.tasks,
         max_caption_objects=params.max_caption_objects,
         min_area=params.min_area,
-    )
+    )[: params.limit]

@@ -35,7 +35,10 @@ def read_formulas(path: str | Path) -> list[str]:
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     # Whitespace runs (a stray "\r" included) become one space: LaTeX does not see the difference.
-    return [" ".join(line.split()) for line in text.split("\n")]
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no formula
+        lines.pop()
+    return [" ".join(line.split()) for line in lines]
 
 
 def parse_list_line(line: str, where: str) -> tuple[int, str, str | None]:
