@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from _serve_helpers import (  # noqa: F401 - the *_fixture names register fixtur
 )
 from polyvis.models.build import load_model
 from polyvis.serve.batcher import Batcher, Delta, Failed, Finished, GenerationParams, Started
-from polyvis.serve.decode_batch import DecodeBatch, next_tokens, warp
+from polyvis.serve.decode_batch import DecodeBatch, choose_tokens, next_tokens, warp
 
 LONG_TEXT = "square square square"  # its greedy answer runs past 64 tokens without EOS
 
@@ -197,7 +196,7 @@ def test_a_row_whose_own_draw_fails_fails_alone_and_the_others_take_their_tokens
     logits = torch.tensor([[0.0, 3.0, 1.0], [1.0, 0.0, 0.0], [5.0, 1.0, 2.0], [0.1, 0.2, 0.3]])
     seeded = [torch.Generator().manual_seed(7) for _ in range(2)]
     rows = [Row(0.0), Row(1.0, seeded[0]), Row(1.0, Broken()), Row(1e-40)]
-    Batcher._choose(SimpleNamespace(rows=rows), logits)
+    choose_tokens(rows, logits)
     assert rows[2].error is not None and [r.error for r in rows[:2] + rows[3:]] == [None] * 3
     assert [rows[0].token, rows[2].token, rows[3].token] == [1, None, 2]
     # the seeded row drew what it draws alone, though the failed first pass had drawn for it

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from polyvis.models.tokenizer import IMAGE_TOKEN
-from polyvis.serve.decode_batch import DecodeBatch, next_tokens
+from polyvis.serve.decode_batch import DecodeBatch, choose_tokens
 from polyvis.serve.errors import APIError
 from polyvis.serve.jobs import (
     Arrivals,
@@ -341,7 +341,7 @@ class Batcher:
             return parts[0] if parts else None
         self.stats["batches"] += 1
         try:
-            self._choose(new, logits)
+            choose_tokens(new.rows, logits)
         except Exception as err:
             self._fail(rows, err)
             return None
@@ -357,45 +357,11 @@ class Batcher:
             return None
         try:
             tokens = torch.tensor([r.token for r in live.rows], dtype=torch.long)
-            self._choose(live, live.step(self.model, tokens))
+            choose_tokens(live.rows, live.step(self.model, tokens))
         except Exception as err:  # a failed step must not take the worker down
             self._fail(live.rows, err)
             return None
         return self._retire(live)
-
-    @staticmethod
-    def _choose(batch: DecodeBatch, logits: torch.Tensor) -> None:
-        """Each row's next token. Should one row's settings make its draw fail, the others
-        draw again alone, their generators rewound (a seeded row's sample stays the one it
-        would draw alone), and only it fails."""
-        rows = batch.rows
-        states = [None if r.generator is None else r.generator.get_state() for r in rows]
-
-        def draw(i: slice) -> list[int]:
-            return next_tokens(
-                logits[i],
-                [r.temperature for r in rows[i]],
-                [r.top_p for r in rows[i]],
-                [r.generator for r in rows[i]],
-            )
-
-        try:
-            tokens = draw(slice(None))
-        except Exception:
-            if len(rows) == 1:
-                raise
-            for i, row in enumerate(rows):
-                if states[i] is not None:
-                    row.generator.set_state(states[i])
-                try:
-                    (token,) = draw(slice(i, i + 1))
-                except Exception as err:
-                    row.fail(err)
-                else:
-                    row.feed(token)
-            return
-        for row, token in zip(rows, tokens):
-            row.feed(token)
 
     def _retire(self, batch: DecodeBatch) -> DecodeBatch | None:
         """Close the rows that are done and drop them (and their cache rows) from the batch."""

@@ -8,7 +8,8 @@ row computes what it would compute alone. Newcomers are prefilled as a group (im
 spliced there) and merged in; finished rows are dropped at once, with their cache rows.
 
 `next_tokens` picks each row's next token from its own settings: greedy, or temperature and
-top-p sampling (as transformers' warpers do) with the row's own generator when it has a seed.
+top-p sampling (as transformers' warpers do) with the row's own generator when it has a seed;
+`choose_tokens` feeds them to the rows, so that a row whose own draw fails fails alone.
 """
 
 from __future__ import annotations
@@ -191,3 +192,37 @@ def next_tokens(
             probs = warp(logits[i], temperature, top_ps[i]).softmax(-1)
             out[i] = int(torch.multinomial(probs, 1, generator=generators[i]))
     return out
+
+
+def choose_tokens(rows: Sequence[Any], logits: torch.Tensor) -> None:
+    """Feed each row (`temperature`, `top_p`, `generator`, `feed`, `fail`: a serve.jobs.Row)
+    its next token from `next_tokens`. Should one row's settings make its draw fail, the others
+    draw again alone, their generators rewound (a seeded row's sample stays the one it would
+    draw alone), and only it fails."""
+    states = [None if r.generator is None else r.generator.get_state() for r in rows]
+
+    def draw(i: slice) -> list[int]:
+        return next_tokens(
+            logits[i],
+            [r.temperature for r in rows[i]],
+            [r.top_p for r in rows[i]],
+            [r.generator for r in rows[i]],
+        )
+
+    try:
+        tokens = draw(slice(None))
+    except Exception:
+        if len(rows) == 1:
+            raise
+        for i, row in enumerate(rows):
+            if states[i] is not None:
+                row.generator.set_state(states[i])
+            try:
+                (token,) = draw(slice(i, i + 1))
+            except Exception as err:
+                row.fail(err)
+            else:
+                row.feed(token)
+        return
+    for row, token in zip(rows, tokens):
+        row.feed(token)
