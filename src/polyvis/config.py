@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +31,15 @@ from polyvis.registry import registry
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _expand_home(path: str | None) -> str | None:
+    # transformers reads '~/...' as a (malformed) hub id; a shell would have expanded it
+    return str(Path(path).expanduser()) if path is not None and path.startswith("~") else path
+
+
+# A checkpoint: a local directory ('~' expanded) or a hub id
+CheckpointPath = Annotated[str | None, AfterValidator(_expand_home)]
 
 
 # Tiles per image at most: each tile is one more encoder pass, so this bounds the work per image.
@@ -62,13 +73,17 @@ class TilingSpec(_Strict):
 ENCODER_KINDS = ("detector", "vision")
 DETECTOR = "detector"
 
+# Every image is converted to RGB before its processor sees it (models/processing.py), so a
+# processor normalises 3 channels: image_mean / image_std need one value per channel.
+IMAGE_CHANNELS = 3
+
 
 class EncoderSpec(_Strict):
     """One visual encoder: a checkpoint (`path`) or a transformers config dict (`config`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: str | None = None  # None is `vision`; left out of saved configs, which stay as they were
-    path: str | None = None
+    path: CheckpointPath = None
     config: dict[str, Any] | None = None
     # Hidden-state indices: 0 is the embedding output, 1..L the layers' outputs; negative counts
     # from the end (-1 = last, -2 = penultimate, the LLaVA / OmniFusion / Vary choice).
@@ -89,6 +104,20 @@ class EncoderSpec(_Strict):
         if isinstance(data, dict) and data.get("kind") == DETECTOR and "layers" not in data:
             data = {**data, "layers": [-1]}
         return data
+
+    @field_validator("image_mean", "image_std")
+    @classmethod
+    def _per_channel(cls, values: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if values is None:
+            return values
+        if len(values) != IMAGE_CHANNELS:
+            raise ValueError(
+                f"needs one value per RGB channel ({IMAGE_CHANNELS}), got {len(values)}: {values}"
+            )
+        # std 0 divides by zero: the pixels become inf / nan and the loss is nan at step 1
+        if info.field_name == "image_std" and not all(v > 0 for v in values):
+            raise ValueError(f"values must be > 0, got {values}")
+        return values
 
     @field_validator("kind")
     @classmethod
@@ -111,13 +140,13 @@ class EncoderSpec(_Strict):
 class TokenizerSpec(_Strict):
     """Where the tokenizer comes from: a checkpoint, or trained here (byte-level BPE)."""
 
-    path: str | None = None
+    path: CheckpointPath = None
     vocab_size: int = Field(default=512, gt=260)  # when trained here
     corpus: list[str] = Field(default_factory=list)  # text files to train on; empty = built-in text
 
 
 class LLMSpec(_Strict):
-    path: str | None = None
+    path: CheckpointPath = None
     config: dict[str, Any] | None = None
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     revision: str | None = None
@@ -170,7 +199,7 @@ class DataSection(_Strict):
 
 class TrainSection(_Strict):
     stage: Literal["align", "finetune"] = "align"
-    init_from: str | None = None
+    init_from: CheckpointPath = None
     max_steps: int = Field(default=100, gt=0)
     batch_size: int = Field(default=8, gt=0)
     grad_accum: int = Field(default=1, gt=0)

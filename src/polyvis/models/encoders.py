@@ -2,7 +2,8 @@
 
 An encoder returns the hidden states of its selected layers as token sequences (B, N, D), with the
 class and register tokens dropped by what the backbone actually produces (N minus the patch grid),
-not by habit. Layers above the deepest selected one are removed, so they are never computed.
+not by habit. Layers above the deepest selected one are removed, so they are never computed (the
+first block stays even for layers [0]: it is what reports the embedding output).
 """
 
 from __future__ import annotations
@@ -24,6 +25,39 @@ _HEAD_NAMES = ("post_layernorm", "layernorm", "pooler", "head", "norm")
 def vision_config_of(config: PretrainedConfig) -> PretrainedConfig:
     """The vision part of a config: CLIP / SigLIP checkpoints hold text and vision towers."""
     return getattr(config, "vision_config", None) or config
+
+
+# Attributes every vision config in transformers has at least one of; a config without them is
+# still a vision model when transformers lists its type among the image models (timm_wrapper).
+_VISION_ATTRS = ("num_channels", "image_size", "patch_size")
+_VISION_MAPPINGS = ("IMAGE", "IMAGE_CLASSIFICATION", "BACKBONE", "ZERO_SHOT_IMAGE_CLASSIFICATION")
+_OTHER_MAPPINGS = {  # audio first: speech-to-text models (whisper) are also seq2seq LMs
+    "an audio model": ("CTC", "AUDIO_CLASSIFICATION", "SPEECH_SEQ_2_SEQ"),
+    "a language model": ("CAUSAL_LM", "MASKED_LM", "SEQ_TO_SEQ_CAUSAL_LM"),
+}
+
+
+def _model_types(*tasks: str) -> set[str]:
+    from transformers.models.auto import modeling_auto
+
+    return {
+        t for task in tasks for t in getattr(modeling_auto, f"MODEL_FOR_{task}_MAPPING_NAMES", {})
+    }
+
+
+def non_vision_kind(config: PretrainedConfig) -> str | None:
+    """What a config that is not a vision model is ('a language model'), or None. Unknown types
+    (remote code) give None: only models transformers knows as text or audio are turned away."""
+    vcfg = vision_config_of(config)
+    model_type = getattr(vcfg, "model_type", None)
+    if any(getattr(vcfg, a, None) is not None for a in _VISION_ATTRS):
+        return None
+    if model_type in _model_types(*_VISION_MAPPINGS):
+        return None
+    for kind, tasks in _OTHER_MAPPINGS.items():
+        if model_type in _model_types(*tasks):
+            return kind
+    return None
 
 
 def backbone_from_config(config: PretrainedConfig | dict[str, Any]) -> PreTrainedModel:
@@ -60,8 +94,14 @@ def _truncate_stages(config: PretrainedConfig, keep_layers: int) -> None:
 
 
 def prepare_backbone(backbone: PreTrainedModel, keep_layers: int | None) -> PreTrainedModel:
-    """Drop blocks above `keep_layers` and the heads that only read the last layer."""
+    """Drop blocks above `keep_layers` and the heads that only read the last layer.
+
+    One block always stays: hidden state 0 (the embedding output) is recorded as the first
+    block's input, so a backbone without blocks returns no hidden states at all.
+    """
     total = num_hidden_layers(backbone.config)
+    if keep_layers is not None:
+        keep_layers = max(keep_layers, 1)
     if keep_layers is not None and total is not None and keep_layers < total:
         blocks = find_layer_list(backbone, total)
         if blocks is not None:

@@ -14,6 +14,36 @@ LORA_DIR = "lora"
 DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 
 
+def _lora_number(opts: dict[str, Any], key: str, kind: type) -> Any:
+    try:
+        return kind(opts[key])
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"train.lora.{key}",
+            f"must be a{'n integer' if kind is int else ' number'}, got {opts[key]!r}",
+        ) from None
+
+
+def _linear_names(lm: nn.Module) -> list[str]:
+    """The distinct short names of the LM's linear layers: what target_modules usually lists."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if isinstance(m, nn.Linear)})
+
+
+def _check_targets(lm: nn.Module, targets: Any) -> None:
+    """Every listed name must match a module (peft's rule: the full name or its last parts);
+    peft itself only complains when none matches, so one typo in a list is silently skipped."""
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        return  # a regex or "all-linear": peft checks it
+    names = [n for n, _ in lm.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        raise ConfigError(
+            "train.lora.target_modules",
+            f"{missing} not found in the language model; "
+            f"its linear layers: {', '.join(_linear_names(lm))}",
+        )
+
+
 def apply_lora(model: PolyVisForConditionalGeneration, options: dict[str, Any]) -> None:
     """Wrap the language model in peft LoRA adapters (only the adapters train)."""
     from peft import LoraConfig, get_peft_model
@@ -24,14 +54,26 @@ def apply_lora(model: PolyVisForConditionalGeneration, options: dict[str, Any]) 
         raise ConfigError(
             f"train.lora.{sorted(unknown)[0]}", f"unknown option; valid: {', '.join(DEFAULT_LORA)}"
         )
-    config = LoraConfig(
-        r=int(opts["r"]),
-        lora_alpha=int(opts["alpha"]),
-        lora_dropout=float(opts["dropout"]),
-        target_modules=opts["target_modules"],
-        task_type="CAUSAL_LM",
-    )
-    model.language_model = get_peft_model(model.language_model, config)
+    _check_targets(model.language_model, opts["target_modules"])
+    try:
+        config = LoraConfig(
+            r=_lora_number(opts, "r", int),
+            lora_alpha=_lora_number(opts, "alpha", int),
+            lora_dropout=_lora_number(opts, "dropout", float),
+            target_modules=opts["target_modules"],
+            task_type="CAUSAL_LM",
+        )
+        model.language_model = get_peft_model(model.language_model, config)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # peft's NoMatchingPeftModuleError is a ValueError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "target" not in reason.lower():
+            raise ConfigError("train.lora", reason) from None
+        linear = ", ".join(_linear_names(model.language_model))
+        raise ConfigError(
+            "train.lora.target_modules", f"{reason} (the language model's linear layers: {linear})"
+        ) from None
 
 
 def has_lora(model: PolyVisForConditionalGeneration) -> bool:
