@@ -221,7 +221,8 @@ def test_encoder_config_is_a_language_model() -> None:
 def test_missing_local_paths(path: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         build_encoder(EncoderSpec(name="e", path=path), 0, torch.float32)
-    want = f"cannot load {path!r}: no such directory"
+    shown = str(Path(path).expanduser()) if path.startswith("~") else path  # '~' is expanded
+    want = f"cannot load {shown!r}: no such directory"
     assert field_error(excinfo, "model.encoders[0].path").endswith(want)
     with pytest.raises(ConfigError) as excinfo:
         build_language_model(LLMSpec(path=path), torch.float32)
