@@ -104,14 +104,15 @@ def step_flops(cfg, use_cache: bool, batches: int = 2) -> float:
     from accelerate.utils import set_seed
     from torch.utils.flop_counter import FlopCounterMode
 
-    from polyvis.train.loop import _make_loader, _model_inputs, _start_model
+    from polyvis.train.data import make_loader
+    from polyvis.train.loop import _model_inputs, _start_model
     from polyvis.train.stages import configure_stage
 
     set_seed(cfg.train.seed)
     model, processor = _start_model(cfg)
     configure_stage(model, cfg.train)
     model.train()
-    loader, _ = _make_loader(cfg, processor, "train", shuffle=True)
+    loader, _ = make_loader(cfg, processor, "train", shuffle=True)
     flops = tokens = 0
     for i, batch in enumerate(loader):
         if i == batches:
@@ -131,9 +132,10 @@ def step_flops(cfg, use_cache: bool, batches: int = 2) -> float:
 def worker_train(spec: dict) -> dict:
     from accelerate.utils import set_seed
 
-    from polyvis.train import loop, train
+    from polyvis.train import train
     from polyvis.train.feature_cache import fill_for_config
     from polyvis.train.loop import _start_model
+    from polyvis.train.metrics import MetricsLog
 
     cfg = load(spec)
     out: dict = {}
@@ -145,13 +147,13 @@ def worker_train(spec: dict) -> dict:
         out["fill_s"] = clock(spec) - t0
         del model
     stamps: list[float] = []
-    write = loop._MetricsLog.write
+    write = MetricsLog.write
 
     def stamped(self, row: dict) -> None:  # called once per optimizer step
         stamps.append(clock(spec))
         write(self, row)
 
-    loop._MetricsLog.write = stamped
+    MetricsLog.write = stamped
     t0 = time.perf_counter()
     run = Path(spec["out"])
     train(cfg, run, progress=False)
@@ -208,14 +210,15 @@ def worker_llava(spec: dict) -> dict:
     import torch
 
     from polyvis.models.build import build_model
-    from polyvis.train.loop import _make_loader, _model_inputs
+    from polyvis.train.data import make_loader
+    from polyvis.train.loop import _model_inputs
     from polyvis.train.stages import configure_stage
 
     cfg = load({**spec, "preset": "nano-tiny-clip", "stage": "finetune"})
     torch.manual_seed(0)
     pv, processor = build_model(cfg)
     configure_stage(pv, cfg.train)
-    loader, _ = _make_loader(cfg, processor, "train", shuffle=True)
+    loader, _ = make_loader(cfg, processor, "train", shuffle=True)
     batches = [_model_inputs(b, torch.device("cpu")) for b, _ in zip(loader, range(spec["steps"]))]
     lv = llava_like(pv)
     c = pv.config

@@ -213,8 +213,9 @@ def test_resume_refuses_a_different_config(tmp_path, synth_dir):
 
 @pytest.mark.timeout(120)
 def test_data_without_answer_tokens_stops_with_an_error(tmp_path, synth_dir):
-    # no answer fits in 8 tokens: every record is skipped, so no group has an answer token
-    cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=3", "data.max_length=8"))
+    # no answer fits in 66 tokens, nano-tiny's image block alone: every record is skipped, so
+    # no group has an answer token
+    cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=3", "data.max_length=66"))
     with pytest.raises(DataError, match=r"^data\.train: a whole epoch .* no answer token"):
         train(cfg, tmp_path / "empty", progress=False)
 

@@ -1,5 +1,9 @@
 """Checkpoints: written atomically (polyvis.paths.atomic_dir), the last K kept.
 
+Old checkpoints are renamed to a hidden trash name before they are deleted, so a process killed
+while deleting leaves a folder `clean_checkpoints` recognises, never a `step-N` without its
+state.json that nothing would remove.
+
 A checkpoint holds what training changes and nothing more: the trainable parameters
 (safetensors), optimizer and scheduler state (torch.save, read back with weights_only=True), the
 RNG states of every process and the data position. Frozen weights come from the run's start model.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -27,6 +32,7 @@ from polyvis.paths import atomic_dir
 from polyvis.train.sharding import clean_name, gather_trainable, is_fsdp, load_trainable
 
 PREFIX = "step-"
+TRASH_SUFFIX = ".trash"
 
 
 def checkpoint_dir(run: Path) -> Path:
@@ -48,6 +54,46 @@ def list_checkpoints(run: Path) -> list[Path]:
 def latest_checkpoint(run: Path) -> Path | None:
     found = list_checkpoints(run)
     return found[-1] if found else None
+
+
+def _step_of(path: Path) -> int | None:
+    tail = path.name[len(PREFIX) :]
+    return int(tail) if path.name.startswith(PREFIX) and tail.isdigit() else None
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder: renamed first (atomic), so a kill half-way through the delete
+    leaves a hidden trash folder, not a `step-N` that is half a checkpoint."""
+    trash = path.with_name(f".{path.name}.{os.getpid()}{TRASH_SUFFIX}")
+    shutil.rmtree(trash, ignore_errors=True)  # a leftover of an earlier process with our pid
+    try:
+        os.replace(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_checkpoints(run: Path) -> None:
+    """Remove what interrupted saves and deletes left in RUN/checkpoints: temporary and trash
+    folders, and `step-N` folders without state.json older than the newest complete checkpoint
+    (deleted half-way by an earlier version). Complete checkpoints are never touched. Call it
+    from the main process only, while no checkpoint is being written."""
+    root = checkpoint_dir(run)
+    if not root.is_dir():
+        return
+    # temporary names carry the writer's pid; ours is not writing while this runs
+    for stale in [*root.glob(f".{PREFIX}*.tmp"), *root.glob(f".{PREFIX}*{TRASH_SUFFIX}")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    newest = latest_checkpoint(run)
+    if newest is None:
+        return
+    newest_step = _step_of(newest)
+    for path in root.iterdir():
+        step = _step_of(path)
+        if step is None or step >= newest_step or not path.is_dir():
+            continue
+        if not (path / "state.json").is_file():
+            _discard(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -109,6 +155,8 @@ def save_checkpoint(
     if sharded:  # every process takes part in gathering the shards
         tensors, optim_state = gather_trainable(accelerator, model, optimizer)
     if accelerator.is_main_process:
+        if final.is_dir() and not (final / "state.json").is_file():
+            _discard(final)  # half a folder (a kill while deleting it): replaced as a whole
         with _disk_full_named(final), atomic_dir(final, replace=True) as tmp:
             for index, rng in enumerate(rng_states):
                 (tmp / f"rng-{index}.json").write_text(json.dumps(rng))
@@ -125,10 +173,8 @@ def save_checkpoint(
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         for old in list_checkpoints(run)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-        # folders of a process killed while writing (temporary names carry its pid)
-        for stale in root.glob(f".{PREFIX}*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _discard(old)
+        clean_checkpoints(run)  # what a process killed while writing or deleting left
     accelerator.wait_for_everyone()
     return final
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from polyvis.config import Config
 from polyvis.data.synthetic.cache import SYNTH_DEFAULTS, ensure_synthetic
@@ -46,3 +47,89 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+def check_max_length(cfg: Config, processor: Any) -> None:
+    """data.max_length must hold one image block (truncation never cuts one): checked once up
+    front, instead of a warning per record and an epoch of loaded images before failing."""
+    from polyvis.models.tokenizer import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
+
+    # with a tiled encoder (tokens per image vary) this is the smallest block: one view
+    block = IMAGE_START_TOKEN + IMAGE_TOKEN * processor.image_seq_length + IMAGE_END_TOKEN
+    tokens = len(processor.tokenizer(block, add_special_tokens=False)["input_ids"])
+    if cfg.data.max_length < tokens:
+        raise ConfigError(
+            "data.max_length",
+            f"{cfg.data.max_length} is less than the {tokens} tokens of one image block",
+        )
+
+
+_SKIPPED = "skipped_id"
+
+
+class _NamedSkips(torch.utils.data.Dataset):
+    """A dataset whose skipped items (None) say which record they were, so the loop counts
+    distinct records rather than every epoch's encounter with them."""
+
+    def __init__(self, dataset, ids: list[Any]):
+        self.dataset = dataset
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        return item if item is not None else {_SKIPPED: self.ids[i]}
+
+
+class _SkipCollator:
+    """The Collator, with the batch's skipped record ids as `skipped_ids`."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = [x[_SKIPPED] for x in items if _SKIPPED in x]
+        batch = self.collator([None if _SKIPPED in x else x for x in items])
+        batch["skipped_ids"] = skipped
+        return batch
+
+
+def make_loader(
+    cfg: Config, processor: Any, split: str, shuffle: bool, cache: Any = None
+) -> tuple[DataLoader | None, EpochSampler | None]:
+    """The split's loader (records skipped by the dataset named in each batch's `skipped_ids`)
+    and its sampler; (None, None) when the split has no records."""
+    from polyvis.data.collate import Collator
+    from polyvis.data.dataset import ConversationDataset
+
+    files = data_files(cfg, split)
+    if not files:
+        return None, None
+    ds = ConversationDataset(
+        files,
+        processor,
+        max_length=cfg.data.max_length,
+        image_root=cfg.data.image_root,
+        decode_images=cache is None,
+        image_hashes=cache.path_hashes if cache is not None else None,
+    )
+    ids = [rec["id"] for rec in ds.records]
+    if cache is not None:  # items carry image hashes only; features come from the cache
+        ds = cache.wrap(ds)
+    if len(ds) == 0:
+        return None, None
+    ds = _NamedSkips(ds, ids)
+    sampler = EpochSampler(len(ds), cfg.train.seed, shuffle=shuffle)
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        collate_fn=_SkipCollator(Collator(processor.tokenizer.pad_token_id)),
+        num_workers=cfg.train.num_workers,
+        # workers live for the whole run: forking new ones every epoch stalled its first steps
+        persistent_workers=cfg.train.num_workers > 0,
+        drop_last=shuffle and len(ds) >= cfg.train.batch_size,
+    )
+    return loader, sampler

@@ -16,14 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from polyvis.config import Config, config_to_dict, dump_config
 from polyvis.errors import ConfigError, DataError, PolyVisError
 from polyvis.progress import progress_bar
-from polyvis.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from polyvis.train.data import EpochSampler, data_files
+from polyvis.train.checkpoint import (
+    clean_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from polyvis.train.data import check_max_length, data_files, make_loader
 from polyvis.train.feature_cache import prepare_feature_cache
+from polyvis.train.metrics import MetricsLog
 from polyvis.train.scales import resolve_scales
 from polyvis.train.sharding import (
     check_sharding,
@@ -45,9 +50,16 @@ class TrainingError(PolyVisError):
     pass
 
 
+def _trained(run: Path) -> bool:
+    """Whether the run directory holds training to continue or keep: a checkpoint or its end."""
+    return latest_checkpoint(run) is not None or (run / "done.json").is_file()
+
+
 def _check_resumable(run: Path, cfg: Config) -> None:
     saved = run / "config.yaml"
-    if not saved.is_file():
+    # a run that failed before its first checkpoint (a wrong path, a LoRA typo) has nothing to
+    # resume: the corrected command takes its place instead of being refused
+    if not saved.is_file() or not _trained(run):
         return
     import yaml
 
@@ -93,39 +105,6 @@ def _fresh_model(cfg: Config):
     return model
 
 
-def _make_loader(cfg: Config, processor, split: str, shuffle: bool, cache=None):
-    from polyvis.data.collate import Collator
-    from polyvis.data.dataset import ConversationDataset
-
-    files = data_files(cfg, split)
-    if not files:
-        return None, None
-    ds = ConversationDataset(
-        files,
-        processor,
-        max_length=cfg.data.max_length,
-        image_root=cfg.data.image_root,
-        decode_images=cache is None,
-        image_hashes=cache.path_hashes if cache is not None else None,
-    )
-    if cache is not None:  # items carry image hashes only; features come from the cache
-        ds = cache.wrap(ds)
-    if len(ds) == 0:
-        return None, None
-    sampler = EpochSampler(len(ds), cfg.train.seed, shuffle=shuffle)
-    loader = DataLoader(
-        ds,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        collate_fn=Collator(processor.tokenizer.pad_token_id),
-        num_workers=cfg.train.num_workers,
-        # workers live for the whole run: forking new ones every epoch stalled its first steps
-        persistent_workers=cfg.train.num_workers > 0,
-        drop_last=shuffle and len(ds) >= cfg.train.batch_size,
-    )
-    return loader, sampler
-
-
 def _model_inputs(batch: dict[str, Any], device: torch.device, cache=None) -> dict[str, Any]:
     keys = ("input_ids", "attention_mask", "labels", "pixel_values")
     inputs = {k: batch[k].to(device) for k in keys if k in batch}
@@ -146,30 +125,6 @@ def _adamw(groups: list[dict[str, Any]], lr: float, weight_decay: float) -> torc
 
 def _answer_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
-
-
-class _MetricsLog:
-    def __init__(self, path: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = path
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
-
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, row["step"])
 
 
 @torch.no_grad()
@@ -238,23 +193,29 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     if main:
         run.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run / "config.yaml")
+        clean_checkpoints(run)  # leftovers of a process killed while saving or deleting one
     set_seed(tc.seed)
     model, processor = _start_model(cfg)
     configure_stage(model, tc)
+    check_max_length(cfg, processor)
     cpu_bf16_attention(accelerator, model)
     model.train()
     cache = prepare_feature_cache(cfg, model, processor, accelerator, progress)
-    loader, sampler = _make_loader(cfg, processor, "train", shuffle=True, cache=cache)
+    loader, sampler = make_loader(cfg, processor, "train", shuffle=True, cache=cache)
     if loader is None:
+        files = ", ".join(str(f) for f in data_files(cfg, "train"))  # named files without records
         raise ConfigError(
-            "data.train", "no training records: name records files or data.synthetic families"
+            "data.train",
+            f"no training records{f' in {files}' if files else ''}: name records files or "
+            "data.synthetic families",
         )
     val_loader, _ = (
-        _make_loader(cfg, processor, "val", shuffle=False, cache=cache)
+        make_loader(cfg, processor, "val", shuffle=False, cache=cache)
         if tc.eval_every
         else (None, None)
     )
+    if main:  # written once the model and data are built: what a resume must match
+        dump_config(cfg, run / "config.yaml")
     optimizer = _adamw(parameter_groups(model, tc), tc.lr, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
     if is_fsdp(accelerator):
@@ -263,20 +224,35 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
-    step, micro = 0, 0
+    step, micro, state = 0, 0, {}
     ckpt = latest_checkpoint(run)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator)
         step, micro = int(state["step"]), int(state["micro"])
         if main:
             print(f"resuming {run} from {ckpt.name}")
-    log = _MetricsLog(run / "metrics.jsonl", main)
+    log = MetricsLog(run / "metrics.jsonl", main, start_step=step)
     batches_per_epoch = len(loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    skipped = 0
+    # distinct skipped record ids (a dict keeps their order), carried over a resume
+    skipped: dict[Any, None] = dict.fromkeys(state.get("skipped_ids", []))
+    # training seconds of the segments before this one (up to the checkpoint resumed from)
+    seconds_before = float(state.get("seconds", 0.0))
     # micro-batches in a row without an answer token: twice an epoch's worth holds one whole
     # epoch, so data that never supervises a token stops with an error instead of looping
     empty_run = 0
+
+    def note_skips(group: list[dict[str, Any]]) -> None:
+        new = [i for b in group for i in b["skipped_ids"] if i not in skipped]
+        if accelerator.num_processes > 1:  # each process sees its part of the batch
+            n_new = accelerator.reduce(
+                torch.tensor(float(len(new)), device=accelerator.device), "sum"
+            )
+            if float(n_new):  # all processes agree, so all take part in the gather
+                from accelerate.utils import gather_object
+
+                new = [i for part in gather_object([new]) for i in part]
+        skipped.update(dict.fromkeys(new))
 
     def batches():
         nonlocal micro
@@ -296,7 +272,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         t_start, tokens_seen, samples_seen = time.perf_counter(), 0, 0
         while step < tc.max_steps:
             group = [next(stream) for _ in range(tc.grad_accum)]
-            skipped += sum(int(b.get("skipped", 0)) for b in group)
+            note_skips(group)
             n_local = torch.tensor(
                 float(sum(_answer_tokens(b) for b in group)), device=accelerator.device
             )
@@ -350,7 +326,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
                 "grad_norm": grad_norm,
                 "samples_per_s": samples_seen * accelerator.num_processes / max(elapsed, 1e-9),
                 "tokens_per_s": tokens_seen * accelerator.num_processes / max(elapsed, 1e-9),
-                "skipped": skipped,
+                "skipped": len(skipped),
             }
             if val_loader is not None and step % tc.eval_every == 0:
                 row["val_loss"] = evaluate_loss(model, val_loader, accelerator, cache)
@@ -363,7 +339,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
                     model,
                     optimizer,
                     scheduler,
-                    {"micro": micro},
+                    {
+                        "micro": micro,
+                        "skipped_ids": list(skipped),
+                        "seconds": seconds_before + time.perf_counter() - t_start,
+                    },
                     tc.keep_last,
                     accelerator,
                 )
@@ -386,14 +366,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         summary = {
             "steps": step,
             "processes": accelerator.num_processes,
-            "skipped_records": skipped,
-            "seconds": time.perf_counter() - t_start,
+            "skipped_records": len(skipped),
+            # training time of all segments of a resumed run, not only the last one
+            "seconds": seconds_before + time.perf_counter() - t_start,
         }
         if sharding_kind(accelerator):  # "fsdp" / "deepspeed"; DDP and one process say nothing
             summary["sharding"] = sharding_kind(accelerator)
         (run / "done.json").write_text(json.dumps(summary, indent=1))
         if skipped:
-            print(f"skipped {skipped} unusable record(s) (see the warnings above)")
+            print(f"skipped {len(skipped)} unusable record(s) (see the warnings above)")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
