@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 DTYPES = ["float32", "bfloat16", "float16"]
@@ -16,14 +17,35 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None)
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory as given, or a run directory's final/ model (as train.init_from takes).
+
+    A run directory whose training has not finished (config.yaml, no final/) is a ConfigError
+    that says so, rather than the loader's "no config.json".
+    """
+    from polyvis.errors import ConfigError
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "final" / "config.json").is_file():
+        return path / "final"
+    if (path / "config.yaml").is_file():
+        raise ConfigError(
+            "", f"{path}: a run directory without a final/ model (has its training finished?)"
+        )
+    return path  # the loader's own error names what is missing
+
+
 def load_cli_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, processor) from args.model on args.device (default: cuda when there is one)."""
+    """(model, processor) from args.model (a model or run directory) on args.device (default:
+    cuda when there is one)."""
     import torch
 
     from polyvis.models.build import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(args.model, dtype=args.dtype, device=device)
+    return load_model(resolve_model_dir(args.model), dtype=args.dtype, device=device)
 
 
 def require_at_least_one(values: dict[str, int | None]) -> None:

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.__class__ = _IntermixedParser
-    p.add_argument("model", help="polyvis model directory")
+    p.add_argument("model", help="polyvis model directory, or a run directory (its final/)")
     p.add_argument("question", nargs="?", help="ask this one question and exit")
     p.add_argument("--image", help="image file to talk about")
     p.add_argument("--system", help="system prompt (before the conversation)")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polyvis.cli._model_args import add_device_options, load_cli_model, require_at_least_one
+from polyvis.cli._model_args import (
+    add_device_options,
+    load_cli_model,
+    require_at_least_one,
+    resolve_model_dir,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "results.png and results.html (the table, the plot and a sample of answers per family, "
         "one self-contained file). Records with unusable images are skipped and counted.",
     )
-    p.add_argument("model", help="polyvis model directory")
+    p.add_argument("model", help="polyvis model directory, or a run directory (its final/)")
     p.add_argument(
         "--data", nargs="+", required=True, type=Path, metavar="RECORDS", help="records files"
     )
@@ -34,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from polyvis.data.records import read_records
     from polyvis.eval.html import write_eval_html
     from polyvis.eval.report import results_table
     from polyvis.eval.runner import ANSWERS_FILE, evaluate, load_items
@@ -46,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
             "--limit": args.limit,
         }
     )
+    for f in args.data:  # an empty file is named here, not found later as "0 evaluated"
+        read_records(f, validate=False, allow_empty=False)
     load_items(args.data, metric=args.metric, limit=args.limit)  # bad data fails before loading
+    model_dir, name = args.model, args.name
+    resolved = resolve_model_dir(args.model)
+    if resolved != Path(args.model):  # a run directory: its final/ model
+        model_dir = str(resolved)
+        name = name or Path(args.model).name  # named after the run, not after "final"
     model, processor = load_cli_model(args)
     results = evaluate(
         model,
@@ -59,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric,
         limit=args.limit,
         progress=not args.no_progress,
-        name=args.name,
-        model_dir=args.model,
+        name=name,
+        model_dir=model_dir,
     )
     write_eval_html(results, args.out)
     print(results_table(results))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from polyvis.errors import DataError
 
@@ -21,6 +22,9 @@ from polyvis.errors import DataError
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 REASONS = ("missing", "corrupt", "too_large")
+
+# A Python object's repr inside a PIL message (the BytesIO we decode from): it names no file.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ImageError(DataError):
@@ -82,10 +86,16 @@ def decode_image(
         raise
     except Image.DecompressionBombError as err:  # over 2 x PIL's own global limit
         raise ImageError(name, "too_large", f"refused by PIL: {err}") from None
+    except UnidentifiedImageError:
+        # PIL's message names the in-memory buffer (<_io.BytesIO object at 0x...>), not the file
+        raise ImageError(
+            name, "corrupt", "cannot decode image (not an image format PIL knows)"
+        ) from None
     except Exception as err:
         # Broken files make PIL raise many types (OSError, SyntaxError, struct.error, zlib.error,
         # IndexError, ...); all of them mean "this file is unusable".
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        detail = _OBJECT_REPR.sub("", detail).strip() or type(err).__name__
         raise ImageError(name, "corrupt", f"cannot decode image ({detail})") from None
 
 

@@ -12,6 +12,7 @@ Image paths are relative to the records file's folder (or absolute). Other field
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,22 +92,59 @@ def check_records(records: Iterable[Any], source: str = "records") -> list[dict[
     return records
 
 
-def read_records(path: str | Path, validate: bool = True) -> list[dict[str, Any]]:
-    """Read a JSON list or JSONL file of records."""
+def read_records(
+    path: str | Path, validate: bool = True, allow_empty: bool = True
+) -> list[dict[str, Any]]:
+    """Read a JSON list or JSONL file of records (a UTF-8 byte order mark is fine).
+
+    validate: check every record (check_records). allow_empty=False: a file without records is a
+    DataError naming it, for files a user named (an empty split of generated data is fine).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: records file not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{"):
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows write a BOM
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    if not text.strip():
+        records: Any = []
+    elif path.suffix == ".jsonl" or text.lstrip()[:1] == "{":
+        records = _jsonl_records(path, text)
+    else:
+        try:
             records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON/JSONL ({err})") from None
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path}:{err.lineno}: not valid JSON (column {err.colno}: {err.msg})"
+            ) from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of records")
+    if not records and not allow_empty:
+        raise DataError(f"{path}: no records")
     return check_records(records, str(path)) if validate else records
+
+
+_ID_RE = re.compile(r'"id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
+
+
+def _jsonl_records(path: Path, text: str) -> list[Any]:
+    """One record per line; an error names the file, the line (1-based) and the record's id when
+    the broken line still shows one."""
+    records = []
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            found = _ID_RE.search(line)
+            rid = f" ({found.group(1) or found.group(2)})" if found else ""
+            raise DataError(
+                f"{path}:{n}{rid}: not valid JSON (column {err.colno}: {err.msg})"
+            ) from None
+    return records
 
 
 def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:

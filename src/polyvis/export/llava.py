@@ -56,6 +56,14 @@ _TEMPLATE_PREFIX = (
     "{%- set messages = ns.msgs -%}"
 )
 
+
+def _lora_message(model_dir: str = "MODEL") -> str:
+    return (
+        f"has a LoRA adapter (lora/); merge it first with `polyvis merge-lora {model_dir} --out "
+        "MERGED`, then export MERGED"
+    )
+
+
 _CLIP_KEYS = (
     "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
     "do_normalize", "image_mean", "image_std", "do_convert_rgb",
@@ -145,6 +153,8 @@ def _projector_state(model: Any, act: str) -> dict[str, torch.Tensor]:
 
 def _split_lm(lm: Any) -> tuple[Any, str]:
     """The LM's base model (what LLaVA holds) and the key prefix of its weights."""
+    if hasattr(lm, "peft_config"):  # LoRA weights live beside the base ones; LLaVA has no place
+        raise ConfigError("model.llm", _lora_message())
     prefix = lm.base_model_prefix
     base = getattr(lm, prefix, None)
     head = lm.get_output_embeddings()
@@ -170,6 +180,10 @@ def build_llava(model: Any, processor: Any) -> LlavaForConditionalGeneration:
     entry = cfg.encoders[0]
     vision_cfg = dict(entry["config"])
     vision_cfg = AutoConfig.for_model(vision_cfg.pop("model_type"), **vision_cfg)
+    if getattr(vision_cfg, "vision_use_head", False):
+        # polyvis dropped SigLIP's pooling head (it has no weights to give); LLaVA reads hidden
+        # states and never the pooled output, so the exported tower is built without one.
+        vision_cfg.vision_use_head = False
     lm = model.language_model
     base, _ = _split_lm(lm)
     text_cfg = copy.deepcopy(lm.config)
@@ -307,6 +321,7 @@ def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
 
     template = _TEMPLATE_PREFIX + chat_template_of(processor.tokenizer)
     tokenizer.chat_template = template
+    _no_second_bos(tokenizer)
     return LlavaProcessor(
         image_processor=image_proc,
         tokenizer=tokenizer,
@@ -316,6 +331,36 @@ def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=settings["num_additional_image_tokens"],
     )
+
+
+def _no_second_bos(tokenizer: Any) -> None:
+    """Stop a tokenizer that adds BOS from adding it when the chat template writes it already.
+
+    LlavaProcessor(text=prompt) tokenises with special tokens, so a Llama-2 / Mistral style
+    template's `{{ bos_token }}` would start the ids with two BOS; polyvis trained with one.
+    """
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if bos is None or bos_id is None:
+        return
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True
+    )
+
+    def adds_bos() -> bool:
+        ids = tokenizer("a")["input_ids"]
+        return ids[:1] == [bos_id] and len(ids) > len(
+            tokenizer("a", add_special_tokens=False)["input_ids"]
+        )
+
+    if not rendered.startswith(bos) or not adds_bos():
+        return
+    tokenizer.add_bos_token = False
+    if adds_bos():
+        raise ConfigError(
+            "model.llm.tokenizer",
+            f"{type(tokenizer).__name__} adds {bos} itself and its chat template writes it too, "
+            "and it has no add_bos_token switch to turn off: LLaVA's processor would give two",
+        )
 
 
 def _probe_images() -> list[Image.Image]:
@@ -340,7 +385,7 @@ def verify(model: Any, processor: Any, llava: Any, llava_processor: Any) -> None
     image = _probe_images()[0]
     messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nWhat is shown?"}]
     text = processor.apply_chat_template(messages)
-    ours = processor(text, images=image, add_special_tokens=False)
+    ours = processor(text, images=image)  # as users call both processors: special tokens on
     llava_text = llava_processor.apply_chat_template(
         [
             {
@@ -350,9 +395,7 @@ def verify(model: Any, processor: Any, llava: Any, llava_processor: Any) -> None
         ],
         add_generation_prompt=True,
     )
-    theirs = llava_processor(
-        text=llava_text, images=image, return_tensors="pt", add_special_tokens=False
-    )
+    theirs = llava_processor(text=llava_text, images=image, return_tensors="pt")
     if ours["input_ids"].tolist() != theirs["input_ids"].tolist():
         raise ConfigError(
             "processor", "the LLaVA processor tokenises the sample prompt differently"
@@ -378,6 +421,8 @@ def export_llava(model_dir: str | Path, out: str | Path, dtype: str | None = Non
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ConfigError("", f"{model_dir}: not a polyvis model directory (no config.json)")
+    if (model_dir / "lora").is_dir():  # a LoRA run's final/: say so before loading anything
+        raise ConfigError("", f"{model_dir}: {_lora_message(str(model_dir))}")
     check_exportable(PolyVisConfig.from_pretrained(model_dir))  # fail fast, before loading weights
     model, processor = load_model(model_dir, dtype=dtype)
     llava = build_llava(model, processor)
