@@ -236,3 +236,23 @@ def test_training_on_records_files_without_records_names_them(tmp_path):
     cfg = load_config(CFG, [f"data.train=[{empty}]", "train.max_steps=2"])
     with pytest.raises(ConfigError, match=rf"^data\.train: no training records in {empty}: name"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+def test_init_from_trains_and_records_its_own_model_and_says_what_it_ignores(tmp_path, capsys):
+    import yaml
+
+    from polyvis.data.synthetic import generate
+
+    generate(["ocr"], 8, 0, tmp_path / "synth", image_size=64, progress=False)
+    data = f"data.train=[{tmp_path / 'synth' / 'ocr' / 'train.jsonl'}]"
+    first = train(load_config(CFG, [data, "train.max_steps=1"]), tmp_path / "a", progress=False)
+    recorded = yaml.safe_load((first / "polyvis.yaml").read_text())["model"]
+    capsys.readouterr()
+    other = ["model.adapter={type: linear}", "model.fusion={type: add}"]
+    cfg = load_config(CFG, [data, "train.max_steps=1", f"train.init_from={tmp_path / 'a'}", *other])
+    final = train(cfg, tmp_path / "b", progress=False)
+    err = capsys.readouterr().err
+    assert "the config's model.adapter, model.fusion differ from it and are not used" in err
+    for path in (final / "polyvis.yaml", tmp_path / "b" / "config.yaml"):
+        assert yaml.safe_load(path.read_text())["model"] == recorded  # what was trained
+    assert json.loads((final / "config.json").read_text())["fusion"]["type"] != "add"

@@ -11,13 +11,14 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from polyvis.config import Config, config_to_dict, dump_config
+from polyvis.config import Config, config_to_dict, dump_config, load_config
 from polyvis.errors import ConfigError, DataError, PolyVisError
 from polyvis.progress import progress_bar
 from polyvis.train.checkpoint import (
@@ -89,6 +90,23 @@ def _init_dir(cfg: Config) -> Path | None:
             "train.init_from", f"{src} is neither a model directory nor a finished run"
         )
     return src
+
+
+def _model_of_init(cfg: Config, init_dir: Path) -> tuple[Config, list[str]]:
+    """`cfg` with the `model` section of the model train.init_from starts from (its
+    polyvis.yaml), and the config's `model` fields that differ from it, which training does not
+    use: the weights and architecture come from init_from. Unchanged without a polyvis.yaml."""
+    recorded = init_dir / "polyvis.yaml"
+    if not recorded.is_file():
+        return cfg, []
+    try:
+        init_model = load_config(recorded).model
+    except PolyVisError:  # written by another version: nothing to compare with
+        return cfg, []
+    mine = cfg.model.model_dump(mode="json", exclude_none=True)
+    theirs = init_model.model_dump(mode="json", exclude_none=True)
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    return cfg.model_copy(update={"model": init_model}), differ
 
 
 def _start_model(cfg: Config):
@@ -183,6 +201,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     init_dir = _init_dir(cfg)
     init_config = json.loads((init_dir / "config.json").read_text()) if init_dir else None
     cfg = resolve_scales(cfg, init_config)
+    if init_dir is not None:  # the run records the model it trains, not one it ignores
+        cfg, ignored = _model_of_init(cfg, init_dir)
+        if ignored and main:
+            fields = ", ".join(f"model.{k}" for k in ignored)
+            print(
+                f"warning: train.init_from starts from {init_dir}, whose model is used as it is; "
+                f"the config's {fields} differ from it and are not used",
+                file=sys.stderr,
+            )
     _check_resumable(run, cfg)
     if (run / "done.json").is_file() and (run / "final" / "config.json").is_file():
         if main:
