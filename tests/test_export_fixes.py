@@ -121,10 +121,12 @@ def test_the_processor_gives_one_bos_like_training(llama_bos_model) -> None:
     trained = encode_conversation(record, processor)["input_ids"]
     assert trained[:2] == [bos, trained[1]] and trained[1] != bos  # training: one BOS
     assert ids[:2] == trained[:2] and ids.count(bos) == 1
-    # A batch mixing a templated prompt and plain text: only the plain one gets a BOS added.
+    # Plain text gets no BOS unless asked for, as training adds none of the tokenizer's own
     batch = processor([text, "<image> hello"], images=[_image(), _image(4)])
     rows = [r[m.bool()].tolist() for r, m in zip(batch["input_ids"], batch["attention_mask"])]
-    assert rows[0] == ids and rows[1][0] == bos and rows[1][1] != bos
+    assert rows[0] == ids and bos not in rows[1]
+    asked = processor("<image> hello", images=_image(4), add_special_tokens=True)["input_ids"]
+    assert asked[0].tolist()[:1] == [bos] and asked[0].tolist()[1:] == rows[1]
 
 
 def test_the_llava_export_of_a_bos_template_gives_one_bos(llama_bos_model, tmp_path) -> None:
@@ -174,3 +176,29 @@ def test_chat_and_eval_take_a_run_directory(tiny_single_model_dir, tmp_path, cap
     assert main(["chat", str(run), "--image", str(img), "what?"]) == 2
     err = capsys.readouterr().err
     assert "a run directory without a final/ model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bos_adding_tokenizer_with_a_template_without_bos_gets_none_anywhere(tmp_path) -> None:
+    """Mistral or Llama with polyvis's plain template: training sees no BOS, and neither do the
+    processor, the server's tokenisation nor the LLaVA export (whose check compares ids)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for ch in string.ascii_letters + string.digits + string.punctuation:
+        vocab.setdefault(ch, len(vocab))
+    LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True).save_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    cfg = load_config(TINY, [CLIP, IDENTITY, f"model.llm.tokenizer.path={tmp_path / 'tok'}"])
+    model, processor = build_model(cfg)
+    bos = processor.tokenizer.bos_token_id
+    messages = [{"role": "user", "content": "<image>\nWhat is it?"}]
+    text = processor.apply_chat_template(messages)
+    assert not text.startswith("<s>")  # the plain template writes none
+    ids = processor(text, images=_image())["input_ids"][0].tolist()
+    assert ids == prompt_ids(processor, messages) and bos not in ids
+    from polyvis.serve.batcher import Batcher, GenerationParams
+    from polyvis.serve.jobs import Job
+
+    job = Job(text, None, GenerationParams(max_tokens=2), lambda event: None)
+    assert Batcher(model, processor)._prepare(job).ids == ids  # the server's tokenisation
+    llava_processor = build_llava_processor(model, processor)
+    verify(model, processor, build_llava(model, processor), llava_processor)
+    assert llava_processor.tokenizer("hi")["input_ids"][0] != bos

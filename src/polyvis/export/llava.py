@@ -321,7 +321,7 @@ def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
 
     template = _TEMPLATE_PREFIX + chat_template_of(processor.tokenizer)
     tokenizer.chat_template = template
-    _no_second_bos(tokenizer)
+    _no_added_bos(tokenizer)
     return LlavaProcessor(
         image_processor=image_proc,
         tokenizer=tokenizer,
@@ -333,18 +333,13 @@ def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
     )
 
 
-def _no_second_bos(tokenizer: Any) -> None:
-    """Stop a tokenizer that adds BOS from adding it when the chat template writes it already.
-
-    LlavaProcessor(text=prompt) tokenises with special tokens, so a Llama-2 / Mistral style
-    template's `{{ bos_token }}` would start the ids with two BOS; polyvis trained with one.
-    """
-    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
-    if bos is None or bos_id is None:
+def _no_added_bos(tokenizer: Any) -> None:
+    """Stop a tokenizer that adds BOS (Llama, Mistral) from adding it: LlavaProcessor(text=prompt)
+    tokenises with special tokens, and polyvis trained on the rendered template alone, whose BOS
+    (where it writes one) is then the only one, as in training."""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
         return
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "a"}], tokenize=False, add_generation_prompt=True
-    )
 
     def adds_bos() -> bool:
         ids = tokenizer("a")["input_ids"]
@@ -352,14 +347,15 @@ def _no_second_bos(tokenizer: Any) -> None:
             tokenizer("a", add_special_tokens=False)["input_ids"]
         )
 
-    if not rendered.startswith(bos) or not adds_bos():
+    if not adds_bos():
         return
     tokenizer.add_bos_token = False
     if adds_bos():
         raise ConfigError(
             "model.llm.tokenizer",
-            f"{type(tokenizer).__name__} adds {bos} itself and its chat template writes it too, "
-            "and it has no add_bos_token switch to turn off: LLaVA's processor would give two",
+            f"{type(tokenizer).__name__} adds {tokenizer.bos_token} itself and has no "
+            "add_bos_token switch to turn off: LLaVA's processor would give ids polyvis never "
+            "trained on",
         )
 
 

@@ -181,8 +181,9 @@ class PolyVisProcessor:
 
         images: for one prompt, an image or a list of images; for a batch, a list (one entry per
         prompt) of images or lists of images. The number of `<image>` markers in each prompt must
-        equal its number of images. Left padding by default, as generation needs. A text that
-        starts with the tokenizer's BOS (a rendered chat template) gets no second one.
+        equal its number of images. Left padding by default, as generation needs. The tokenizer
+        adds no special tokens of its own unless `add_special_tokens=True` is passed: the text is
+        a rendered chat template, which holds the ones training saw.
         """
         texts = [text] if isinstance(text, str) else list(text)
         per_prompt = _images_per_prompt(images, len(texts))
@@ -198,34 +199,17 @@ class PolyVisProcessor:
             self.expand_image_tokens(t, self.image_token_counts(imgs) if self.tokens_vary else None)
             for t, imgs in zip(texts, per_prompt)
         ]
-        add_special = kwargs.pop("add_special_tokens", True)
-        bos = self.tokenizer.bos_token
-        # A text that starts with the BOS already (a chat template writing `{{ bos_token }}`) gets
-        # no second one from a tokenizer that adds it: training encodes rendered templates
-        # without special tokens, so this keeps one BOS, as the model saw.
-        adds = [bool(add_special) and not (bos and t.startswith(bos)) for t in texts]
-        if len(set(adds)) <= 1:
-            enc = self.tokenizer(
-                expanded,
-                padding=padding,
-                padding_side=padding_side,
-                return_tensors=return_tensors,
-                add_special_tokens=adds[0] if adds else bool(add_special),
-                **kwargs,
-            )
-        else:  # a batch mixing both kinds: encode each prompt on its own, then pad them together
-            parts = [
-                dict(self.tokenizer(t, add_special_tokens=a, **kwargs))
-                for t, a in zip(expanded, adds)
-            ]
-            enc = self.tokenizer.pad(
-                parts,
-                padding=padding,
-                max_length=kwargs.get("max_length"),
-                pad_to_multiple_of=kwargs.get("pad_to_multiple_of"),
-                padding_side=padding_side,
-                return_tensors=return_tensors,
-            )
+        # Training tokenises the rendered chat template without the tokenizer's own special
+        # tokens (data/template.py), so a BOS is there only where the template writes it: the
+        # same default here keeps a Llama / Mistral tokenizer from adding one training never saw.
+        enc = self.tokenizer(
+            expanded,
+            padding=padding,
+            padding_side=padding_side,
+            return_tensors=return_tensors,
+            add_special_tokens=kwargs.pop("add_special_tokens", False),
+            **kwargs,
+        )
         data = dict(enc)
         if flat:
             data["pixel_values"] = self.preprocess_images(flat)

@@ -385,6 +385,6 @@ class Batcher:
         tok = self.processor.tokenizer
         # Exactly what the processor does to a prompt; the worker is the tokenizer's only user.
         text = self.processor.expand_image_tokens(job.prompt, job.token_counts)
-        ids = tok(text, add_special_tokens=True)["input_ids"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
         budget = token_budget(len(ids), job.params.max_tokens, self.context, self.max_tokens_limit)
         return Row(job, tok, ids, budget, self.eos, self.model.device)

@@ -128,7 +128,7 @@ def check_prompt_length(prompt: str, tokenizer: Any, context: int | None, longes
             "messages",
             "context_length_exceeded",
         )
-    n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if n > context:
         raise APIError(
             400,
