@@ -257,3 +257,19 @@ def test_a_checkpoint_path_under_home_is_expanded(monkeypatch, tmp_path):
     hub = Config.model_validate({"model": {"encoders": [{"name": "a", "path": "org/clip"}],
                                            "llm": {"path": "Qwen/Qwen2-0.5B"}}})  # fmt: skip
     assert hub.model.encoders[0].path == "org/clip" and hub.model.llm.path == "Qwen/Qwen2-0.5B"
+
+
+def test_an_encoder_saved_without_a_processor_gets_its_familys_statistics() -> None:
+    from transformers import CLIPVisionConfig, Dinov2Config, SiglipVisionConfig
+
+    from polyvis.models.build import make_image_processor
+
+    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "image_size": 32, "patch_size": 8}  # fmt: skip
+    spec = EncoderSpec(name="e", config={"model_type": "x"})
+    for config, mean in [
+        (SiglipVisionConfig(**small), [0.5, 0.5, 0.5]),
+        (CLIPVisionConfig(**small), [0.48145466, 0.4578275, 0.40821073]),
+        (Dinov2Config(**small), [0.485, 0.456, 0.406]),
+    ]:
+        assert list(make_image_processor(spec, config, "e").image_mean) == mean, config.model_type

@@ -185,11 +185,10 @@ def test_image_processor_from_checkpoint_dir_when_present(checkpoints):
     _, proc, _ = load(checkpoints["clip-full"][0], [-1])
     assert "CLIPImageProcessor" in type(proc).__name__
     assert list(proc.image_mean) == [0.1, 0.2, 0.3]
-    # no processor saved: a plain one at the config's size, CLIP statistics for CLIP-like models
+    # no processor saved: a plain one at the config's size, with SigLIP's own statistics (0.5,
+    # as SiglipImageProcessor scales to [-1, 1])
     _, proc, _ = load(checkpoints["siglip"][0], [-1])
-    assert proc.size == {"height": 32, "width": 32} and proc.image_mean[0] == pytest.approx(
-        0.48145466
-    )
+    assert proc.size == {"height": 32, "width": 32} and list(proc.image_mean) == [0.5] * 3
     _, proc, _ = load(checkpoints["dinov2"][0], [-1], image_mean=[0.5, 0.5, 0.5])
     assert proc.size == {"height": 28, "width": 28} and list(proc.image_mean) == [0.5, 0.5, 0.5]
     assert proc.image_std[0] == pytest.approx(0.229)  # ImageNet

@@ -170,9 +170,19 @@ def _may_have_processor(path: str) -> bool:
     return not p.is_dir() or any((p / name).is_file() for name in _PROCESSOR_FILES)
 
 
+def _default_statistics(model_type: str) -> tuple[list[float], list[float]]:
+    """The normalisation a family's own processors use, for a checkpoint saved without one:
+    SigLIP 0.5 (its processors scale to [-1, 1]), CLIP OpenAI's, everything else ImageNet's."""
+    if "siglip" in model_type:
+        return [0.5] * 3, [0.5] * 3
+    if "clip" in model_type:
+        return _CLIP_MEAN, _CLIP_STD
+    return _IMAGENET_MEAN, _IMAGENET_STD
+
+
 def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) -> Any:
     """The checkpoint's own processor (with optional size / mean / std overrides), or a plain one
-    (config image_size, CLIP or ImageNet statistics) for a local checkpoint saved without one."""
+    (config image_size; SigLIP, CLIP or ImageNet statistics) for a checkpoint saved without one."""
     if spec.path is not None and _may_have_processor(spec.path):
         try:
             proc = AutoImageProcessor.from_pretrained(spec.path, revision=spec.revision)
@@ -190,11 +200,9 @@ def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) ->
         if size is None:
             raise ConfigError(f"{field}.image_size", "needed: the encoder config has no image_size")
         size = size if isinstance(size, int) else int(size[0])
-        is_clip = "clip" in backbone_config.model_type or "siglip" in backbone_config.model_type
+        mean, std = _default_statistics(backbone_config.model_type)
         proc = ViTImageProcessor(
-            size={"height": size, "width": size},
-            image_mean=_CLIP_MEAN if is_clip else _IMAGENET_MEAN,
-            image_std=_CLIP_STD if is_clip else _IMAGENET_STD,
+            size={"height": size, "width": size}, image_mean=mean, image_std=std
         )
     if spec.image_mean is not None:
         proc.image_mean = list(spec.image_mean)
