@@ -256,3 +256,15 @@ def test_init_from_trains_and_records_its_own_model_and_says_what_it_ignores(tmp
     for path in (final / "polyvis.yaml", tmp_path / "b" / "config.yaml"):
         assert yaml.safe_load(path.read_text())["model"] == recorded  # what was trained
     assert json.loads((final / "config.json").read_text())["fusion"]["type"] != "add"
+
+
+def test_eval_every_without_val_records_says_no_val_loss_is_logged(tmp_path, capsys):
+    from polyvis.data.synthetic import generate
+
+    generate(["ocr"], 8, 0, tmp_path / "synth", image_size=64, progress=False)
+    data = f"data.train=[{tmp_path / 'synth' / 'ocr' / 'train.jsonl'}]"
+    cfg = load_config(CFG, [data, "train.max_steps=1", "train.eval_every=1"])
+    train(cfg, tmp_path / "run", progress=False)
+    assert "train.eval_every is set but data.val has no records" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_loss" not in rows[0]

@@ -241,6 +241,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         if tc.eval_every
         else (None, None)
     )
+    if tc.eval_every and val_loader is None and main:
+        print("warning: train.eval_every is set but data.val has no records: no val_loss is logged",
+              file=sys.stderr)  # fmt: skip
     if main:  # written once the model and data are built: what a resume must match
         dump_config(cfg, run / "config.yaml")
     optimizer = _adamw(parameter_groups(model, tc), tc.lr, tc.weight_decay)
