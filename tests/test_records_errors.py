@@ -94,3 +94,12 @@ def test_a_corrupt_image_names_its_file_not_a_buffer(tiny_single_model_dir, tmp_
         assert ds[0] is None  # skipped, and logged once
     logged = caplog.text
     assert "cat-1" in logged and str(bad) in logged and "0x" not in logged
+
+
+def test_eval_refuses_a_record_id_that_two_files_share(tmp_path) -> None:
+    from polyvis.eval.runner import load_items
+
+    a = write_records(tmp_path / "a.jsonl", _records(2))
+    b = write_records(tmp_path / "b.jsonl", _records(2))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(b))}: record id .* is also in {a}$"):
+        load_items([a, b])

@@ -100,10 +100,13 @@ def load_items(
         )
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
-    items = []
+    items, first_seen = [], {}
     for f in files:
         f = Path(f)
         records = read_records(f)
+        for r in records:  # answers and reports are keyed by id, as training's records are
+            if first_seen.setdefault(r["id"], f) != f:
+                raise DataError(f"{f}: record id {r['id']!r} is also in {first_seen[r['id']]}")
         items += [_item(r, f.parent, f.stem, metric) for r in records[:limit]]
     return items
 
