@@ -273,3 +273,13 @@ def test_an_encoder_saved_without_a_processor_gets_its_familys_statistics() -> N
         (Dinov2Config(**small), [0.485, 0.456, 0.406]),
     ]:
         assert list(make_image_processor(spec, config, "e").image_mean) == mean, config.model_type
+
+
+def test_a_bidirectional_encoder_as_the_lm_names_the_field() -> None:
+    bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64}  # fmt: skip
+    with pytest.raises(ConfigError) as excinfo:
+        build_language_model(LLMSpec(config=bert), torch.float32)
+    assert "attends in both directions" in field_error(excinfo, "model.llm.config")
+    lm, _ = build_language_model(LLMSpec(config={**bert, "is_decoder": True}), torch.float32)
+    assert lm.config.is_decoder  # a BERT made causal is accepted

@@ -317,7 +317,21 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
             lm = AutoModelForCausalLM.from_config(_config_from_dict(cfg)).to(dtype)
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+    _check_causal(lm.config, f"{field}.path" if spec.path is not None else f"{field}.config")
     return lm, tokenizer
+
+
+def _check_causal(config: Any, field: str) -> None:
+    """An encoder model that transformers also offers as a causal LM (BERT, RoBERTa) attends both
+    ways unless its config says is_decoder: it would train, on answers it can see."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.is_decoder:
+        raise ConfigError(
+            field,
+            f"a {config.model_type} model attends in both directions (is_decoder is false): the "
+            "LM must be causal; use a decoder LM, or set is_decoder: true in its config",
+        )
 
 
 def build_model(
