@@ -283,3 +283,14 @@ def test_a_bidirectional_encoder_as_the_lm_names_the_field() -> None:
     assert "attends in both directions" in field_error(excinfo, "model.llm.config")
     lm, _ = build_language_model(LLMSpec(config={**bert, "is_decoder": True}), torch.float32)
     assert lm.config.is_decoder  # a BERT made causal is accepted
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path) -> None:
+    from polyvis.config import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  encoders: [\n  llm: {path: x\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(bad)
+    msg = str(excinfo.value)
+    assert "\n" not in msg and msg.startswith(f"{bad}: not valid YAML (line 4, column 1: expected")

@@ -126,3 +126,13 @@ def test_the_machine_line_names_the_cpu_kernels_that_decide_the_bytes():
     line = machine()
     assert f"torch kernels {torch.backends.cpu.get_cpu_capability()}" in line
     assert f"{os.cpu_count()} CPUs" in line
+
+
+def test_an_ablation_file_that_is_not_yaml_or_not_a_mapping_is_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nano: true\ngrid: {cells: [\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: not valid YAML \(line 3, column 1: "):
+        load_ablation(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"the top level must be a mapping$"):
+        load_ablation(bad)

@@ -402,11 +402,21 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise ConfigError("", f"{path}: not valid YAML ({err})") from None
+            raise ConfigError("", f"{path}: not valid YAML ({yaml_problem(err)})") from None
         if not isinstance(data, dict):
             raise ConfigError("", f"{path}: the top level must be a mapping")
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
     return _validate(data)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line and column, 1-based) and what, without the
+    excerpt PyYAML spreads over several lines."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

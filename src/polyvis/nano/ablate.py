@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from polyvis.config import load_config
+from polyvis.config import load_config, yaml_problem
 from polyvis.errors import ConfigError
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
@@ -72,7 +72,12 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("", f"{path}: ablation file not found")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path}: not valid YAML ({yaml_problem(err)})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("", f"{path}: the top level must be a mapping")
     unknown = set(spec) - set(KEYS) - set(FAIR_KEYS)
     if unknown:
         valid = ", ".join(KEYS + FAIR_KEYS)
