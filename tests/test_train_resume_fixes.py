@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.test_checkpoint import OneProcess
 
 from polyvis.config import dump_config, load_config
 from polyvis.errors import ConfigError
@@ -138,17 +139,6 @@ def test_skips_metrics_and_seconds_survive_a_resume(tmp_path, records, monkeypat
         load_file(str(final / "model.safetensors")),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-class OneProcess:
-    is_main_process = True
-    process_index = 0
-
-    def unwrap_model(self, model):
-        return model
-
-    def wait_for_everyone(self) -> None:
-        pass
 
 
 def _objects():

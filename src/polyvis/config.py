@@ -393,23 +393,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Config:
     """Load a config from a YAML file (or a dict) and apply `key.path=value` overrides."""
-    if isinstance(source, dict):
-        data = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError("", f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError("", f"{path}: not valid YAML ({yaml_problem(err)})") from None
-        if not isinstance(data, dict):
-            raise ConfigError("", f"{path}: the top level must be a mapping")
+    data = source if isinstance(source, dict) else read_yaml_mapping(source, "config file")
     data = apply_overrides(copy.deepcopy(data), list(overrides or []))
     return _validate(data)
 
 
-def yaml_problem(err: yaml.YAMLError) -> str:
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty: {}); one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path}: not valid YAML ({_yaml_problem(err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: the top level must be a mapping")
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
     """A YAML error in one line: where (line and column, 1-based) and what, without the
     excerpt PyYAML spreads over several lines."""
     mark = getattr(err, "problem_mark", None)

@@ -46,9 +46,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from polyvis.config import load_config, yaml_problem
+from polyvis.config import load_config, read_yaml_mapping
 from polyvis.errors import ConfigError
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
@@ -70,14 +68,7 @@ def protocol_of(spec: dict[str, Any]) -> str:
 
 def load_ablation(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"{path}: ablation file not found")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"{path}: not valid YAML ({yaml_problem(err)})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError("", f"{path}: the top level must be a mapping")
+    spec = read_yaml_mapping(path, "ablation file")
     unknown = set(spec) - set(KEYS) - set(FAIR_KEYS)
     if unknown:
         valid = ", ".join(KEYS + FAIR_KEYS)
