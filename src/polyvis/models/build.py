@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,12 @@ from polyvis.models.detector import (
 from polyvis.models.encoders import (
     backbone_from_config,
     describe,
-    non_vision_kind,
     num_hidden_layers,
     prepare_backbone,
     resolve_layers,
     vision_config_of,
 )
+from polyvis.models.load_checks import check_causal, check_vision, check_vocab, load_error
 from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.models.quiet import quiet_transformers
@@ -58,7 +57,6 @@ from polyvis.models.tokenizer import (
     IMAGE_END_TOKEN,
     IMAGE_START_TOKEN,
     IMAGE_TOKEN,
-    IMAGE_TOKENS,
     add_image_tokens,
     train_bpe_tokenizer,
 )
@@ -69,38 +67,6 @@ _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _looks_local(path: str) -> bool:
-    """A filesystem path, not a hub id: a hub id is `name` or `org/name` (one slash, no ./ or ~)."""
-    return (
-        path.startswith(("/", "./", "../", "~"))
-        or path.count("/") > 1
-        or (os.sep != "/" and os.sep in path)
-    )
-
-
-def _load_error(field: str, path: str, err: Exception) -> ConfigError:
-    exists = Path(path).expanduser().exists()
-    if _looks_local(path) and not exists:
-        # HF would read it as a malformed hub id ("Repo id must be in the form ...")
-        return ConfigError(field, f"cannot load {path!r}: no such directory")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = "local directory" if exists else "local directory or reachable hub checkpoint"
-    return ConfigError(field, f"cannot load {path!r} (not a usable {where}): {first}")
-
-
-def _check_vision(config: Any, field: str, source: str) -> None:
-    """An encoder must be a vision model: a language model would otherwise fail much later, at
-    a confusing place (no image_size, or a forward without pixel_values)."""
-    kind = non_vision_kind(config)
-    if kind is not None:
-        model_type = getattr(vision_config_of(config), "model_type", None)
-        raise ConfigError(
-            field,
-            f"{source} is not a vision model (model_type {model_type!r}, {kind}); an encoder "
-            "needs a vision backbone, e.g. clip_vision_model, siglip_vision_model, dinov2",
-        )
 
 
 def _config_from_dict(data: dict[str, Any]) -> Any:
@@ -115,7 +81,7 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
             config = _config_from_dict(spec.config)
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
-        _check_vision(config, f"{field}.config.model_type", "the config")
+        check_vision(config, f"{field}.config.model_type", "the config")
         try:
             return backbone_from_config(config).to(dtype)
         except (TypeError, ValueError, KeyError) as err:
@@ -124,8 +90,8 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
     try:
         config = AutoConfig.from_pretrained(spec.path, **kw)
     except (OSError, ValueError) as err:
-        raise _load_error(f"{field}.path", spec.path, err) from None
-    _check_vision(config, f"{field}.path", repr(spec.path))
+        raise load_error(f"{field}.path", spec.path, err) from None
+    check_vision(config, f"{field}.path", repr(spec.path))
     try:
         vcfg = vision_config_of(config)
         cls = MODEL_MAPPING.get(type(vcfg), AutoModel)
@@ -136,7 +102,7 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
         with quiet_transformers():
             return cls.from_pretrained(spec.path, dtype=dtype, **kw)
     except (OSError, ValueError) as err:
-        raise _load_error(f"{field}.path", spec.path, err) from None
+        raise load_error(f"{field}.path", spec.path, err) from None
 
 
 def load_detector(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
@@ -158,7 +124,7 @@ def load_detector(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
     except ConfigError:
         raise
     except (OSError, ValueError) as err:
-        raise _load_error(f"{field}.path", spec.path, err) from None
+        raise load_error(f"{field}.path", spec.path, err) from None
 
 
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
@@ -187,7 +153,7 @@ def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) ->
         try:
             proc = AutoImageProcessor.from_pretrained(spec.path, revision=spec.revision)
         except (OSError, ValueError) as err:
-            raise _load_error(f"{field}.path", spec.path, err) from None
+            raise load_error(f"{field}.path", spec.path, err) from None
         if spec.image_size is not None:
             s = spec.image_size
             if getattr(proc, "do_center_crop", False) and getattr(proc, "crop_size", None):
@@ -254,28 +220,6 @@ def describe_hidden_count(backbone: Any, image_size: tuple[int, int]) -> tuple:
     return backbone(pixel_values=dummy, output_hidden_states=True, return_dict=True).hidden_states
 
 
-def _check_vocab(lm: Any, tokenizer: Any, spec: LLMSpec) -> None:
-    """Every token id needs an embedding row (and a logit): an id past the LM's vocabulary fails
-    only in training, as an IndexError. polyvis' own image tokens do not count: they never reach
-    the LM's embeddings (modeling.embed_tokens), the same rule as the `config:` branch."""
-    rows = [lm.get_input_embeddings().weight.shape[0]]
-    out = lm.get_output_embeddings()
-    if out is not None and getattr(out, "weight", None) is not None:
-        rows.append(out.weight.shape[0])
-    vocab = min(rows)
-    ids = [i for t, i in tokenizer.get_vocab().items() if t not in IMAGE_TOKENS]
-    needed = max(ids) + 1 if ids else 0
-    if needed <= vocab:
-        return
-    # with `path:` the tokenizer is the checkpoint's own unless tokenizer.path names another
-    field = "model.llm.tokenizer.path" if spec.tokenizer.path else "model.llm.path"
-    raise ConfigError(
-        field,
-        f"the language model's vocab_size {vocab} is smaller than the tokenizer's {needed} "
-        "tokens (ids past the vocabulary have no embedding)",
-    )
-
-
 def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     field = "model.llm"
     tok_path = spec.tokenizer.path or spec.path
@@ -286,7 +230,7 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
             )
         except (OSError, ValueError) as err:
             tok_field = f"{field}.tokenizer.path" if spec.tokenizer.path else f"{field}.path"
-            raise _load_error(tok_field, tok_path, err) from None
+            raise load_error(tok_field, tok_path, err) from None
     else:
         texts = [Path(p).read_text(encoding="utf-8") for p in spec.tokenizer.corpus]
         tokenizer = train_bpe_tokenizer(texts or None, spec.tokenizer.vocab_size)
@@ -299,8 +243,8 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
                 trust_remote_code=spec.trust_remote_code,
             )
         except (OSError, ValueError) as err:
-            raise _load_error(f"{field}.path", spec.path, err) from None
-        _check_vocab(lm, tokenizer, spec)
+            raise load_error(f"{field}.path", spec.path, err) from None
+        check_vocab(lm, tokenizer, spec)
     else:
         cfg = dict(spec.config)
         cfg.setdefault("vocab_size", len(tokenizer))
@@ -317,21 +261,8 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
             lm = AutoModelForCausalLM.from_config(_config_from_dict(cfg)).to(dtype)
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
-    _check_causal(lm.config, f"{field}.path" if spec.path is not None else f"{field}.config")
+    check_causal(lm.config, f"{field}.path" if spec.path is not None else f"{field}.config")
     return lm, tokenizer
-
-
-def _check_causal(config: Any, field: str) -> None:
-    """An encoder model that transformers also offers as a causal LM (BERT, RoBERTa) attends both
-    ways unless its config says is_decoder: it would train, on answers it can see."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not config.is_decoder:
-        raise ConfigError(
-            field,
-            f"a {config.model_type} model attends in both directions (is_decoder is false): the "
-            "LM must be causal; use a decoder LM, or set is_decoder: true in its config",
-        )
 
 
 def build_model(

@@ -27,39 +27,6 @@ def vision_config_of(config: PretrainedConfig) -> PretrainedConfig:
     return getattr(config, "vision_config", None) or config
 
 
-# Attributes every vision config in transformers has at least one of; a config without them is
-# still a vision model when transformers lists its type among the image models (timm_wrapper).
-_VISION_ATTRS = ("num_channels", "image_size", "patch_size")
-_VISION_MAPPINGS = ("IMAGE", "IMAGE_CLASSIFICATION", "BACKBONE", "ZERO_SHOT_IMAGE_CLASSIFICATION")
-_OTHER_MAPPINGS = {  # audio first: speech-to-text models (whisper) are also seq2seq LMs
-    "an audio model": ("CTC", "AUDIO_CLASSIFICATION", "SPEECH_SEQ_2_SEQ"),
-    "a language model": ("CAUSAL_LM", "MASKED_LM", "SEQ_TO_SEQ_CAUSAL_LM"),
-}
-
-
-def _model_types(*tasks: str) -> set[str]:
-    from transformers.models.auto import modeling_auto
-
-    return {
-        t for task in tasks for t in getattr(modeling_auto, f"MODEL_FOR_{task}_MAPPING_NAMES", {})
-    }
-
-
-def non_vision_kind(config: PretrainedConfig) -> str | None:
-    """What a config that is not a vision model is ('a language model'), or None. Unknown types
-    (remote code) give None: only models transformers knows as text or audio are turned away."""
-    vcfg = vision_config_of(config)
-    model_type = getattr(vcfg, "model_type", None)
-    if any(getattr(vcfg, a, None) is not None for a in _VISION_ATTRS):
-        return None
-    if model_type in _model_types(*_VISION_MAPPINGS):
-        return None
-    for kind, tasks in _OTHER_MAPPINGS.items():
-        if model_type in _model_types(*tasks):
-            return kind
-    return None
-
-
 def backbone_from_config(config: PretrainedConfig | dict[str, Any]) -> PreTrainedModel:
     """A randomly initialised vision backbone for a (vision) config."""
     if isinstance(config, dict):

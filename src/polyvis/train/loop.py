@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from polyvis.config import Config, config_to_dict, dump_config, load_config
+from polyvis.config import Config, dump_config
 from polyvis.errors import ConfigError, DataError, PolyVisError
 from polyvis.progress import progress_bar
 from polyvis.train.checkpoint import (
@@ -30,6 +30,7 @@ from polyvis.train.checkpoint import (
 from polyvis.train.data import check_max_length, data_files, make_loader
 from polyvis.train.feature_cache import prepare_feature_cache
 from polyvis.train.metrics import MetricsLog
+from polyvis.train.run_dir import check_resumable, init_dir_of, model_of_init
 from polyvis.train.scales import resolve_scales
 from polyvis.train.sharding import (
     check_sharding,
@@ -43,76 +44,15 @@ from polyvis.train.sharding import (
 )
 from polyvis.train.stages import configure_stage, parameter_groups
 
-# Config parts that must match for a run directory to be resumed.
-_RESUME_KEYS = ("model", "data")
-
 
 class TrainingError(PolyVisError):
     pass
 
 
-def _trained(run: Path) -> bool:
-    """Whether the run directory holds training to continue or keep: a checkpoint or its end."""
-    return latest_checkpoint(run) is not None or (run / "done.json").is_file()
-
-
-def _check_resumable(run: Path, cfg: Config) -> None:
-    saved = run / "config.yaml"
-    # a run that failed before its first checkpoint (a wrong path, a LoRA typo) has nothing to
-    # resume: the corrected command takes its place instead of being refused
-    if not saved.is_file() or not _trained(run):
-        return
-    import yaml
-
-    old = yaml.safe_load(saved.read_text())
-    new = config_to_dict(cfg)
-    for key in _RESUME_KEYS:
-        if old.get(key) != new.get(key):
-            raise ConfigError(
-                key, f"differs from the config of the run in {run}; use a new --out to start over"
-            )
-    for key in ("stage", "lora", "batch_size", "grad_accum", "seed"):
-        if old.get("train", {}).get(key) != new["train"].get(key):
-            raise ConfigError(
-                f"train.{key}", f"differs from the run in {run}; use a new --out to start over"
-            )
-
-
-def _init_dir(cfg: Config) -> Path | None:
-    """The model directory train.init_from names (a run directory: its final model), or None."""
-    if not cfg.train.init_from:
-        return None
-    src = Path(cfg.train.init_from)
-    if (src / "final").is_dir():  # a run directory: start from its final model
-        src = src / "final"
-    if not (src / "config.json").is_file():
-        raise ConfigError(
-            "train.init_from", f"{src} is neither a model directory nor a finished run"
-        )
-    return src
-
-
-def _model_of_init(cfg: Config, init_dir: Path) -> tuple[Config, list[str]]:
-    """`cfg` with the `model` section of the model train.init_from starts from (its
-    polyvis.yaml), and the config's `model` fields that differ from it, which training does not
-    use: the weights and architecture come from init_from. Unchanged without a polyvis.yaml."""
-    recorded = init_dir / "polyvis.yaml"
-    if not recorded.is_file():
-        return cfg, []
-    try:
-        init_model = load_config(recorded).model
-    except PolyVisError:  # written by another version: nothing to compare with
-        return cfg, []
-    mine = cfg.model.model_dump(mode="json", exclude_none=True)
-    theirs = init_model.model_dump(mode="json", exclude_none=True)
-    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-    return cfg.model_copy(update={"model": init_model}), differ
-
-
 def _start_model(cfg: Config):
     from polyvis.models.build import build_model, load_model
 
-    src = _init_dir(cfg)
+    src = init_dir_of(cfg)
     return load_model(src) if src is not None else build_model(cfg)
 
 
@@ -198,11 +138,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         )
     main = accelerator.is_main_process
     # measured scales are part of the model: resolved first, so a resumed run compares them
-    init_dir = _init_dir(cfg)
+    init_dir = init_dir_of(cfg)
     init_config = json.loads((init_dir / "config.json").read_text()) if init_dir else None
     cfg = resolve_scales(cfg, init_config)
     if init_dir is not None:  # the run records the model it trains, not one it ignores
-        cfg, ignored = _model_of_init(cfg, init_dir)
+        cfg, ignored = model_of_init(cfg, init_dir)
         if ignored and main:
             fields = ", ".join(f"model.{k}" for k in ignored)
             print(
@@ -210,7 +150,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
                 f"the config's {fields} differ from it and are not used",
                 file=sys.stderr,
             )
-    _check_resumable(run, cfg)
+    check_resumable(run, cfg)
     if (run / "done.json").is_file() and (run / "final" / "config.json").is_file():
         if main:
             print(
