@@ -294,3 +294,13 @@ def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path) -> None:
         load_config(bad)
     msg = str(excinfo.value)
     assert "\n" not in msg and msg.startswith(f"{bad}: not valid YAML (line 4, column 1: expected")
+
+
+def test_an_override_whose_value_is_not_yaml_names_its_key() -> None:
+    from polyvis.config import load_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "nano-tiny.yaml"
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(tiny, ["model.adapter={type: linear"])
+    msg = field_error(excinfo, "model.adapter")
+    assert msg.startswith("model.adapter: the value is not valid YAML (line 1, column 14: ")

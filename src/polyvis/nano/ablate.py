@@ -46,7 +46,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from polyvis.config import load_config, read_yaml_mapping
+from polyvis.config import load_config
+from polyvis.config_files import read_yaml_mapping
 from polyvis.errors import ConfigError
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
