@@ -304,3 +304,11 @@ def test_an_override_whose_value_is_not_yaml_names_its_key() -> None:
         load_config(tiny, ["model.adapter={type: linear"])
     msg = field_error(excinfo, "model.adapter")
     assert msg.startswith("model.adapter: the value is not valid YAML (line 1, column 14: ")
+
+
+def test_a_load_error_whose_first_line_ends_in_a_colon_keeps_the_next(tmp_path) -> None:
+    from polyvis.models.load_checks import load_error
+
+    err = ValueError("Couldn't instantiate the tokenizer from one of:\n(1) a tokenizer.json\n")
+    msg = str(load_error("model.llm.path", str(tmp_path), err))
+    assert msg.endswith("from one of: (1) a tokenizer.json") and "\n" not in msg

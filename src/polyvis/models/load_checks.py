@@ -59,11 +59,16 @@ def _looks_local(path: str) -> bool:
 
 
 def load_error(field: str, path: str, err: Exception) -> ConfigError:
+    """One line for a checkpoint transformers could not load: a missing local path as such, else
+    the first line of transformers' message (with the next one where the first ends in ':')."""
     exists = Path(path).expanduser().exists()
     if _looks_local(path) and not exists:
         # HF would read it as a malformed hub id ("Repo id must be in the form ...")
         return ConfigError(field, f"cannot load {path!r}: no such directory")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
+    first = lines[0] if lines else type(err).__name__
+    if first.endswith(":") and len(lines) > 1:  # "... from one of:" and its list on the next line
+        first = f"{first} {lines[1]}"
     where = "local directory" if exists else "local directory or reachable hub checkpoint"
     return ConfigError(field, f"cannot load {path!r} (not a usable {where}): {first}")
 
