@@ -170,6 +170,8 @@ def test_chat_and_eval_take_a_run_directory(tiny_single_model_dir, tmp_path, cap
     assert main([*argv, "--max-new-tokens", "2", "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["name"] == "run" and results["model"] == str(run / "final")
+    assert main(["export-llava", str(run), "--out", str(tmp_path / "hf")]) == 0  # and export
+    assert (tmp_path / "hf" / "config.json").is_file()
 
     shutil.rmtree(run / "final")  # training not finished: say so, not "no config.json"
     capsys.readouterr()

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with transformers' from_pretrained and LLaVA serving engines). Needs one encoder, the "
         "identity fusion (concat-channel) and an mlp (depth 2) or linear adapter.",
     )
-    p.add_argument("model", help="polyvis model directory")
+    p.add_argument("model", help="polyvis model directory, or a run directory (its final/)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: the model's own")
     p.set_defaults(func=cmd_export_llava)
@@ -45,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_llava(args: argparse.Namespace) -> int:
+    from polyvis.cli._model_args import resolve_model_dir
     from polyvis.export.llava import export_llava
 
-    out = export_llava(args.model, args.out, dtype=args.dtype)
+    out = export_llava(resolve_model_dir(args.model), args.out, dtype=args.dtype)
     print(f"wrote LLaVA checkpoint and processor to {out}")
     return 0
 
