@@ -73,9 +73,18 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _parse_difficulty(text: str) -> str | dict[str, str]:
+    """`hard`, or per family `scene=hard,ocr=easy` (the levels themselves are checked later)."""
+    from polyvis.errors import ConfigError
+
     if "=" not in text:
         return text
-    return dict(part.split("=", 1) for part in text.split(",") if part)
+    levels = {}
+    for part in filter(None, text.split(",")):
+        family, sep, level = (x.strip() for x in part.partition("="))
+        if not (sep and family and level):
+            raise ConfigError("--difficulty", f"{part!r} is not FAMILY=LEVEL (e.g. scene=hard)")
+        levels[family] = level
+    return levels
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -158,19 +167,21 @@ def _convert(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from polyvis.data.scan import scan_records, split_stats
 
     scanned, bad = scan_records(args.path)
-    table = Table(title=f"records under {args.path}")
+    # Ids, paths and families are user text: Text() shows "[bold]" as it is, never as markup.
+    table = Table(title=Text(f"records under {args.path}"))
     for col in ("family", "split", "records", "images", "bad"):
         table.add_column(col, justify="left" if col in ("family", "split") else "right")
     for (fam, split), s in split_stats(scanned).items():
-        table.add_row(fam, split, str(s.records), str(len(s.images)), str(s.bad))
+        table.add_row(Text(fam), Text(split), str(s.records), str(len(s.images)), str(s.bad))
     console = Console()
     console.print(table)
     for line in bad[: args.max_errors]:
-        console.print(f"[red]bad[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("bad", "red"), " ", line), highlight=False, soft_wrap=True)
     if len(bad) > args.max_errors:
         console.print(f"... and {len(bad) - args.max_errors} more bad records")
     print(f"{len(scanned)} records, {len(bad)} bad")
@@ -179,7 +190,18 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     from polyvis.data.preview import write_preview
+    from polyvis.errors import ConfigError
 
-    shown = write_preview(args.path, args.out, n=args.n, tile=args.tile)
+    skipped: list[str] = []
+    try:
+        shown = write_preview(args.path, args.out, n=args.n, tile=args.tile, skipped=skipped)
+    except ConfigError as err:  # name the option as it was typed
+        raise ConfigError(_flag(err.field), str(err).removeprefix(f"{err.field}: ")) from None
     print(f"wrote a preview of {shown} records to {args.out}")
+    if skipped:
+        print(f"skipped {len(skipped)} records whose image could not be read:")
+        for line in skipped[:5]:
+            print(f"  {line}")
+        if len(skipped) > 5:
+            print(f"  ... and {len(skipped) - 5} more")
     return 0

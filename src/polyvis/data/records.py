@@ -36,21 +36,38 @@ def record_image_paths(rec: dict[str, Any], root: str | Path | None = None) -> l
     return [Path(n) if base is None or Path(n).is_absolute() else base / n for n in names]
 
 
+def record_label(rec: Any, index: int) -> str | int:
+    """How messages name a record: its id, or `#index` (0-based) when it has no usable one (an id
+    that is a list or an object is no name, and could not be counted for duplicates)."""
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    return rid if isinstance(rid, (str, int)) and rid != "" else f"#{index}"
+
+
 def validate_record(rec: Any) -> list[str]:
     """What is wrong with one record (empty list when it is fine)."""
     if not isinstance(rec, dict):
         return [f"record is a {type(rec).__name__}, not an object"]
     problems = []
-    if not isinstance(rec.get("id"), (str, int)) or rec.get("id") == "":
+    rid = rec.get("id")
+    if rid is None or rid == "":
         problems.append("missing 'id'")
+    elif not isinstance(rid, (str, int)):
+        problems.append(f"'id' must be a string or an integer, not {type(rid).__name__}")
+    paths_ok = True  # record_image_paths would raise on paths of the wrong type
     if "image" in rec and "images" in rec:
         problems.append("has both 'image' and 'images'")
+        paths_ok = False
     if "images" in rec and not (
         isinstance(rec["images"], list) and all(isinstance(x, str) for x in rec["images"])
     ):
         problems.append("'images' must be a list of paths")
+        paths_ok = False
     if "image" in rec and rec["image"] is not None and not isinstance(rec["image"], str):
         problems.append("'image' must be a path string")
+        paths_ok = False
+    family = rec.get("family")
+    if family is not None and not isinstance(family, str):  # it names a group and a metric
+        problems.append(f"'family' must be a string, not {type(family).__name__}")
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
         problems.append("'conversations' must be a non-empty list")
@@ -64,13 +81,14 @@ def validate_record(rec: Any) -> list[str]:
             problems.append(f"turn {i} is from {turn.get('from')!r}, expected {expected!r}")
     if len(conv) % 2:
         problems.append("conversation ends with a human turn (no answer)")
-    n_images = len(record_image_paths(rec))
     n_markers = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "human")
     n_markers_gpt = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "gpt")
     if n_markers_gpt:
         problems.append(f"an answer contains {IMAGE_TOKEN}")
-    if n_markers != n_images:
-        problems.append(f"{n_markers} {IMAGE_TOKEN} markers but {n_images} images")
+    if paths_ok:
+        n_images = len(record_image_paths(rec))
+        if n_markers != n_images:
+            problems.append(f"{n_markers} {IMAGE_TOKEN} markers but {n_images} images")
     return problems
 
 
@@ -80,10 +98,11 @@ def check_records(records: Iterable[Any], source: str = "records") -> list[dict[
     bad, seen = [], set()
     for i, rec in enumerate(records):
         problems = validate_record(rec)
-        rid = rec.get("id", f"#{i}") if isinstance(rec, dict) else f"#{i}"
-        if rid in seen:
-            problems.append("duplicate id")
-        seen.add(rid)
+        rid = record_label(rec, i)
+        if isinstance(rec, dict) and rid == rec.get("id"):  # only real ids can repeat
+            if rid in seen:
+                problems.append("duplicate id")
+            seen.add(rid)
         if problems:
             bad.append(f"{rid}: {'; '.join(problems)}")
     if bad:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.records import read_records, record_image_paths, validate_record
+from polyvis.data.records import (
+    read_records,
+    record_image_paths,
+    record_label,
+    validate_record,
+)
 from polyvis.errors import DataError
 
 __all__ = ["ScannedRecord", "SplitStats", "records_files", "scan_records", "split_stats"]
@@ -65,18 +70,24 @@ def scan_records(path: str | Path) -> tuple[list[ScannedRecord], list[str]]:
         except DataError as err:
             bad.append(str(err))
             continue
-        ids = Counter(r.get("id") for r in records if isinstance(r, dict))
+        # Only string and integer ids can be counted: a list or an object is its own problem.
+        labels = [record_label(r, k) for k, r in enumerate(records)]
+        ids = Counter(
+            rid for r, rid in zip(records, labels) if isinstance(r, dict) and rid == r.get("id")
+        )
         for k, rec in enumerate(records):
             problems = validate_record(rec)
-            rid = rec.get("id", f"#{k}") if isinstance(rec, dict) else f"#{k}"
+            rid = labels[k]
             images: list[Path] = []
             if isinstance(rec, dict):
-                if ids[rec.get("id")] > 1:
+                if rid == rec.get("id") and ids[rid] > 1:
                     problems.append("duplicate id")
                 if not problems:
                     images = record_image_paths(rec, f.parent)
                     problems += [f"image not found: {p}" for p in images if not p.is_file()]
             family = rec.get("family") if isinstance(rec, dict) else None
+            if not isinstance(family, str):  # a bad one is reported above; group by folder
+                family = None
             scanned.append(
                 ScannedRecord(f, family or f.parent.name, f.stem, rec, images, not problems)
             )

@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from polyvis.data.converters.coco import parse_box
+from polyvis.data.images import load_image
 from polyvis.data.records import IMAGE_TOKEN
 from polyvis.data.synthetic.common import font
 
@@ -18,12 +19,13 @@ LINE_HEIGHT = 13
 
 def record_tile(record: dict[str, Any], image_path: Any, width: int) -> Image.Image:
     """A `width`-pixel-wide tile: the image scaled to fit (upscaled without smoothing), the
-    record id, then the first question (3 lines at most) and its answer (4 lines at most)."""
+    record id, then the first question (3 lines at most) and its answer (4 lines at most).
+
+    Raises ImageError (a DataError) when the image is missing, corrupt or too large."""
     conv = record["conversations"]
     question = conv[0]["value"].replace(IMAGE_TOKEN, "").strip()
     answer = conv[1]["value"]
-    with Image.open(image_path) as im:
-        src = im.convert("RGB")
+    src = load_image(image_path)  # an unreadable image is an ImageError naming its file
     scale = width / max(src.size)
     shown = src.resize(
         (max(1, round(src.width * scale)), max(1, round(src.height * scale))),

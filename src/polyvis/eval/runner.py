@@ -32,6 +32,7 @@ from polyvis.data.images import ImageError, load_image
 from polyvis.data.records import IMAGE_TOKEN, read_records, record_image_paths
 from polyvis.data.template import ROLE_MAP, for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
+from polyvis.eval.boxes import parse_box
 from polyvis.eval.generation import generate_batch
 from polyvis.eval.metrics import FAMILY_METRICS, METRICS, item_scores, metric_for
 from polyvis.eval.report import order_families, write_report
@@ -63,8 +64,12 @@ def _references(rec: dict[str, Any]) -> list[str]:
     return [rec["conversations"][-1]["value"]]
 
 
-def _item(rec: dict[str, Any], root: Path, default_family: str, metric: str | None) -> EvalItem:
+def _item(
+    rec: dict[str, Any], root: Path, default_family: str, metric: str | None, f: Path
+) -> EvalItem:
     family = str(rec.get("family") or default_family)
+    if metric is None and not isinstance(rec.get("metric"), str | None):  # a list: unhashable
+        raise DataError(f"{f}: record {rec['id']}: 'metric' must be a metric name (a string)")
     name = metric or metric_for(rec)
     own = metric is not None or name == FAMILY_METRICS.get(family, "exact_match")
     turns = rec["conversations"]
@@ -90,6 +95,8 @@ def load_items(
 
     A record without a "family" takes its file's name (`textvqa_val.jsonl` -> "textvqa_val").
     metric: score every record with this metric instead of its own.
+    Refused here, before any model runs: a file given twice, an id two records share (compared as
+    text), an empty reference, a box_accuracy reference without a box (`_check_references`).
     """
     files = [records_files] if isinstance(records_files, str | Path) else list(records_files)
     if not files:
@@ -100,15 +107,45 @@ def load_items(
         )
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError("limit", f"must be a positive integer, got {limit!r}")
-    items, first_seen = [], {}
-    for f in files:
-        f = Path(f)
+    paths = [Path(f) for f in files]
+    given: dict[Path, Path] = {}
+    for f in paths:  # the same file twice would score its records twice
+        first = given.setdefault(f.resolve(), f)
+        if first is not f:
+            same = "" if str(first) == str(f) else f" (as {first})"
+            raise ConfigError("data", f"{f} is given twice{same}")
+    items: list[EvalItem] = []
+    first_seen: dict[str, Path] = {}
+    for f in paths:
         records = read_records(f)
-        for r in records:  # answers and reports are keyed by id, as training's records are
-            if first_seen.setdefault(r["id"], f) != f:
-                raise DataError(f"{f}: record id {r['id']!r} is also in {first_seen[r['id']]}")
-        items += [_item(r, f.parent, f.stem, metric) for r in records[:limit]]
+        for r in records:  # answers and reports are keyed by id (as a string), as training's are
+            rid = str(r["id"])
+            if rid in first_seen:
+                if first_seen[rid] == f:  # 1 and "1": read_records told them apart
+                    where = "this file (ids are compared as text)"
+                else:
+                    where = str(first_seen[rid])
+                raise DataError(f"{f}: record id {r['id']!r} is also in {where}")
+            first_seen[rid] = f
+        for r in records[:limit]:
+            item = _item(r, f.parent, f.stem, metric, f)
+            _check_references(item, f)
+            items.append(item)
     return items
+
+
+def _check_references(item: EvalItem, f: Path) -> None:
+    """Refuse, before the model runs, references that would score wrongly or fail after it."""
+    if any(not ref.strip() for ref in item.references):
+        # An empty reference makes an empty answer (a model that says nothing) score as right.
+        raise DataError(f"{f}: record {item.id}: empty reference answer")
+    if item.metric == "box_accuracy":
+        for ref in item.references:
+            if parse_box(ref) is None:
+                raise DataError(
+                    f"{f}: record {item.id}: box_accuracy reference {ref!r} has fewer than 4 "
+                    "numbers (x1, y1, x2, y2)"
+                )
 
 
 def model_config_summary(model: Any, model_dir: str | Path | None = None) -> dict[str, Any]:
