@@ -4,7 +4,7 @@ Each run is one process (`polyvis.nano.worker`: its training stages, then its ev
 launched a few at a time with one thread each: on models this small two threads are only a
 little faster than one, so parallel one-thread jobs finish sooner. Every stage resumes on its own
 (the trainer's checkpoints, RUN/done.json, RUN/eval/results.json), so a killed demo or ablation
-continues where it stopped.
+continues where it stopped; on Linux its workers die with it (worker.die_with_parent).
 
 A run may first train an `align` stage (LLM frozen: fusion, adapter and the image tokens learn)
 into RUN/align; the run itself then starts from it (`train.init_from`), as OmniFusion and LLaVA
@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from polyvis.config import Config, load_config
 from polyvis.errors import ConfigError, PolyVisError
-from polyvis.nano.worker import EvalStage, FlopsStage, Stage, TrainStage
+from polyvis.nano.worker import PARENT_ENV, EvalStage, FlopsStage, Stage, TrainStage
 from polyvis.progress import duration
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
@@ -121,6 +121,9 @@ def _env(threads: int) -> dict[str, str]:
     env.update(
         OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false"
     )
+    # the worker dies with this process (worker.die_with_parent): a killed grid leaves no run
+    # training on into the folder its rerun will use
+    env[PARENT_ENV] = str(os.getpid())
     return env
 
 
@@ -172,7 +175,12 @@ def train_runs(
     """Train (then, with `evaluate`, score on its held-out files) every run not done yet, `jobs`
     one-thread processes at a time; returns each run's training seconds. Evaluating in the
     run's own process keeps both cores busy: the evaluations of a pair run side by side too.
-    A failed run stops the others and raises a PolyVisError with the end of its log."""
+    A failed run stops the others and raises a PolyVisError with the end of its log. Each
+    worker dies with the thread that launched it (Linux), which waits for it here."""
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            # 0 jobs would wait forever for a free slot
+            raise ConfigError(name, f"must be a positive integer, got {value!r}")
     pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
     running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
     total, done, began = len(pending), 0, time.perf_counter()

@@ -9,7 +9,10 @@ the caller's `__main__` is not imported again, so scripts need no `__main__` gua
 
 from __future__ import annotations
 
+import ctypes
+import os
 import pickle
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -97,6 +100,28 @@ class FlopsStage:
 
 Stage = TrainStage | EvalStage | FlopsStage
 
+# The launcher's pid (polyvis.nano.runs sets it): the worker dies with that process.
+PARENT_ENV = "POLYVIS_WORKER_PARENT"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this worker when its launcher dies, even by kill -9,
+    so that no orphan keeps training into a run folder that a rerun then trains into too.
+    Set here rather than in Popen(preexec_fn=...): Python code between fork and exec is not
+    safe in a launcher with threads. A no-op elsewhere or when not launched by polyvis."""
+    parent = os.environ.pop(PARENT_ENV, None)  # not passed on to this worker's own children
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl to call: the launcher still kills its runs
+        return
+    if os.getppid() != int(parent):  # the launcher died before prctl: nothing would signal us
+        os._exit(1)
+
 
 def run_stages(stages: list[Stage]) -> int:
     """Run the stages in order in this process; stops at the first failure. Returns an exit
@@ -114,6 +139,7 @@ def run_stages(stages: list[Stage]) -> int:
 
 
 def main() -> int:
+    die_with_parent()  # first: the stages' pickle may take a while to arrive
     stages = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
     return run_stages(stages)
