@@ -113,6 +113,10 @@ def test_the_worker_evaluates_as_polyvis_eval_does(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     monkeypatch.setattr(runner, "load_items", lambda *a, **k: [])
     out, files = tmp_path / "r", [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for f in files:  # the command reads its records files before it loads the model
+        rec = {"id": f.stem, "conversations": [{"from": "human", "value": "hi"},
+                                               {"from": "gpt", "value": "yes"}]}  # fmt: skip
+        f.write_text(json.dumps(rec) + "\n")
     spec = RunSpec.build("clip | add", CFG, out, files, eval_limit=7)
     (ev,) = pending_stages(spec)[1:]
     assert run_stages([ev]) == 2

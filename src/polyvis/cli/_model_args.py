@@ -45,7 +45,7 @@ def load_cli_model(args: argparse.Namespace) -> tuple[Any, Any]:
     from polyvis.models.build import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_model(resolve_model_dir(args.model), dtype=args.dtype, device=device)
+    return load_model(str(resolve_model_dir(args.model)), dtype=args.dtype, device=device)
 
 
 def require_at_least_one(values: dict[str, int | None]) -> None:
