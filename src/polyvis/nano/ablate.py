@@ -49,27 +49,28 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from polyvis.config import adapter_options, fusion_options, load_config
 from polyvis.config_files import read_yaml_mapping
 from polyvis.errors import ConfigError
+from polyvis.nano.ablate_checks import (
+    AXES,
+    base_config,
+    check_axes,
+    check_eval_files,
+    check_grid,
+    eval_section,
+    grid_values,
+    positive_int,
+)
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 from polyvis.nano.world import nano_config
-from polyvis.options import resolve_typed
-from polyvis.registry import registry
 
 KEYS = ("nano", "base", "quick", "grid", "eval", "jobs", "align", "protocol")
 # the fair protocol's own keys (polyvis.nano.protocol); `align` is its align_share there
 FAIR_KEYS = ("select", "test_data_seed", "test_images", "align_share", "arm", "warm_start",
              "balance", "families", "variants", "val_only",
              "difficulty", "steps", "precision", "expert_seed")  # fmt: skip
-AXES = ("fusion", "adapter", "encoders", "seeds")
-# the grid's axes that are plain lists, with an example for the error that says so
-LIST_AXES = {"fusion": "[add, mul]", "adapter": "[mlp, linear]", "seeds": "[0, 1, 2]",
-             "controls": "[clip, vary]"}  # fmt: skip
-ENCODER_SETS = "must be a list of encoder lists (e.g. [[clip], [clip, vary]])"
-EVAL_KEYS = ("files", "limit")  # protocol: none (the fair protocol reads its own, fair_world)
 
 
 def protocol_of(spec: dict[str, Any]) -> str:
@@ -87,7 +88,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
     jobs = spec.get("jobs", 2)
-    if not _positive_int(jobs):  # 0 would wait forever for a free slot
+    if not positive_int(jobs):  # 0 would wait forever for a free slot
         raise ConfigError("jobs", f"must be a positive integer (runs at a time), got {jobs!r}")
     protocol = protocol_of(spec)
     if protocol not in ("fair", "none"):
@@ -108,126 +109,10 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     bad = set(grid) - set(axes)
     if bad:
         raise ConfigError(f"grid.{sorted(bad)[0]}", f"unknown axis; valid: {', '.join(axes)}")
-    _check_axes(grid)
+    check_axes(grid)
     if not spec.get("nano"):  # nano: true makes its own base (the demo's)
         base_config(spec["base"])  # its mistakes named now, not as a KeyError in the grid
     return spec
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _check_axes(grid: dict[str, Any]) -> None:
-    """Each axis a list (a string would be read letter by letter), each encoder set a non-empty
-    list of distinct names, each seed an integer: both protocols."""
-    for axis, example in LIST_AXES.items():
-        if axis in grid and not isinstance(grid[axis], list):
-            raise ConfigError(f"grid.{axis}", f"must be a list (e.g. {example})")
-    sets = grid.get("encoders", [])
-    if not isinstance(sets, list) or not all(isinstance(names, list) for names in sets):
-        raise ConfigError("grid.encoders", ENCODER_SETS)
-    for i, names in enumerate(sets):
-        where = f"grid.encoders[{i}]"
-        if not names:
-            raise ConfigError(where, "an empty encoder set: name one encoder or more")
-        odd = [n for n in names if not isinstance(n, str)]
-        if odd:
-            raise ConfigError(where, f"encoder names are strings, got {odd[0]!r}")
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ConfigError(where, f"lists {twice[0]!r} twice")
-    for i, seed in enumerate(grid.get("seeds", [])):
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"grid.seeds[{i}]", f"must be an integer, got {seed!r}")
-
-
-def base_config(src: Any) -> dict[str, Any]:
-    """The ablation's `base` validated as a polyvis config (its errors named under `base`): a
-    path gives its resolved config, an inline mapping itself (as given: its fusion and adapter
-    name the runs), with the model's default fusion or adapter where it leaves them out."""
-    if isinstance(src, (str, Path)):
-        try:
-            return load_config(src).model_dump(mode="json", exclude_none=True)
-        except ConfigError as err:  # a missing file's message names it already
-            raise ConfigError("base", f"{src}: {err}" if err.field else str(err)) from None
-    if not isinstance(src, dict):
-        raise ConfigError(
-            "base", f"give a config file's path or the config inline (a mapping), got {src!r}"
-        )
-    try:
-        resolved = load_config(src).model_dump(mode="json", exclude_none=True)
-    except ConfigError as err:
-        msg = str(err).removeprefix(f"{err.field}: ")
-        raise ConfigError(f"base.{err.field}" if err.field else "base", msg) from None
-    base = copy.deepcopy(src)
-    for key in ("fusion", "adapter"):
-        base["model"].setdefault(key, resolved["model"][key])
-    return base
-
-
-def _values(grid: dict[str, Any], axis: str) -> list[dict[str, Any]]:
-    """grid.fusion / grid.adapter as typed values, each checked on its own against its registry
-    (`grid.fusion[1]: unknown fusion 'x'`): what is left for a cell to fail on is a pair that
-    cannot be built together."""
-    options = fusion_options if axis == "fusion" else adapter_options
-    out = []
-    for i, raw in enumerate(grid[axis]):
-        where = f"grid.{axis}[{i}]"
-        value = _typed(raw, where)
-        try:
-            resolve_typed(registry(axis), options(value), where)
-        except ConfigError as err:
-            if err.field != f"{where}.type":
-                raise
-            raise ConfigError(where, str(err).removeprefix(f"{err.field}: ")) from None
-        out.append(value)
-    return out
-
-
-def _check_grid(grid: dict[str, Any]) -> None:
-    """protocol: none: no empty axis (it would leave the grid without runs) and no value listed
-    twice (two runs in one folder)."""
-    for axis in AXES:
-        if axis in grid and not grid[axis]:
-            raise ConfigError(
-                f"grid.{axis}", "empty: the grid would have no runs; list a value or leave it out"
-            )
-    keys = {
-        "fusion": [_label(f) for f in _values(grid, "fusion")] if "fusion" in grid else [],
-        "adapter": [_label(a) for a in _values(grid, "adapter")] if "adapter" in grid else [],
-        "encoders": ["+".join(names) for names in grid.get("encoders", [])],
-        "seeds": list(grid.get("seeds", [])),
-    }
-    for axis, seen in keys.items():
-        for j, key in enumerate(seen):
-            if key in seen[:j]:
-                i = seen.index(key)
-                raise ConfigError(f"grid.{axis}[{j}]", f"the same as grid.{axis}[{i}] ({key})")
-
-
-def _eval_section(spec: dict[str, Any]) -> dict[str, Any]:
-    """protocol: none's `eval: {files: [...], limit: N}`, checked before anything trains."""
-    ev = spec.get("eval") or {}
-    if not isinstance(ev, dict):
-        raise ConfigError("eval", f"give {{files: [...], limit: N}}, got {ev!r}")
-    bad = sorted(set(ev) - set(EVAL_KEYS))
-    if bad:
-        raise ConfigError(f"eval.{bad[0]}", f"unknown field; valid: {', '.join(EVAL_KEYS)}")
-    files = ev.get("files", [])
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise ConfigError("eval.files", f"give a list of records files, got {files!r}")
-    limit = ev.get("limit")
-    if limit is not None and not _positive_int(limit):
-        raise ConfigError("eval.limit", f"must be a positive integer, got {limit!r}")
-    return ev
-
-
-def check_eval_files(files: list[Path]) -> None:
-    """Every held-out file is there before the first run trains (scoring comes last)."""
-    for i, path in enumerate(files):
-        if not path.is_file():
-            raise ConfigError(f"eval.files[{i}]", f"{path}: records file not found")
 
 
 def _nano_base(
@@ -253,9 +138,9 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     together (e.g. a fusion and an adapter) is skipped with a printed line; any other mistake
     is a ConfigError, before the nano world is made."""
     grid = spec.get("grid") or {}
-    _check_axes(grid)  # again: plan may be given a spec that load_ablation did not read
-    _check_grid(grid)
-    ev = _eval_section(spec)
+    check_axes(grid)  # again: plan may be given a spec that load_ablation did not read
+    check_grid(grid)
+    ev = eval_section(spec)
     budget = None  # nano: the demo's budget, for the runs' projector start and encoder scales
     if spec.get("nano"):
         base, eval_files, limit, align, budget = _nano_base(spec, out)
@@ -272,9 +157,13 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
         raise ConfigError("eval.files", "no held-out records files to evaluate on")
     limit = ev.get("limit", limit)
     by_name = {e["name"]: e for e in base["model"]["encoders"]}
-    fusions = _values(grid, "fusion") if "fusion" in grid else [_typed(base["model"]["fusion"], "")]
+    fusions = (
+        grid_values(grid, "fusion") if "fusion" in grid else [_typed(base["model"]["fusion"], "")]
+    )
     adapters = (
-        _values(grid, "adapter") if "adapter" in grid else [_typed(base["model"]["adapter"], "")]
+        grid_values(grid, "adapter")
+        if "adapter" in grid
+        else [_typed(base["model"]["adapter"], "")]
     )
     enc_sets = grid.get("encoders", [list(by_name)])
     for i, names in enumerate(enc_sets):
