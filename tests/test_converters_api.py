@@ -59,6 +59,10 @@ def test_python_call_with_split_and_limit(tmp_path):
         ),
         ({"root": "x", "colour": "red"}, "colour: unknown field"),
         ({}, "root: Field required"),
+        (  # a split is a file name inside OUT: it cannot write elsewhere
+            {"root": "x", "split": "../evil"},
+            "split: a file name of letters, digits and _ . + - is needed, got '../evil'",
+        ),
     ],
 )
 def test_bad_params_are_one_line_config_errors_naming_the_option(tmp_path, options, message):

@@ -30,12 +30,13 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from polyvis.errors import config_error_from
 from polyvis.registry import registry
@@ -52,6 +53,14 @@ class ConverterParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: str = Field("train", description="split name: writes OUT/SPLIT.jsonl")
+
+    @field_validator("split")
+    @classmethod
+    def _a_file_name(cls, value: str) -> str:
+        # a file name inside OUT: no separators or leading dot, so '../x' cannot write elsewhere
+        if not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*", value):
+            raise ValueError(f"a file name of letters, digits and _ . + - is needed, got {value!r}")
+        return value
 
     def __init__(self, **data: Any) -> None:
         try:
