@@ -162,6 +162,11 @@ def test_bad_options_name_their_field(tmp_path):
         generate(["ocr"], 2, 0, tmp_path, difficulty="extreme", progress=False)
     with pytest.raises(ConfigError, match="^image_size:"):
         generate(["ocr"], 2, 0, tmp_path, image_size=8, progress=False)
+    # pages twice 4096 are the largest images load_image reads; a huge n is refused up front
+    with pytest.raises(ConfigError, match="^image_size: must be at most 4096, got 4097$"):
+        generate(["ocr"], 2, 0, tmp_path, image_size=4097, progress=False)
+    with pytest.raises(ConfigError, match="^n: must be at most 10000000 a family"):
+        generate(["ocr"], 3_000_000_000, 0, tmp_path, progress=False)
 
 
 def _scene_set(tmp_path: Path, difficulty: str, n: int = 16):

@@ -40,6 +40,10 @@ def split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return sizes
 
 
+MAX_IMAGE_SIZE = 4096
+MAX_N = 10_000_000
+
+
 def _check_args(
     families: Sequence[str] | str,
     n: int,
@@ -68,6 +72,11 @@ def _check_args(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < lo:
             raise ConfigError(name, f"must be an integer >= {lo}, got {value!r}")
+    # pages are twice the size, and 8192 x 8192 is the most load_image reads (DEFAULT_MAX_PIXELS)
+    if image_size > MAX_IMAGE_SIZE:
+        raise ConfigError("image_size", f"must be at most {MAX_IMAGE_SIZE}, got {image_size}")
+    if n > MAX_N:  # the job list alone would take gigabytes before one image is drawn
+        raise ConfigError("n", f"must be at most {MAX_N} a family, got {n}")
     if isinstance(difficulty, Mapping):
         unknown = [k for k in difficulty if k not in fams]
         if unknown:
