@@ -130,3 +130,15 @@ def test_synth_difficulty_part_without_a_level_is_one_line(tmp_path, capsys, bad
     part = [p for p in bad.split(",") if not p.partition("=")[0] or not p.partition("=")[2]][0]
     assert err == f"polyvis: error: --difficulty: {part!r} is not FAMILY=LEVEL (e.g. scene=hard)"
     assert not (tmp_path / "o").exists()  # refused before generating anything
+
+
+def test_an_out_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys) -> None:
+    from polyvis.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    argv = ["data", "synth", "--families", "scene", "--n", "2", "--size", "16"]
+    assert main([*argv, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"polyvis: error: {taken}") and "Not a directory" in err
+    assert len(err.splitlines()) == 1

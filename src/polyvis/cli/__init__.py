@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         # Expected failures (bad config, bad data) are one line, not a traceback.
         print(f"polyvis: error: {err}", file=sys.stderr)
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # a path given on the command line that is the wrong kind of thing (an --out that is a
+        # file, an unwritable folder): the OS says which and why, in one line
+        print(f"polyvis: error: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("polyvis: interrupted", file=sys.stderr)
         return 130
