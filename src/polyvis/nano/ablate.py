@@ -59,10 +59,10 @@ from polyvis.nano.ablate_checks import (
     check_grid,
     eval_section,
     grid_values,
-    positive_int,
 )
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
+from polyvis.nano.fair_world import int_at_least
 from polyvis.nano.runs import RunSpec, family_scores, read_results, train_runs
 from polyvis.nano.world import nano_config
 
@@ -88,7 +88,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     if not spec.get("nano") and "base" not in spec:
         raise ConfigError("base", "give a base config (path or mapping), or nano: true")
     jobs = spec.get("jobs", 2)
-    if not positive_int(jobs):  # 0 would wait forever for a free slot
+    if not int_at_least(jobs, 1):  # 0 would wait forever for a free slot
         raise ConfigError("jobs", f"must be a positive integer (runs at a time), got {jobs!r}")
     protocol = protocol_of(spec)
     if protocol not in ("fair", "none"):

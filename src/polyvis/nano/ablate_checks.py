@@ -13,6 +13,7 @@ from polyvis.config import adapter_options, fusion_options, load_config
 from polyvis.errors import ConfigError
 from polyvis.nano.fair_cells import label as _label
 from polyvis.nano.fair_cells import typed as _typed
+from polyvis.nano.fair_world import int_at_least
 from polyvis.options import resolve_typed
 from polyvis.registry import registry
 
@@ -22,10 +23,6 @@ LIST_AXES = {"fusion": "[add, mul]", "adapter": "[mlp, linear]", "seeds": "[0, 1
              "controls": "[clip, vary]"}  # fmt: skip
 ENCODER_SETS = "must be a list of encoder lists (e.g. [[clip], [clip, vary]])"
 EVAL_KEYS = ("files", "limit")  # protocol: none (the fair protocol reads its own, fair_world)
-
-
-def positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def check_axes(grid: dict[str, Any]) -> None:
@@ -128,7 +125,7 @@ def eval_section(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise ConfigError("eval.files", f"give a list of records files, got {files!r}")
     limit = ev.get("limit")
-    if limit is not None and not positive_int(limit):
+    if limit is not None and not int_at_least(limit, 1):
         raise ConfigError("eval.limit", f"must be a positive integer, got {limit!r}")
     return ev
 

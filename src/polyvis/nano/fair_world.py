@@ -132,7 +132,7 @@ def _eval_section(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
 
 def _limit(ev: dict[str, Any], key: str, default: int | None) -> int | None:
     value = ev.get(key, default)
-    if value is not None and not _int_at_least(value, 1):
+    if value is not None and not int_at_least(value, 1):
         raise ConfigError(f"eval.{key}", f"must be a positive integer, got {value!r}")
     return value
 
@@ -153,7 +153,7 @@ def _difficulty(value: Any) -> dict[str, str]:
     return out
 
 
-def _int_at_least(value: Any, low: int) -> bool:
+def int_at_least(value: Any, low: int) -> bool:
     """An integer (not a bool) of at least `low`: what every count and seed option must be."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -170,7 +170,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
     if "steps" in spec:  # every cell's budget: align and fine-tuning steps together
         steps = spec["steps"]
-        if not _int_at_least(steps, 2):
+        if not int_at_least(steps, 2):
             raise ConfigError("steps", f"must be an integer of at least 2, got {steps!r}")
         budget["steps"] = steps
     budget["align_steps"] = align_steps(budget["steps"], spec.get("align_share", ALIGN_SHARE))
@@ -181,19 +181,19 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
             raise ConfigError("precision", f"must be fp32 or bf16, got {spec['precision']!r}")
         budget["precision"] = spec["precision"]
     if "expert_seed" in spec:  # a rebuild of every expert (lm-nano too) from the same recipes
-        if not _int_at_least(spec["expert_seed"], 0):
+        if not int_at_least(spec["expert_seed"], 0):
             got = spec["expert_seed"]
             raise ConfigError("expert_seed", f"must be a non-negative integer, got {got!r}")
         budget["expert_seed"] = spec["expert_seed"]
     arm, root = _arm(spec, out, int(budget.get("balance_images", 64)))
     ev = _eval_section(spec, ("val_limit", "test_limit"))  # it makes its own val and test sets
     seed = spec.get("test_data_seed", TEST_DATA_SEED)
-    if not _int_at_least(seed, 1):
+    if not int_at_least(seed, 1):
         raise ConfigError(
             "test_data_seed", f"must be a positive integer (0 is the training data's), got {seed!r}"
         )
     n_test = spec.get("test_images", 8 if quick else TEST_IMAGES)
-    if not _int_at_least(n_test, 1):
+    if not int_at_least(n_test, 1):
         raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
     experts = ensure_experts(  # every expert at once
         settings=nano_world.expert_settings(budget), quick=quick, progress=False, names=EXPERTS

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from polyvis.config import Config, load_config
 from polyvis.errors import ConfigError, PolyVisError
+from polyvis.nano.fair_world import int_at_least
 from polyvis.nano.worker import PARENT_ENV, EvalStage, FlopsStage, Stage, TrainStage
 from polyvis.progress import duration
 
@@ -178,8 +179,7 @@ def train_runs(
     A failed run stops the others and raises a PolyVisError with the end of its log. Each
     worker dies with the thread that launched it (Linux), which waits for it here."""
     for name, value in (("jobs", jobs), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            # 0 jobs would wait forever for a free slot
+        if not int_at_least(value, 1):  # 0 jobs would wait forever for a free slot
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
     pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
     running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
