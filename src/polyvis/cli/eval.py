@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from polyvis.data.records import read_records
     from polyvis.eval.html import write_eval_html
     from polyvis.eval.report import results_table
     from polyvis.eval.runner import ANSWERS_FILE, evaluate, load_items
@@ -52,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
             "--limit": args.limit,
         }
     )
-    for f in args.data:  # an empty file is named here, not found later as "0 evaluated"
-        read_records(f, validate=False, allow_empty=False)
-    load_items(args.data, metric=args.metric, limit=args.limit)  # bad data fails before loading
+    # bad data (an empty file included, not found later as "0 evaluated") fails before loading
+    load_items(args.data, metric=args.metric, limit=args.limit, allow_empty=False)
     model_dir, name = args.model, args.name
     resolved = resolve_model_dir(args.model)
     if resolved != Path(args.model):  # a run directory: its final/ model

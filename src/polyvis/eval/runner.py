@@ -90,11 +90,13 @@ def load_items(
     records_files: str | Path | Iterable[str | Path],
     metric: str | None = None,
     limit: int | None = None,
+    allow_empty: bool = True,
 ) -> list[EvalItem]:
     """The questions of some records files: at most `limit` records from each file.
 
     A record without a "family" takes its file's name (`textvqa_val.jsonl` -> "textvqa_val").
     metric: score every record with this metric instead of its own.
+    allow_empty=False: a file without records is an error naming it (files a user named).
     Refused here, before any model runs: a file given twice, an id two records share (compared as
     text), an empty reference, a box_accuracy reference without a box (`_check_references`).
     """
@@ -117,7 +119,7 @@ def load_items(
     items: list[EvalItem] = []
     first_seen: dict[str, Path] = {}
     for f in paths:
-        records = read_records(f)
+        records = read_records(f, allow_empty=allow_empty)
         for r in records:  # answers and reports are keyed by id (as a string), as training's are
             rid = str(r["id"])
             if rid in first_seen:
