@@ -36,11 +36,17 @@ def record_image_paths(rec: dict[str, Any], root: str | Path | None = None) -> l
     return [Path(n) if base is None or Path(n).is_absolute() else base / n for n in names]
 
 
-def record_label(rec: Any, index: int) -> str | int:
-    """How messages name a record: its id, or `#index` (0-based) when it has no usable one (an id
-    that is a list or an object is no name, and could not be counted for duplicates)."""
+def record_id(rec: Any) -> str | int | None:
+    """The record's usable id (a non-empty string or an integer), else None: an id that is a list
+    or an object names nothing, and cannot be counted for duplicates."""
     rid = rec.get("id") if isinstance(rec, dict) else None
-    return rid if isinstance(rid, (str, int)) and rid != "" else f"#{index}"
+    return rid if isinstance(rid, (str, int)) and rid != "" else None
+
+
+def record_label(rec: Any, index: int) -> str | int:
+    """How messages name a record: its id, or `#index` (0-based) when it has no usable one."""
+    rid = record_id(rec)
+    return f"#{index}" if rid is None else rid
 
 
 def validate_record(rec: Any) -> list[str]:
@@ -98,13 +104,13 @@ def check_records(records: Iterable[Any], source: str = "records") -> list[dict[
     bad, seen = [], set()
     for i, rec in enumerate(records):
         problems = validate_record(rec)
-        rid = record_label(rec, i)
-        if isinstance(rec, dict) and rid == rec.get("id"):  # only real ids can repeat
+        rid = record_id(rec)
+        if rid is not None:  # only real ids can repeat
             if rid in seen:
                 problems.append("duplicate id")
             seen.add(rid)
         if problems:
-            bad.append(f"{rid}: {'; '.join(problems)}")
+            bad.append(f"{record_label(rec, i)}: {'; '.join(problems)}")
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise DataError(f"{source}: {len(bad)} bad record(s): {' | '.join(bad[:5])}{more}")

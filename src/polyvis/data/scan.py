@@ -16,6 +16,7 @@ from typing import Any
 
 from polyvis.data.records import (
     read_records,
+    record_id,
     record_image_paths,
     record_label,
     validate_record,
@@ -71,16 +72,13 @@ def scan_records(path: str | Path) -> tuple[list[ScannedRecord], list[str]]:
             bad.append(str(err))
             continue
         # Only string and integer ids can be counted: a list or an object is its own problem.
-        labels = [record_label(r, k) for k, r in enumerate(records)]
-        ids = Counter(
-            rid for r, rid in zip(records, labels) if isinstance(r, dict) and rid == r.get("id")
-        )
+        ids = Counter(rid for r in records if (rid := record_id(r)) is not None)
         for k, rec in enumerate(records):
             problems = validate_record(rec)
-            rid = labels[k]
+            rid = record_label(rec, k)
             images: list[Path] = []
             if isinstance(rec, dict):
-                if rid == rec.get("id") and ids[rid] > 1:
+                if record_id(rec) is not None and ids[rid] > 1:
                     problems.append("duplicate id")
                 if not problems:
                     images = record_image_paths(rec, f.parent)
