@@ -44,6 +44,7 @@ from polyvis.serve.jobs import (
     Started,
     as_pixels,
     collecting,
+    lm_context,
     pixel_token_counts,
     token_budget,
 )
@@ -102,8 +103,7 @@ class Batcher:
             "max_batch_seen": 0,
             "cancelled": 0,
         }
-        text_config = getattr(model.config, "text_config", model.config)
-        self.context = getattr(text_config, "max_position_embeddings", None)
+        self.context = lm_context(model.config)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if processor.tokenizer.eos_token_id is not None:

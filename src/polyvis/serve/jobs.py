@@ -216,6 +216,12 @@ def pixel_token_counts(processor: Any, pixel_values: torch.Tensor | None) -> lis
     ]
 
 
+def lm_context(config: Any) -> int | None:
+    """The LM's context length from a polyvis model's config (None when it does not say)."""
+    text_config = getattr(config, "text_config", config)
+    return getattr(text_config, "max_position_embeddings", None)
+
+
 def token_budget(n_prompt: int, requested: int | None, context: int | None, limit: int) -> int:
     """The tokens a request may generate: its max_tokens, else what the server's limit and the
     context leave; a 400 naming max_tokens or messages when it asks for more than either."""

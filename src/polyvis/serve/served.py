@@ -11,6 +11,7 @@ from polyvis.errors import ConfigError
 from polyvis.serve.batcher import Batcher
 from polyvis.serve.engine import Engine, RemoteBatcher, make_batcher
 from polyvis.serve.errors import APIError
+from polyvis.serve.jobs import lm_context
 from polyvis.serve.settings import ServeSettings
 
 ModelSource = str | Path | tuple[Any, Any]  # a model directory, or (model, processor) loaded
@@ -27,12 +28,6 @@ class ServedModel:
     def __post_init__(self) -> None:
         vocab = self.processor.tokenizer.get_vocab()
         self.longest_token = max((len(t) for t in vocab), default=1)
-
-
-def lm_context(config: Any) -> int | None:
-    """The LM's context length from a polyvis model's config (None when it does not say)."""
-    text_config = getattr(config, "text_config", config)
-    return getattr(text_config, "max_position_embeddings", None)
 
 
 def model_ids(dirs: Sequence[str | Path]) -> list[str]:
