@@ -184,15 +184,74 @@ def md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def differing_counts(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The families whose item count ("n") differs between the runs that report one: their
+    scores are over different items, so a difference need not be the model's."""
+    families = order_families([f for res in runs for f in res["scores"]])
+    out = []
+    for fam in families:
+        counts = {res.get("n", {}).get(fam) for res in runs if fam in res["scores"]} - {None}
+        if len(counts) > 1:
+            out.append(fam)
+    return out
+
+
+def _answer_ids(result_dir: Path) -> dict[str, set[tuple[str, int]]] | None:
+    """Per score group, the (id, occurrence) of each item DIR/answers.jsonl holds; None when
+    there is no readable answers file (older runs, or only results.json copied)."""
+    from polyvis.eval.html_items import group_of, read_answers
+
+    try:
+        rows = read_answers(result_dir / "answers.jsonl")
+    except DataError:
+        return None
+    ids: dict[str, set[tuple[str, int]]] = {}
+    times: dict[tuple[str, str], int] = {}  # an id asked twice is two items, as html joins them
+    for row in rows:
+        group = group_of(row["family"], row.get("metric"))
+        k = times[group, row["id"]] = times.get((group, row["id"]), 0) + 1
+        ids.setdefault(group, set()).add((row["id"], k))
+    return ids
+
+
+def item_mismatch_note(
+    names: Sequence[str], runs: Sequence[dict[str, Any]], dirs: Sequence[Path] = ()
+) -> str | None:
+    """One line naming the families the runs score on different items (counts from "n"; with
+    every run's answers.jsonl, also the same count of different ids); None when none do."""
+    parts = []
+    uneven = differing_counts(runs)
+    for fam in uneven:
+        counts = [
+            f"{res['n'][fam]} ({n})" for n, res in zip(names, runs) if fam in res.get("n", {})
+        ]
+        parts.append(f"{fam} n = {', '.join(counts)}")
+    answers = [_answer_ids(Path(d)) for d in dirs]
+    if dirs and all(a is not None for a in answers):
+        for fam in order_families([f for res in runs for f in res["scores"]]):
+            sets = {frozenset(a[fam]) for a in answers if a is not None and fam in a}
+            if fam not in uneven and len(sets) > 1:
+                parts.append(f"{fam} (same n, different item ids)")
+    if not parts:
+        return None
+    return "Runs are scored on different items: " + "; ".join(parts) + "."
+
+
 def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: one row per run, one column per family, then the mean."""
+    """Markdown table: one row per run, one column per family, then the mean. A family whose
+    item count differs between runs shows each run's n beside its score."""
     columns, rows = compare_rows(runs)
+    uneven = set(differing_counts(runs))
     lines = [
         "| run | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for name, row in zip(names, rows):
-        lines.append(f"| {md_cell(name)} | " + " | ".join(fmt_score(v) for v in row) + " |")
+    for name, row, res in zip(names, rows, runs):
+        cells = []
+        for col, v in zip(columns, row):
+            n = res.get("n", {}).get(col) if col in uneven and v is not None else None
+            cells.append(fmt_score(v) + (f" (n={n})" if n is not None else ""))
+        lines.append(f"| {md_cell(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -222,7 +281,8 @@ def plot_compare(names: Sequence[str], runs: Sequence[dict[str, Any]], path: str
 def compare(result_dirs: Sequence[str | Path], out: str | Path) -> str:
     """Read DIR/results.json for each dir; write OUT/compare.md and OUT/compare.png.
 
-    Returns the markdown table. A missing or malformed results.json is a DataError naming it.
+    Returns the markdown table, and under it a line naming the families the runs score on
+    different items when some do. A missing or malformed results.json is a DataError naming it.
     """
     if not result_dirs:
         raise DataError("compare: no result directories given")
@@ -230,13 +290,16 @@ def compare(result_dirs: Sequence[str | Path], out: str | Path) -> str:
     runs = [load_results(d / RESULTS_FILE) for d in dirs]
     names = run_names(dirs, runs)
     table = compare_table(names, runs)
+    note = item_mismatch_note(names, runs, dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sources = "\n".join(f"- {n}: `{d / RESULTS_FILE}`" for n, d in zip(names, dirs))
     parts = ["# Comparison", table]
+    if note:
+        parts.append(note)
     if len({frozenset(r["scores"]) for r in runs}) > 1:
         parts.append("Runs cover different families; each mean is over the run's own families.")
     parts += ["Sources:", sources]
     (out / "compare.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     plot_compare(names, runs, out / "compare.png")
-    return table
+    return table + (f"\n\n{note}" if note else "")

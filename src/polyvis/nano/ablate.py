@@ -3,7 +3,8 @@
 The ablation file:
 
     nano: true                  # base = the demo's nano setup (experts, data, tiny LM); or
-    base: configs/x.yaml        # a polyvis config (a path, or the config inline)
+    base: x.yaml                # a polyvis config (a path, or the config inline); a
+                                # relative path is from this file's folder
     protocol: fair              # nano's default (polyvis.nano.protocol); `none` for base's
     quick: false                # nano only: the smallest budget
     grid:
@@ -32,7 +33,8 @@ cell the warm start / the feature scales. Writes OUT/leaderboard.{json,md,png}.
 x seed, scored on `eval: {files: [...], limit: 200}` (nano: the demo's test sets), with
 `align: {train: {max_steps: 300}, data: {train: [...]}}`, an align stage (LLM frozen) whose
 sections are merged over the run's (nano: the demo's), and the demo's projector start and
-scales. Writes OUT/ablation.json, OUT/ablation.md (mean ± std over seeds) and OUT/ablation.png.
+scales. Writes OUT/ablation.json, OUT/ablation.md (mean ± std over seeds; with one seed, its
+score and `(n=1)`) and OUT/ablation.png.
 
 Every run trains in its own directory, so a half-finished grid resumes where it stopped. A
 mistake in the file (a grid value, the base, an eval file, jobs) is an error before anything
@@ -111,8 +113,17 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"grid.{sorted(bad)[0]}", f"unknown axis; valid: {', '.join(axes)}")
     check_axes(grid)
     if not spec.get("nano"):  # nano: true makes its own base (the demo's)
+        spec["base"] = _base_path(spec["base"], path.parent)
         base_config(spec["base"])  # its mistakes named now, not as a KeyError in the grid
     return spec
+
+
+def _base_path(src: Any, folder: Path) -> Any:
+    """A `base:` path as the file means it: relative to the ablation file's folder (not to where
+    polyvis runs), `~` expanded; an inline config (a mapping) as it is."""
+    if not isinstance(src, str):
+        return src
+    return str(folder / Path(src).expanduser())  # an absolute path replaces the folder
 
 
 def _nano_base(
@@ -237,9 +248,7 @@ def run_ablation(path: str | Path, out: str | Path, command: str | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     table = _table(summary)
-    (out / "ablation.md").write_text(
-        "# Ablation (points, mean ± std over seeds)\n\n" + table + "\n"
-    )
+    (out / "ablation.md").write_text(f"# Ablation (points, {_what(summary)})\n\n" + table + "\n")
     _plot(summary, out / "ablation.png")
     from polyvis.eval.html import write_ablation_html
 
@@ -265,6 +274,23 @@ def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
+def _mean_spread(stat: dict[str, float]) -> str:
+    # one seed has no spread: its std of 0.0 would read as "no variation between seeds"
+    if stat["n"] < 2:
+        return f"{stat['mean']:.1f} (n=1)"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
+def _spread(summary: dict[str, dict[str, dict[str, float]]]) -> bool:
+    """Whether any cell has two seeds or more (a std to show)."""
+    return any(s["mean"]["n"] > 1 for s in summary.values())
+
+
+def _what(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """What the table's numbers are: mean ± std over seeds, or one seed's score."""
+    return "mean ± std over seeds" if _spread(summary) else "one seed per cell, no spread"
+
+
 def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     cols = list(next(iter(summary.values())))
     lines = [
@@ -272,7 +298,7 @@ def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
         "|---|---|---|" + "---:|" * len(cols),
     ]
     for cell, stats in sorted(summary.items(), key=lambda kv: -kv[1]["mean"]["mean"]):
-        vals = [f"{stats[c]['mean']:.1f} ± {stats[c]['std']:.1f}" for c in cols]
+        vals = [_mean_spread(stats[c]) for c in cols]
         lines.append(
             "| " + " | ".join(p.strip() for p in cell.split("|")) + " | " + " | ".join(vals) + " |"
         )
@@ -290,7 +316,8 @@ def _plot(summary: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     ax.bar(
         range(len(cells)),
         [summary[c]["mean"]["mean"] for c in cells],
-        yerr=[summary[c]["mean"]["std"] for c in cells],
+        # one seed: no error bars (a cap at the mean would read as a spread of 0)
+        yerr=[summary[c]["mean"]["std"] for c in cells] if _spread(summary) else None,
         capsize=3,
     )
     ax.set_xticks(range(len(cells)), [c.replace(" | ", "\n") for c in cells], fontsize=6)

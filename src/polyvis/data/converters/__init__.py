@@ -20,7 +20,8 @@ its help. docs/converters.md ("Adding a converter") shows a complete one. The co
   (and `metric` where it differs from the family's default). Ids must be unique, e.g.
   `f"{prefix}-{params.split}-{n:06d}"`. Unusable input raises `DataError` naming the file / field.
 - `Converter.run` / `run_converter` validate the records (`check_records`) and write
-  `out_dir/{split}.jsonl`.
+  `out_dir/{split}.jsonl`; when that fails, the folders `run` made for out_dir are removed
+  again if still empty (a folder that was there before is never touched).
 - Keep heavy imports inside `convert`, so `polyvis --help` stays fast.
 """
 
@@ -85,9 +86,33 @@ class Converter:
         from polyvis.data.records import check_records, write_records
 
         out_dir = Path(out_dir)
+        made = _missing_folders(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        records = check_records(self.convert(params, out_dir), f"{self.name} converter output")
-        return write_records(out_dir / f"{params.split}.jsonl", records), records
+        try:
+            records = check_records(self.convert(params, out_dir), f"{self.name} converter output")
+            return write_records(out_dir / f"{params.split}.jsonl", records), records
+        except BaseException:  # Ctrl-C too: a failed conversion leaves no empty OUT behind
+            _remove_empty(made)
+            raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first (what mkdir would make)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) while they are empty; rmdir never removes a file, so
+    a folder someone else wrote into meanwhile stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def register_converter(

@@ -53,12 +53,25 @@ def require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
+def utf8_text(data: bytes, where: str | Path) -> str:
+    """An annotation file's bytes (or one line's) as text; a DataError naming `where` when they
+    are not UTF-8 (a byte-order mark is dropped), instead of a UnicodeDecodeError traceback."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{where}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def load_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file; DataError naming the file when it is missing or invalid."""
     path = require_file(path, what)
+    text = utf8_text(path.read_bytes(), path)
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, NonNegativeInt, field_validator
 
 from polyvis.data.converters import ConverterParams, register_converter, relative_image_path
-from polyvis.data.converters._util import comma_choices
+from polyvis.data.converters._util import comma_choices, utf8_text
 from polyvis.data.records import make_record
 from polyvis.errors import DataError
 
@@ -228,8 +228,9 @@ def load_coco(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: COCO annotations file not found")
+    text = utf8_text(path.read_bytes(), path)
     try:
-        coco = json.loads(path.read_text(encoding="utf-8"))
+        coco = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(coco, dict):

@@ -19,7 +19,13 @@ from typing import Any
 from pydantic import Field
 
 from polyvis.data.converters import register_converter
-from polyvis.data.converters._util import CommonParams, ImageResolver, nonempty, require_file
+from polyvis.data.converters._util import (
+    CommonParams,
+    ImageResolver,
+    nonempty,
+    require_file,
+    utf8_text,
+)
 from polyvis.errors import DataError
 
 # Same wording as the synthetic latex family, so real and synthetic data train the same task.
@@ -62,7 +68,7 @@ def list_to_records(
     from polyvis.data.records import make_record
 
     records = []
-    lines = list_path.read_text(encoding="utf-8").split("\n")
+    lines = utf8_text(list_path.read_bytes(), list_path).split("\n")
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue

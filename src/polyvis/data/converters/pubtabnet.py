@@ -32,6 +32,7 @@ from polyvis.data.converters._util import (
     field,
     nonempty,
     require_file,
+    utf8_text,
 )
 from polyvis.errors import DataError
 
@@ -146,11 +147,12 @@ def jsonl_to_records(
     # split should report the splits present, not a missing image folder
     render = table_markdown if params.target == "markdown" else table_html
     records, splits = [], set()
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:  # lines decoded one by one, so a bad byte names its line
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            line = utf8_text(raw, where)
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
