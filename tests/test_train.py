@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from _launch import launch
 from polyvis.cli import main
 from polyvis.config import load_config
-from polyvis.errors import DataError
+from polyvis.errors import ConfigError, DataError
 from polyvis.train import train
 from polyvis.train.loop import TrainingError
 
@@ -209,6 +209,17 @@ def test_resume_refuses_a_different_config(tmp_path, synth_dir):
     cfg = load_config(CFG, overrides(synth_dir, "train.max_steps=2", "model.fusion.type=add"))
     with pytest.raises(Exception, match="model: differs"):
         train(cfg, run, progress=False)
+
+
+def test_a_finished_run_is_not_kept_for_a_config_that_trains_otherwise(tmp_path, synth_dir):
+    # it used to answer "already finished" and hand back a model trained at the old rate
+    run = tmp_path / "r"
+    train(load_config(CFG, overrides(synth_dir, "train.max_steps=2")), run, progress=False)
+    again = load_config(CFG, overrides(synth_dir, "train.max_steps=2", "train.save_every=1"))
+    assert train(again, run, progress=False) == run / "final"  # how it is kept: same run
+    faster = load_config(CFG, overrides(synth_dir, "train.max_steps=2", "train.lr=0.5"))
+    with pytest.raises(ConfigError, match=r"^train\.lr: 0\.5 differs from the finished run"):
+        train(faster, run, progress=False)
 
 
 @pytest.mark.timeout(120)

@@ -117,6 +117,21 @@ def pending_stages(spec: RunSpec, evaluate: bool = True) -> list[Stage]:
     return stages + [s for s in spec.after if not s.done]
 
 
+def check_reused(spec: RunSpec) -> None:
+    """A ConfigError naming the field, before anything is launched, when a stage of `spec` that
+    already trained (finished or checkpointed) was trained with another config: a changed grid
+    or base must not silently reuse runs of the old one."""
+    from polyvis.train.run_dir import check_reusable
+
+    for cfg, run in ((spec.align, spec.out / "align"), (spec.config, spec.out)):
+        if cfg is not None and (run / "config.yaml").is_file():
+            try:
+                check_reusable(run, cfg)
+            except ConfigError as err:
+                msg = str(err).removeprefix(f"{err.field}: ")
+                raise ConfigError(err.field, f"run {spec.name}: {msg}") from None
+
+
 def _env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -181,6 +196,8 @@ def train_runs(
     for name, value in (("jobs", jobs), ("threads", threads)):
         if not int_at_least(value, 1):  # 0 jobs would wait forever for a free slot
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
+    for spec in specs:
+        check_reused(spec)
     pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
     running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
     total, done, began = len(pending), 0, time.perf_counter()

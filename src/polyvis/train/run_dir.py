@@ -4,6 +4,7 @@ section recorded there."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from polyvis.config import Config, config_to_dict, load_config
@@ -12,6 +13,19 @@ from polyvis.train.checkpoint import latest_checkpoint
 
 # Config parts that must match for a run directory to be resumed.
 _RESUME_KEYS = ("model", "data")
+# Train settings that shape the batches: a checkpointed run continues only with the same ones.
+_RESUME_TRAIN_KEYS = ("stage", "lora", "batch_size", "grad_accum", "seed")
+# Train settings that change how a run is kept or computed, not what it learns: a finished run
+# is reused whatever they are (init_from is compared through the model it records instead).
+_HOW_NOT_WHAT = (
+    "save_every",
+    "keep_last",
+    "eval_every",
+    "cache_features",
+    "num_workers",
+    "gradient_checkpointing",
+    "init_from",
+)
 
 
 def _trained(run: Path) -> bool:
@@ -20,8 +34,10 @@ def _trained(run: Path) -> bool:
 
 
 def check_resumable(run: Path, cfg: Config) -> None:
-    """A ConfigError unless `cfg` may continue the run in `run` (its model, data and the train
-    settings that shape the batches match the run's config.yaml)."""
+    """A ConfigError unless `cfg` may continue the run in `run`: its model, data and the train
+    settings that shape the batches match the run's config.yaml, and, once the run is finished,
+    every train setting that changes what it learns (its steps, rates, schedule) too, since a
+    finished run is kept, not trained again."""
     saved = run / "config.yaml"
     # a run that failed before its first checkpoint (a wrong path, a LoRA typo) has nothing to
     # resume: the corrected command takes its place instead of being refused
@@ -36,10 +52,20 @@ def check_resumable(run: Path, cfg: Config) -> None:
             raise ConfigError(
                 key, f"differs from the config of the run in {run}; use a new --out to start over"
             )
-    for key in ("stage", "lora", "batch_size", "grad_accum", "seed"):
-        if old.get("train", {}).get(key) != new["train"].get(key):
+    finished = (run / "done.json").is_file()
+    old_train, new_train = old.get("train", {}), new["train"]
+    keys = (
+        sorted((old_train.keys() | new_train.keys()) - set(_HOW_NOT_WHAT))
+        if finished
+        else _RESUME_TRAIN_KEYS
+    )
+    for key in keys:
+        if old_train.get(key) != new_train.get(key):
+            what = "the finished run" if finished else "the run"
             raise ConfigError(
-                f"train.{key}", f"differs from the run in {run}; use a new --out to start over"
+                f"train.{key}",
+                f"{new_train.get(key)!r} differs from {what} in {run} ({old_train.get(key)!r}); "
+                "use a new --out to start over",
             )
 
 
@@ -72,3 +98,28 @@ def model_of_init(cfg: Config, init_dir: Path) -> tuple[Config, list[str]]:
     theirs = init_model.model_dump(mode="json", exclude_none=True)
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     return cfg.model_copy(update={"model": init_model}), differ
+
+
+def check_reusable(run: Path, cfg: Config) -> None:
+    """check_resumable for a run not launched yet (an ablation's planned run): `cfg` is first
+    made what training records in config.yaml, the model train.init_from starts from and
+    measured `scales: auto`, without measuring anything: a run without init_from is compared
+    with the scales it measured (so a changed scale_images or scale_reference goes unseen)."""
+    saved = run / "config.yaml"
+    if not saved.is_file() or not _trained(run):
+        return
+    from polyvis.config import AUTO
+    from polyvis.train.scales import resolve_scales, with_scales
+
+    init_dir = init_dir_of(cfg)
+    if cfg.model.fusion.get("scales") == AUTO:
+        if init_dir is not None:
+            cfg = resolve_scales(cfg, json.loads((init_dir / "config.json").read_text()))
+        else:
+            import yaml
+
+            recorded = (yaml.safe_load(saved.read_text()).get("model") or {}).get("fusion") or {}
+            cfg = with_scales(cfg, recorded.get("scales"))
+    if init_dir is not None:
+        cfg, _ = model_of_init(cfg, init_dir)
+    check_resumable(run, cfg)
