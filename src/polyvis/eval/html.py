@@ -14,6 +14,7 @@ else, so it opens the same from a laptop, a CI artifact or an e-mail.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -46,6 +47,36 @@ __all__ = [
 
 HTML_FILE = "results.html"
 
+# Characters a browser drops (NUL), draws as an empty box or obeys unseen (bidi controls that
+# reorder the text around them), and lone surrogates, which UTF-8 cannot even write: a model's
+# prediction may hold any of them, and the report must show what it said.
+HIDDEN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _notation(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain(text: str) -> str:
+    """`text` escaped for an attribute or <title>: each HIDDEN character as its Python escape
+    (\\x1b, \\u202e)."""
+    return escape(HIDDEN.sub(lambda m: _notation(m.group()), text))
+
+
+def shown(text: str) -> str:
+    """`text` escaped as element content: each HIDDEN character as its Python escape, marked
+    (class "ctl", its code point as a tooltip) so it does not read as the literal text."""
+    out, pos = [], 0
+    for m in HIDDEN.finditer(text):
+        ch = m.group()
+        out.append(escape(text[pos : m.start()]))
+        out.append(f'<span class="ctl" title="U+{ord(ch):04X}">{_notation(ch)}</span>')
+        pos = m.end()
+    return "".join(out) + escape(text[pos:])
+
 
 @dataclass
 class ReportPage:
@@ -64,11 +95,11 @@ class ReportPage:
 def _table_html(table: Table) -> str:
     def cell(tag: str, text: str, i: int) -> str:
         cls = ' class="num"' if i >= table.left else ""
-        return f"<{tag}{cls}>{escape(text)}</{tag}>"
+        return f"<{tag}{cls}>{shown(text)}</{tag}>"
 
     head = "".join(cell("th", c, i) for i, c in enumerate(table.columns))
     if table.intervals is not None:
-        head += f"<th>{escape(table.interval_label)}</th>"
+        head += f"<th>{shown(table.interval_label)}</th>"
     body = []
     for r, row in enumerate(table.rows):
         tds = "".join(cell("td", c, i) for i, c in enumerate(row))
@@ -91,7 +122,7 @@ def _answer_cell(item: Item, run: str) -> str:
         else ""
     )
     return (
-        f'<td class="{cls}">{escape(answer.prediction)}'
+        f'<td class="{cls}">{shown(answer.prediction)}'
         f'<span class="mark">{mark} {answer.score:.2f}</span>{boxes}</td>'
     )
 
@@ -100,21 +131,21 @@ def _items_html(page: ReportPage) -> str:
     if not page.items:
         return ""
     groups = order_families([it.group for it in page.items])
-    options = "".join(f'<option value="{escape(g)}">{escape(g)}</option>' for g in groups)
+    options = "".join(f'<option value="{plain(g)}">{plain(g)}</option>' for g in groups)
     disagree = (
         '<label><input type="checkbox" id="disagree"> only where the runs disagree</label>'
         if len(page.runs) > 1
         else ""
     )
     head = "<th>image</th><th>family</th><th>question</th><th>reference</th>"
-    head += "".join(f"<th>{escape(r)}</th>" for r in page.runs)
+    head += "".join(f"<th>{shown(r)}</th>" for r in page.runs)
     rows = []
     for it in page.items:
         thumb = f'<img class="thumb" alt="" src="{it.thumbnail}">' if it.thumbnail else ""
         rows.append(
-            f'<tr data-family="{escape(it.group)}" data-disagree="{int(it.disagree)}">'
-            f"<td>{thumb}</td><td>{escape(it.group)}<small>{escape(it.id)}</small></td>"
-            f"<td>{escape(it.question)}</td><td>{escape(it.reference)}</td>"
+            f'<tr data-family="{plain(it.group)}" data-disagree="{int(it.disagree)}">'
+            f"<td>{thumb}</td><td>{shown(it.group)}<small>{shown(it.id)}</small></td>"
+            f"<td>{shown(it.question)}</td><td>{shown(it.reference)}</td>"
             + "".join(_answer_cell(it, r) for r in page.runs)
             + "</tr>"
         )
@@ -135,7 +166,7 @@ def _items_html(page: ReportPage) -> str:
 
 
 def render_html(page: ReportPage) -> str:
-    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in page.notes)
+    notes = "".join(f'<p class="note">{shown(n)}</p>' for n in page.notes)
     plot = ""
     if page.plot is not None:
         data = base64.b64encode(page.plot).decode()
@@ -144,8 +175,8 @@ def render_html(page: ReportPage) -> str:
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(page.title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{escape(page.title)}</h1>{notes}"
+        f"<title>{plain(page.title)}</title><style>{CSS}</style></head><body>"
+        f"<h1>{shown(page.title)}</h1>{notes}"
         f'<section id="summary"><h2>Scores</h2><div class="side">{_table_html(page.table)}{plot}'
         "</div></section>"
         f"{_items_html(page)}<script>{SCRIPT}</script></body></html>\n"

@@ -22,7 +22,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .side { display: flex; flex-wrap: wrap; gap: 12px 32px; align-items: flex-start; }
 #plot { display: block; max-width: 100%; max-height: 420px; }
 svg.ci line { stroke: #2f6fde; stroke-width: 2; } svg.ci circle { fill: #2f6fde; }
-#filters { display: flex; gap: 18px; align-items: center; margin: 10px 0; }
+#filters { display: flex; flex-wrap: wrap; gap: 8px 18px; align-items: center; margin: 10px 0; }
 #shown { color: #687385; }
 .how { color: #687385; }
 #answers td { max-width: 260px; white-space: pre-wrap; overflow-wrap: anywhere; }
@@ -32,6 +32,15 @@ svg.ci line { stroke: #2f6fde; stroke-width: 2; } svg.ci circle { fill: #2f6fde;
 td.right { background: #ecf7ee; } td.wrong { background: #fdecea; }
 td.missing { color: #687385; }
 .mark { display: block; font-size: 12px; color: #687385; margin-top: 3px; }
+.ctl { font: 12px ui-monospace, Menlo, Consolas, monospace; color: #7a4b00; background: #fff4e5;
+  border-radius: 3px; padding: 0 2px; white-space: nowrap; }
+@media (max-width: 700px) {
+  body { margin: 12px auto; padding: 0 10px; }
+  /* a wide table scrolls in its own box; the page keeps the screen's width */
+  table { display: block; overflow-x: auto; max-width: 100%; }
+  #answers th, #answers td { min-width: 7em; }
+  #answers th:first-child, #answers td:first-child { min-width: 0; }
+}
 """
 
 SCRIPT = """

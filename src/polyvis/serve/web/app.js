@@ -7,7 +7,8 @@ const $ = (id) => document.getElementById(id);
 const MAX_SIDE = 1024; // larger images are scaled down here: the models see a few hundred pixels
 const KEY_STORE = "polyvis.apiKey"; // per browser tab (sessionStorage), never sent elsewhere
 
-const state = { mode: "chat", models: [], panes: [], image: null, busy: 0 };
+// ready: the status line while all is well (the models served), put back once an error is past
+const state = { mode: "chat", models: [], panes: [], image: null, busy: 0, ready: "" };
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -44,8 +45,9 @@ async function loadModels() {
   }
   if (!resp.ok) return failModels(await errorText(resp));
   state.models = (await resp.json()).data.map((m) => m.id);
-  setStatus(`${state.models.length} model${state.models.length === 1 ? "" : "s"}: ` +
-            state.models.join(", "));
+  state.ready = `${state.models.length} model${state.models.length === 1 ? "" : "s"}: ` +
+    state.models.join(", ");
+  setStatus(state.ready);
   renderModelChoices();
   resetPanes();
 }
@@ -169,6 +171,7 @@ async function send() {
   if (state.busy) return;
   if (!text) return setStatus("type a question first", true);
   if (!state.panes.length) return setStatus("no model chosen", true);
+  setStatus(state.ready); // an earlier complaint ("type a question first") no longer holds
   const content = [];
   if (state.image) content.push({ type: "image_url", image_url: { url: state.image } });
   content.push({ type: "text", text });
@@ -217,6 +220,9 @@ async function ask(pane, message) {
   try {
     const resp = await fetch("v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+    }).catch((err) => {
+      if (err.name === "AbortError") throw err;
+      throw new Error("cannot reach the server: " + err.message); // not "Failed to fetch" alone
     });
     if (!resp.ok) throw new Error(await errorText(resp));
     await readEvents(resp, (chunk) => {
@@ -238,6 +244,7 @@ async function ask(pane, message) {
     drawBoxes(answer, text, lastImage(pane.messages));
   } catch (err) {
     const stopped = err.name === "AbortError";
+    if (stopped) finish = "stopped"; // said under the answer, as "stopped at max tokens" is
     finishAnswer(answer, stopped ? "stopped" : "error", stopped ? "stopped" : null);
     if (!stopped) answer.text.textContent = text ? `${text}\n${err.message}` : err.message;
     if (!stopped && !text) {
@@ -255,6 +262,7 @@ async function ask(pane, message) {
     answer.box.dataset.deltas = String(deltas);
     if (usage) answer.box.dataset.completionTokens = String(usage.completion_tokens);
     answer.meta.textContent = timing(first, done, t0, usage, finish);
+    pane.log.scrollTop = pane.log.scrollHeight; // the error or the timing line just added
   }
   pane.messages.push({ role: "assistant", content: text });
 }
