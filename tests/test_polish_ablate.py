@@ -24,6 +24,15 @@ def test_one_seed_has_no_spread() -> None:
     assert _what(two) == "mean ± std over seeds"
 
 
+def test_the_html_summary_of_one_seed_has_no_spread_either() -> None:
+    from polyvis.eval.html_tables import summary_table
+
+    one = summary_table({"clip | add | mlp": _mean_std([{"scene": 40.0, "mean": 40.0}])})
+    assert one.rows[0][1:3] == ["40.0 (n=1)", "40.0 (n=1)"] and one.rows[0][-1] == "-"
+    two = summary_table({"clip | add | mlp": _mean_std([{"scene": 40.0, "mean": 40.0}] * 2)})
+    assert two.rows[0][1] == "40.0 ± 0.0"
+
+
 def _ablation(folder: Path, base: str) -> Path:
     test = folder / "test.jsonl"
     test.write_text("")

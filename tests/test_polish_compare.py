@@ -55,3 +55,12 @@ def test_same_items_add_nothing(tmp_path: Path) -> None:
     text = compare([a, b], tmp_path / "cmp")
     assert "(n=" not in text and "different items" not in text
     assert "different items" not in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_the_html_comparison_shows_n_and_the_line_too(tmp_path: Path) -> None:
+    a = _run(tmp_path, "a", {"scene": 100, "ocr": 50})
+    b = _run(tmp_path, "b", {"scene": 40, "ocr": 50})
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp" / "results.html").read_text()
+    assert "0.8000 (n=100)" in page and "0.8000 (n=40)" in page
+    assert "Runs are scored on different items: scene n = 100 (a), 40 (b)." in page

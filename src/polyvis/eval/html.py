@@ -26,8 +26,8 @@ from polyvis.eval.html_items import RIGHT, Item, report_items
 from polyvis.eval.html_tables import Table, eval_table, interval_svg
 from polyvis.eval.report import (
     RESULTS_FILE,
-    compare_rows,
-    fmt_score,
+    compare_cells,
+    item_mismatch_note,
     load_results,
     order_families,
     run_names,
@@ -243,17 +243,19 @@ def write_compare_html(
     dirs = [Path(d) for d in result_dirs]
     runs = [load_results(d / RESULTS_FILE) for d in dirs]
     names = run_names(dirs, runs)
-    columns, values = compare_rows(runs)
-    rows = [[n, *(fmt_score(v) for v in row)] for n, row in zip(names, values)]
+    columns, cells = compare_cells(runs)
+    rows = [[n, *line] for n, line in zip(names, cells)]
     answers = {
         n: d / "answers.jsonl" for n, d in zip(names, dirs) if (d / "answers.jsonl").is_file()
     }
+    mismatch = item_mismatch_note(names, runs, dirs)
     return write_html_report(
         Path(out) / HTML_FILE,
         "Comparison",
         Table(["run", *columns], rows),
         plot=Path(out) / "compare.png",
         answers=answers,
+        notes=[mismatch] if mismatch else [],
         per_family=per_family,
     )
 

@@ -88,9 +88,16 @@ def eval_table(results: Mapping[str, Any]) -> Table:
     return Table(["family", "metric", "score", "n"], rows, left=2)
 
 
+def mean_spread(stat: Mapping[str, float]) -> str:
+    """ "mean ± std" over seeds; one seed's score with "(n=1)": its std of 0 is no spread."""
+    if int(stat.get("n", 1)) < 2:
+        return f"{stat['mean']:.1f} (n=1)"
+    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
+
+
 def summary_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Table:
     """An ablation summary (cell -> column -> {mean, std, n}, points over seeds), best mean
-    first: mean ± std per column, the seeds, and the mean's 95 % interval over the seeds."""
+    first: mean ± std per column (`mean_spread`), the seeds, and the mean's 95 % interval over the seeds."""
     if not summary:
         raise ValueError("the ablation summary has no cells")
     cells = sorted(summary, key=lambda c: -summary[c]["mean"]["mean"])
@@ -102,7 +109,7 @@ def summary_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> T
         ci = seed_interval(mean["mean"], mean["std"], int(mean.get("n", 1)))
         rows.append(
             [cell]
-            + [f"{stats[c]['mean']:.1f} ± {stats[c]['std']:.1f}" for c in cols]
+            + [mean_spread(stats[c]) for c in cols]
             + [str(int(mean.get("n", 1))), "-" if ci is None else f"[{ci.lo:.1f}, {ci.hi:.1f}]"]
         )
         intervals.append(ci)

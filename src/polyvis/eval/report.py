@@ -237,21 +237,30 @@ def item_mismatch_note(
     return "Runs are scored on different items: " + "; ".join(parts) + "."
 
 
-def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
-    """Markdown table: one row per run, one column per family, then the mean. A family whose
-    item count differs between runs shows each run's n beside its score."""
+def compare_cells(runs: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(columns, each run's formatted scores): one column per family, then the mean. A family
+    whose item count differs between runs shows each run's n beside its score."""
     columns, rows = compare_rows(runs)
     uneven = set(differing_counts(runs))
+    cells = []
+    for row, res in zip(rows, runs):
+        line = []
+        for col, v in zip(columns, row):
+            n = res.get("n", {}).get(col) if col in uneven and v is not None else None
+            line.append(fmt_score(v) + (f" (n={n})" if n is not None else ""))
+        cells.append(line)
+    return columns, cells
+
+
+def compare_table(names: Sequence[str], runs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of `compare_cells`: one row per run."""
+    columns, cells = compare_cells(runs)
     lines = [
         "| run | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for name, row, res in zip(names, rows, runs):
-        cells = []
-        for col, v in zip(columns, row):
-            n = res.get("n", {}).get(col) if col in uneven and v is not None else None
-            cells.append(fmt_score(v) + (f" (n={n})" if n is not None else ""))
-        lines.append(f"| {md_cell(name)} | " + " | ".join(cells) + " |")
+    for name, line in zip(names, cells):
+        lines.append(f"| {md_cell(name)} | " + " | ".join(line) + " |")
     return "\n".join(lines)
 
 

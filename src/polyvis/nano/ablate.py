@@ -53,6 +53,7 @@ from typing import Any
 
 from polyvis.config_files import read_yaml_mapping
 from polyvis.errors import ConfigError
+from polyvis.eval.html_tables import mean_spread
 from polyvis.nano.ablate_checks import (
     AXES,
     base_config,
@@ -274,13 +275,6 @@ def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
-def _mean_spread(stat: dict[str, float]) -> str:
-    # one seed has no spread: its std of 0.0 would read as "no variation between seeds"
-    if stat["n"] < 2:
-        return f"{stat['mean']:.1f} (n=1)"
-    return f"{stat['mean']:.1f} ± {stat['std']:.1f}"
-
-
 def _spread(summary: dict[str, dict[str, dict[str, float]]]) -> bool:
     """Whether any cell has two seeds or more (a std to show)."""
     return any(s["mean"]["n"] > 1 for s in summary.values())
@@ -298,7 +292,7 @@ def _table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
         "|---|---|---|" + "---:|" * len(cols),
     ]
     for cell, stats in sorted(summary.items(), key=lambda kv: -kv[1]["mean"]["mean"]):
-        vals = [_mean_spread(stats[c]) for c in cols]
+        vals = [mean_spread(stats[c]) for c in cols]
         lines.append(
             "| " + " | ".join(p.strip() for p in cell.split("|")) + " | " + " | ".join(vals) + " |"
         )
