@@ -113,15 +113,6 @@ def stand_in(monkeypatch):
 
 
 # ---- a model whose answers differ from prompt to prompt, and some data ----------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a shared CPU extra threads mostly wait."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model, processor = load_model(tiny_model_dir)

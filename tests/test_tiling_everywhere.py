@@ -50,15 +50,6 @@ def image(size: tuple[int, int], seed: int) -> Image.Image:
     return Image.fromarray((torch.rand(size[1], size[0], 3, generator=g) * 255).byte().numpy())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: extra intra-op threads mostly wait."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _saved(tiled: bool, out: Path) -> Path:
     torch.manual_seed(0)
     model, processor = build_model(load_config(NANO_TINY, overrides(tiled)))

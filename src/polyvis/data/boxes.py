@@ -8,6 +8,7 @@ on a copy of the image. Pure PIL: the chat command and the HTML reports both use
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -36,16 +37,29 @@ def draw_boxes(
     """An RGB copy of `image` with each box outlined (`width` pixels, inside the box's edges).
 
     scale: how much `image` was resized from the one the boxes' pixels refer to (a thumbnail).
-    Corners given in either order are drawn; boxes off the image are clipped by PIL.
+    Corners given in either order are drawn; boxes off the image are clipped, and boxes with a
+    corner that is not a finite number (a model's "[1e999, ...]") are left out.
     """
     out = image.convert("RGB") if image.mode != "RGB" else image.copy()
     draw = ImageDraw.Draw(out)
     for box in boxes:
-        x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
+        x1, y1, x2, y2 = (float(v) * scale for v in box)
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            continue
+        # Clamped just past the image, where nothing of the outline shows: PIL clips boxes off
+        # the image itself, but corners past its C int range overflow into wrong or refused ones.
+        x1, x2 = (_clamp(round(v), out.width, width) for v in (x1, x2))
+        y1, y2 = (_clamp(round(v), out.height, width) for v in (y1, y2))
         draw.rectangle(
             [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=colour, width=width
         )
     return out
+
+
+def _clamp(v: int, side: int, width: int) -> int:
+    """v within [-width - 1, side + width]: an outline `width` pixels thick drawn from there is
+    wholly off the image, as it is from any point further out."""
+    return min(max(v, -width - 1), side + width)
 
 
 def fit(image: Image.Image, size: int) -> tuple[Image.Image, float]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from polyvis.errors import DataError
+from polyvis.data.boxes import BOX_RE
+from polyvis.errors import ConfigError, DataError
 from polyvis.eval.corpus import check_corpus, mean
 
 _NUM = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -14,11 +15,15 @@ Box = tuple[float, float, float, float]
 
 
 def parse_box(text: str) -> Box | None:
-    """The first four numbers in `text` as (x1, y1, x2, y2), or None when there are fewer.
+    """The box in `text` as (x1, y1, x2, y2): its first "[x1, y1, x2, y2]", else its first four
+    numbers; None when it has fewer.
 
-    Any wrapping works: "[10, 20, 30, 40]", "(10,20),(30,40)", "box: 10 20 30 40".
+    The bracketed box comes first so that numbers before it ("1. [10, 20, 30, 40]", "2 cats at
+    [...]") are not read as corners: it is the box `parse_boxes` draws in the reports and chat.
+    Any other wrapping works too: "(10,20),(30,40)", "box: 10 20 30 40".
     """
-    nums = _NUM.findall(text)
+    bracketed = BOX_RE.search(text)
+    nums = bracketed.groups() if bracketed else _NUM.findall(text)
     if len(nums) < 4:
         return None
     x1, y1, x2, y2 = (float(n) for n in nums[:4])
@@ -41,6 +46,14 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def check_iou_threshold(value: float) -> None:
+    """A threshold in (0, 1]: at 0 boxes that do not overlap at all would count as found (IoU 0
+    >= 0), above 1 nothing would."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    if not ok:
+        raise ConfigError("iou_threshold", f"must be a number in (0, 1], got {value!r}")
+
+
 def box_accuracy_item(
     prediction: str, references: Sequence[str], iou_threshold: float = 0.5
 ) -> float:
@@ -48,6 +61,7 @@ def box_accuracy_item(
 
     An unparseable prediction scores 0; an unparseable reference is a data error.
     """
+    check_iou_threshold(iou_threshold)
     ref_boxes = []
     for ref in references:
         box = parse_box(ref)
@@ -63,7 +77,8 @@ def box_accuracy_item(
 def box_accuracy(
     predictions: list[str], references: list[list[str]], iou_threshold: float = 0.5
 ) -> float:
-    """Fraction of predicted boxes with IoU >= 0.5 against some reference box."""
+    """Fraction of predicted boxes with IoU >= `iou_threshold` against some reference box."""
+    check_iou_threshold(iou_threshold)
     preds, refs = check_corpus("box_accuracy", predictions, references)
     scores = []
     for i, (p, r) in enumerate(zip(preds, refs)):

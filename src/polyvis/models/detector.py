@@ -92,6 +92,12 @@ def describe_detector(
     backbone.eval()
     try:
         out = backbone(pixel_values=dummy, return_dict=True)
+    except TypeError as err:  # a detector that needs more than pixels (Grounding DINO: text)
+        raise ConfigError(
+            field,
+            f"detector forward on pixel_values alone failed ({str(err).splitlines()[0]}): "
+            "detectors prompted by text or other inputs are not supported",
+        ) from None
     except (RuntimeError, ValueError) as err:
         raise ConfigError(field, f"detector forward failed: {str(err).splitlines()[0]}") from None
     finally:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from polyvis.errors import DataError
+from polyvis.errors import ConfigError, DataError
 
 Grid = tuple[int, int]
 
@@ -40,8 +40,23 @@ class Tiling:
     thumbnail: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Tiling:
-        return cls(tuple((int(r), int(c)) for r, c in data["grids"]), bool(data["thumbnail"]))
+    def from_dict(cls, data: dict[str, Any], field: str = "tiling") -> Tiling:
+        """A tiling as saved in config.json / polyvis_processor.json. Those files can be edited by
+        hand, so the values are checked here (ConfigError naming `field`), not where a bad value
+        would fail later: `max()` of no grids, a KeyError, a model that loads but no image fits.
+        `thumbnail` may be left out (false), as in a config's `tiling`."""
+        if not isinstance(data, dict):
+            raise ConfigError(field, f"must be a mapping {{grids, thumbnail}}, got {data!r}")
+        grids = data.get("grids")
+        if not isinstance(grids, list | tuple) or not grids or not all(map(_is_grid, grids)):
+            raise ConfigError(
+                f"{field}.grids",
+                f"must be a non-empty list of [rows, cols] of positive integers, got {grids!r}",
+            )
+        thumbnail = data.get("thumbnail", False)
+        if not isinstance(thumbnail, bool):
+            raise ConfigError(f"{field}.thumbnail", f"must be true or false, got {thumbnail!r}")
+        return cls(tuple((int(r), int(c)) for r, c in grids), thumbnail)
 
     def to_dict(self) -> dict[str, Any]:
         return {"grids": [list(g) for g in self.grids], "thumbnail": self.thumbnail}
@@ -91,17 +106,35 @@ class Tiling:
         return int(self.thumbnail) + grid[0] * grid[1]
 
 
+def _is_grid(grid: Any) -> bool:
+    """[rows, cols]: two positive integers (not bools, which JSON would not hold here anyway)."""
+    return (
+        isinstance(grid, list | tuple)
+        and len(grid) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid)
+    )
+
+
+def _field(entry: dict[str, Any]) -> str:
+    """The saved config's field of an encoder entry's tiling, by encoder name."""
+    return f"encoders.{entry.get('name')}.tiling"
+
+
 def find_tiling(entries: list[dict[str, Any]]) -> tuple[int, Tiling] | None:
     """(index, Tiling) of the tiled encoder among PolyVisConfig.encoders entries, or None."""
     for k, entry in enumerate(entries):
-        if entry.get("tiling"):
-            return k, Tiling.from_dict(entry["tiling"])
+        if entry.get("tiling") is not None:
+            return k, Tiling.from_dict(entry["tiling"], _field(entry))
     return None
 
 
 def views_of(entry: dict[str, Any]) -> int:
     """Slots an encoder entry takes in pixel_values: 1, or a tiled encoder's `views`."""
-    return Tiling.from_dict(entry["tiling"]).views if entry.get("tiling") else 1
+    return (
+        Tiling.from_dict(entry["tiling"], _field(entry)).views
+        if entry.get("tiling") is not None
+        else 1
+    )
 
 
 # -- images ------------------------------------------------------------------------------------------
