@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from polyvis.data.images import as_rgb
 from polyvis.data.records import IMAGE_TOKEN
 from polyvis.data.template import for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
@@ -113,7 +114,7 @@ class PolyVisLMMsBase:
                     f"{task} doc {doc_id}: visual of type {type(v).__name__}; polyvis takes images "
                     "only (no video or audio)"
                 )
-        return [v.convert("RGB") for v in visuals]
+        return [as_rgb(v) for v in visuals]  # as training decodes them: alpha on white
 
     def _prompt(self, context: str, images: list[Image.Image], where: str) -> list[int]:
         markers = context.count(IMAGE_TOKEN)

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
+from polyvis.data.images import as_rgb
 from polyvis.serve.errors import APIError
 
 
@@ -141,7 +142,7 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
                     "image_too_large",
                 )
             image.load()
-            return image.convert("RGB")
+            return as_rgb(image)  # exactly as training decodes it: upright, alpha on white
     except APIError:
         raise
     except Image.DecompressionBombError:
