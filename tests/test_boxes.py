@@ -35,6 +35,9 @@ def test_parse_boxes_finds_every_box_in_order():
     assert parse_boxes("no boxes here") == [] and parse_boxes("") == []
     # what the COCO converter writes reads back
     assert parse_boxes(box_text([10.4, 20, 30, 40.6])) == [(10.0, 20.0, 40.0, 61.0)]
+    # under a pixel wide or high: still a box of one pixel, which an answer can match
+    assert box_text([10.6, 5, 0.3, 3]) == "[11, 5, 12, 8]"
+    assert box_text([3, 7.4, 5, 0.2]) == "[3, 7, 8, 8]"
 
 
 def test_draw_boxes_outlines_each_box_in_its_colour():

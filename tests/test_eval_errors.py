@@ -68,6 +68,14 @@ def test_box_references_are_checked_before_the_model_runs(tmp_path):
     assert len(load_items(path)) == 2  # exact match needs no box
 
 
+def test_a_box_reference_without_area_is_refused(tmp_path):
+    recs = [make_record("g-0", None, [("Where?", "[11, 5, 11, 8]")])]
+    path = _write(tmp_path, "val.jsonl", recs)
+    expected = f"{path}: record g-0: box_accuracy reference '[11, 5, 11, 8]' has no area"
+    with pytest.raises(DataError, match=rf"^{re.escape(expected)}"):
+        load_items(path, metric="box_accuracy")
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -143,10 +143,16 @@ def _check_references(item: EvalItem, f: Path) -> None:
         raise DataError(f"{f}: record {item.id}: empty reference answer")
     if item.metric == "box_accuracy":
         for ref in item.references:
-            if parse_box(ref) is None:
+            box = parse_box(ref)
+            if box is None:
                 raise DataError(
                     f"{f}: record {item.id}: box_accuracy reference {ref!r} has fewer than 4 "
                     "numbers (x1, y1, x2, y2)"
+                )
+            if box[2] <= box[0] or box[3] <= box[1]:  # no area: no answer could ever match it
+                raise DataError(
+                    f"{f}: record {item.id}: box_accuracy reference {ref!r} has no area "
+                    "(needs x2 > x1 and y2 > y1)"
                 )
 
 

@@ -49,7 +49,10 @@ _ALREADY_PLURAL = {"skis", "scissors", "glasses", "pants"}
 def box_text(bbox: list[float]) -> str:
     """COCO [x, y, w, h] -> the answer text "[x1, y1, x2, y2]" in pixel ints."""
     x, y, w, h = (float(v) for v in bbox)
-    return f"[{round(x)}, {round(y)}, {round(x + w)}, {round(y + h)}]"
+    x1, y1 = round(x), round(y)
+    # an object under a pixel wide would round to a box of no area, which no answer can match
+    x2, y2 = max(round(x + w), x1 + 1), max(round(y + h), y1 + 1)
+    return f"[{x1}, {y1}, {x2}, {y2}]"
 
 
 def parse_box(text: str) -> list[int] | None:
