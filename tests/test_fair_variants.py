@@ -109,6 +109,18 @@ def test_families_and_variants_errors_name_their_field(
     assert err.value.field == field and words in str(err.value)
 
 
+def test_a_variants_mistake_is_named_before_the_world_is_built(tmp_path: Path, monkeypatch):
+    from polyvis.nano import fair_world
+    from polyvis.nano.protocol import plan_fair
+
+    # it used to surface after the experts and data were built: minutes of silence first
+    monkeypatch.setattr(fair_world, "_nano_world", lambda *a: pytest.fail("built the world"))
+    bad = {"t": {"from": "vary", "tiling": {"grids": [[1, 2], [1, 2]]}}}
+    spec = {"nano": True, "quick": True, "grid": {"encoders": [["t"]]}, "variants": bad}
+    with pytest.raises(ConfigError, match=r"^variants\.t\.tiling\.grids: .*repeat a grid"):
+        plan_fair(load_ablation(write(tmp_path / "a.yaml", spec)), tmp_path / "o")
+
+
 def test_the_options_belong_to_the_fair_protocol_and_families_to_nano(tmp_path: Path):
     from polyvis.config import load_config
     from polyvis.nano.protocol import plan_fair

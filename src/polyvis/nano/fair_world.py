@@ -111,10 +111,16 @@ def align_steps(total: int, share: Any) -> int:
     return max(1, round(total * share)) if share else 0
 
 
+# the nano world's encoder names (polyvis.nano.world), which variants derive from
+NANO_ENCODERS = ("clip", "dino", "vary")
+
+
 def make_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.nano.fair_variants import add_variants, world_families
 
     world_families(spec)  # the `families` option is checked before anything is built
+    if spec.get("nano"):  # and the variants' own fields, on stand-ins for the experts to come
+        add_variants(spec, {n: {"name": n, "path": f"<{n}-nano>"} for n in NANO_ENCODERS})
     world = _nano_world(spec, out) if spec.get("nano") else _real_world(spec, out)
     world.encoders = add_variants(spec, world.encoders)
     world.variants = tuple(spec.get("variants") or ())
