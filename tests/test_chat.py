@@ -121,3 +121,38 @@ def test_sampling_and_beam_options(single, tmp_path) -> None:
     assert isinstance(beams, str)
     rc = main(["chat", "x", "--temperature", "0.5", "hi"])
     assert rc == 2  # --temperature without --sample
+
+
+def test_a_prompt_past_the_lms_context_is_refused_and_answers_stop_at_its_end(
+    single, tmp_path, monkeypatch
+) -> None:
+    from polyvis.errors import DataError
+
+    model, processor = single
+    red = _image(tmp_path / "red.png", (220, 20, 20))
+    n = len(prompt_ids(processor, chat_messages("what color?")))
+    text = model.config.text_config
+    monkeypatch.setattr(text, "max_position_embeddings", n + 2)
+    # the answer ends where the context does, as if max_new_tokens were 2 (it used to run on)
+    capped = answer(model, processor, red, "what color?", max_new_tokens=50)
+    monkeypatch.setattr(text, "max_position_embeddings", 10_000)
+    assert capped == answer(model, processor, red, "what color?", max_new_tokens=2)
+    monkeypatch.setattr(text, "max_position_embeddings", n)
+    with pytest.raises(DataError, match=rf"^the prompt is {n} tokens, and the LM's context is {n}"):
+        answer(model, processor, red, "what color?")
+    session = ChatSession(model, processor, image=Image.open(red))
+    with pytest.raises(DataError):
+        session.ask("what color?")
+    assert session.history == []  # a refused question leaves no turn behind
+
+
+def test_interactive_keeps_going_past_a_refused_question(
+    tiny_single_model_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    red = _image(tmp_path / "red.png", (220, 20, 20))
+    long = "why " * 400  # past nano-tiny's context
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{long}\n/reset\n"))
+    rc = main(["chat", str(tiny_single_model_dir), "--image", red, "--max-new-tokens", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "error: the prompt is" in captured.err
+    assert "(conversation reset)" in captured.out

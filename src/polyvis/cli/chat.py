@@ -148,9 +148,13 @@ def interactive(session, stream: bool, draw_boxes: str | None = None) -> int:
             else:
                 print(HELP)
             continue
-        if stream:
-            reply = session.ask(line, streamer=streamer)  # the streamer prints it and a newline
-        else:
-            reply = session.ask(line)
-            print(reply)
+        try:
+            if stream:
+                reply = session.ask(line, streamer=streamer)  # the streamer prints it and a newline
+            else:
+                reply = session.ask(line)
+                print(reply)
+        except DataError as err:  # e.g. past the LM's context: the session goes on
+            print(f"error: {err}", file=sys.stderr)
+            continue
         save_boxes(session.image, reply, draw_boxes)

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from polyvis.data.template import for_images, prompt_ids
+from polyvis.errors import DataError
 from polyvis.models.tokenizer import IMAGE_TOKEN
+from polyvis.serve.jobs import lm_context
 
 History = list[tuple[str, str]]
 
@@ -82,11 +84,20 @@ def answer(
     messages = chat_messages(question, history, with_image=pil is not None, system=system)
     text_processor = for_images(processor, [pil] if pil is not None else [])
     ids = torch.tensor([prompt_ids(text_processor, messages)], device=model.device)
+    kwargs = generation_kwargs(**gen)
+    context = lm_context(model.config)
+    if context is not None:  # past the LM's positions it fails or answers nonsense, silently
+        room = context - ids.shape[1]
+        if room < 1:
+            raise DataError(
+                f"the prompt is {ids.shape[1]} tokens, and the LM's context is {context}: "
+                "start a new conversation (/reset) or ask a shorter question"
+            )
+        kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), room)
     inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if pil is not None:
         pixel_values = processor.preprocess_images([pil])
         inputs["pixel_values"] = pixel_values.to(model.device, model.dtype)
-    kwargs = generation_kwargs(**gen)
     if streamer is not None and kwargs.get("num_beams", 1) == 1:
         kwargs["streamer"] = streamer
     out = model.generate(**inputs, **kwargs)
