@@ -180,9 +180,10 @@ def test_chat_and_eval_take_a_run_directory(tiny_single_model_dir, tmp_path, cap
     assert "a run directory without a final/ model" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_bos_adding_tokenizer_with_a_template_without_bos_gets_none_anywhere(tmp_path) -> None:
-    """Mistral or Llama with polyvis's plain template: training sees no BOS, and neither do the
-    processor, the server's tokenisation nor the LLaVA export (whose check compares ids)."""
+def test_a_bos_adding_tokenizer_without_a_template_gets_one_bos_everywhere(tmp_path) -> None:
+    """Mistral or Llama without a chat template: polyvis's plain template writes the BOS its LM
+    was trained with, once, and training, the processor, the server's tokenisation and the
+    LLaVA export (whose check compares ids) all see exactly that one."""
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
     for ch in string.ascii_letters + string.digits + string.punctuation:
         vocab.setdefault(ch, len(vocab))
@@ -193,9 +194,9 @@ def test_a_bos_adding_tokenizer_with_a_template_without_bos_gets_none_anywhere(t
     bos = processor.tokenizer.bos_token_id
     messages = [{"role": "user", "content": "<image>\nWhat is it?"}]
     text = processor.apply_chat_template(messages)
-    assert not text.startswith("<s>")  # the plain template writes none
+    assert text.startswith("<s>") and not text.startswith("<s><s>")
     ids = processor(text, images=_image())["input_ids"][0].tolist()
-    assert ids == prompt_ids(processor, messages) and bos not in ids
+    assert ids == prompt_ids(processor, messages) and ids[0] == bos and ids.count(bos) == 1
     from polyvis.serve.batcher import Batcher, GenerationParams
     from polyvis.serve.jobs import Job
 
@@ -203,4 +204,4 @@ def test_a_bos_adding_tokenizer_with_a_template_without_bos_gets_none_anywhere(t
     assert Batcher(model, processor)._prepare(job).ids == ids  # the server's tokenisation
     llava_processor = build_llava_processor(model, processor)
     verify(model, processor, build_llava(model, processor), llava_processor)
-    assert llava_processor.tokenizer("hi")["input_ids"][0] != bos
+    assert llava_processor.tokenizer("hi")["input_ids"][0] != bos  # the template writes it

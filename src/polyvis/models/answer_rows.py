@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel
+from transformers.loss.loss_utils import LOSS_MAPPING
 from transformers.masking_utils import create_causal_mask
 
 from polyvis.models.attention import SDPA_NAMES, scaled_dot_product
@@ -113,3 +114,12 @@ def answer_logits(
     hidden = hidden[rows, pos] + out
     hidden = hidden + last.mlp(last.post_attention_layernorm(hidden))
     return lm.lm_head(base.norm(hidden[used]))
+
+
+def causal_loss(lm: PreTrainedModel) -> Any:
+    """The LM's loss function for the answer-only loss; the causal-LM one where transformers
+    cannot tell it from the class name (GPT2LMHeadModel), which it would pick anyway, after a
+    `loss_type=None` warning."""
+    if getattr(lm, "_loss_function", None) is None and getattr(lm, "loss_type", None) is None:
+        return LOSS_MAPPING["ForCausalLM"]
+    return lm.loss_function

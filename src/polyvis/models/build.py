@@ -43,12 +43,20 @@ from polyvis.models.detector import (
 from polyvis.models.encoders import (
     backbone_from_config,
     describe,
+    hidden_state_count,
     num_hidden_layers,
     prepare_backbone,
+    probe_errors,
     resolve_layers,
     vision_config_of,
 )
-from polyvis.models.load_checks import check_causal, check_vision, check_vocab, load_error
+from polyvis.models.load_checks import (
+    check_causal,
+    check_causal_lm,
+    check_vision,
+    check_vocab,
+    load_error,
+)
 from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.models.quiet import quiet_transformers
@@ -154,15 +162,22 @@ def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) ->
             proc = AutoImageProcessor.from_pretrained(spec.path, revision=spec.revision)
         except (OSError, ValueError) as err:
             raise load_error(f"{field}.path", spec.path, err) from None
-        if spec.image_size is not None:
-            s = spec.image_size
-            if getattr(proc, "do_center_crop", False) and getattr(proc, "crop_size", None):
-                proc.size = {"shortest_edge": s}
-                proc.crop_size = {"height": s, "width": s}
-            else:
-                proc.size = {"height": s, "width": s}
+        except ImportError as err:  # a processor class with a backend that is not installed
+            first = str(err).strip().splitlines()[0].split(". ")[0]
+            raise ConfigError(
+                f"{field}.path",
+                f"cannot load the image processor of {spec.path!r}: {first}; install it, or "
+                "use a copy of the checkpoint without preprocessor_config.json (a plain resize)",
+            ) from None
+        if getattr(proc, "max_num_patches", None):
+            proc = _fixed_size_patch_processor(proc, spec)
+        elif spec.image_size is not None:
+            _resize_to(proc, spec.image_size)
     else:
         size = spec.image_size or getattr(backbone_config, "image_size", None)
+        if size is None and getattr(backbone_config, "num_patches", None):  # SigLIP2 (NaFlex)
+            side = int(round(backbone_config.num_patches**0.5))
+            size = side * int(backbone_config.patch_size)
         if size is None:
             raise ConfigError(f"{field}.image_size", "needed: the encoder config has no image_size")
         size = size if isinstance(size, int) else int(size[0])
@@ -175,6 +190,34 @@ def make_image_processor(spec: EncoderSpec, backbone_config: Any, field: str) ->
     if spec.image_std is not None:
         proc.image_std = list(spec.image_std)
     return proc
+
+
+def _resize_to(proc: Any, side: int) -> None:
+    """`image_size` on a checkpoint's processor, in the form its resize reads: ConvNeXt-style
+    processors only take shortest_edge (and center-crop it themselves)."""
+    size = proc.size
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else size.shortest_edge
+    if getattr(proc, "do_center_crop", False) and getattr(proc, "crop_size", None):
+        proc.size = {"shortest_edge": side}
+        proc.crop_size = {"height": side, "width": side}
+    elif shortest is not None and getattr(proc, "crop_pct", None) is not None:
+        proc.size = {"shortest_edge": side}
+    else:
+        proc.size = {"height": side, "width": side}
+
+
+def _fixed_size_patch_processor(proc: Any, spec: EncoderSpec) -> Any:
+    """SigLIP2's NaFlex processor gives each image its own patch grid (up to max_num_patches);
+    polyvis packs one size per encoder, so images are resized to the square of that many
+    patches (or of image_size) with the processor's own statistics and resampling."""
+    patch = int(proc.patch_size)
+    size = spec.image_size or int(proc.max_num_patches**0.5) * patch
+    return ViTImageProcessor(
+        size={"height": size, "width": size},
+        image_mean=list(proc.image_mean),
+        image_std=list(proc.image_std),
+        resample=proc.resample,
+    )
 
 
 def processor_output_size(proc: Any) -> tuple[int, int]:
@@ -196,11 +239,12 @@ def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[An
     proc = make_image_processor(spec, backbone.config, field)
     image_size = processor_output_size(proc)
     total = num_hidden_layers(backbone.config)
-    if total is None:
-        total = len(describe_hidden_count(backbone, image_size)) - 1
-    layers = resolve_layers(spec.layers, total, f"{field}.layers")
-    prepare_backbone(backbone, max(layers))
-    entry = describe(backbone, layers, image_size, f"{field}.layers")
+    with probe_errors(field, image_size, spec.image_size is not None):
+        if total is None:
+            total = hidden_state_count(backbone, image_size) - 1
+        layers = resolve_layers(spec.layers, total, f"{field}.layers")
+        prepare_backbone(backbone, max(layers))
+        entry = describe(backbone, layers, image_size, f"{field}.layers")
     entry = {
         "name": spec.name,
         **entry,
@@ -214,14 +258,15 @@ def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[An
     return backbone, proc, entry
 
 
-@torch.no_grad()
-def describe_hidden_count(backbone: Any, image_size: tuple[int, int]) -> tuple:
-    dummy = torch.zeros(1, 3, *image_size, dtype=next(backbone.parameters()).dtype)
-    return backbone(pixel_values=dummy, output_hidden_states=True, return_dict=True).hidden_states
-
-
 def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     field = "model.llm"
+    if spec.path is not None:  # before the tokenizer, whose error would hide the cause
+        kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+        try:
+            lm_config = AutoConfig.from_pretrained(spec.path, **kw)
+        except (OSError, ValueError) as err:
+            raise load_error(f"{field}.path", spec.path, err) from None
+        check_causal_lm(lm_config, f"{field}.path", repr(spec.path))
     tok_path = spec.tokenizer.path or spec.path
     if tok_path is not None:
         try:

@@ -9,6 +9,8 @@ first block stays even for layers [0]: it is what reports the embedding output).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -66,7 +68,14 @@ def prepare_backbone(backbone: PreTrainedModel, keep_layers: int | None) -> PreT
     One block always stays: hidden state 0 (the embedding output) is recorded as the first
     block's input, so a backbone without blocks returns no hidden states at all.
     """
+    if getattr(backbone.config, "mask_ratio", None):
+        # MAE encoders drop mask_ratio of the patches at random: an encoder keeps them all
+        backbone.config.mask_ratio = 0.0
     total = num_hidden_layers(backbone.config)
+    if getattr(backbone.config, "depths", None) is not None:
+        # stages (Swin): a kept stage's downsampling depends on the stage count in the config,
+        # so a truncated model could not be rebuilt from its config; keep every stage
+        total = None
     if keep_layers is not None:
         keep_layers = max(keep_layers, 1)
     if keep_layers is not None and total is not None and keep_layers < total:
@@ -80,7 +89,7 @@ def prepare_backbone(backbone: PreTrainedModel, keep_layers: int | None) -> PreT
             continue
         for name in _HEAD_NAMES:
             if isinstance(getattr(parent, name, None), nn.Module):
-                setattr(parent, name, nn.Identity())
+                setattr(parent, name, _Head())
     return backbone
 
 
@@ -104,11 +113,92 @@ def resolve_layers(layers: list[int] | str, total: int, field: str) -> list[int]
     return sorted(out)
 
 
+class _Head(nn.Identity):
+    """Identity in a head's place that also takes the head's extra inputs (SigLIP2's calls its
+    head with the patch mask)."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+
+def forward_params(backbone: nn.Module) -> frozenset[str]:
+    """The names the backbone's forward takes; `noise` only where it shuffles patches (MAE)."""
+    params = set(inspect.signature(backbone.forward).parameters)
+    emb = getattr(backbone, "embeddings", None)
+    if not (hasattr(emb, "random_masking") and getattr(emb, "is_mae", True)):
+        params.discard("noise")  # Hiera takes noise too, but masks only when pretraining
+    return frozenset(params)
+
+
+def patchify(pixel_values: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, h*w, p*p*C) patches, row by row, channels last within a patch: the
+    layout of SigLIP2's (NaFlex) image processor."""
+    b, c, height, width = pixel_values.shape
+    h, w = height // patch, width // patch
+    x = pixel_values[:, :, : h * patch, : w * patch].reshape(b, c, h, patch, w, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, patch * patch * c)
+
+
+def run_backbone(
+    backbone: nn.Module, pixel_values: torch.Tensor, params: frozenset[str], **kwargs: Any
+) -> Any:
+    """The backbone's output with every hidden state, for (B, 3, H, W) pixels. Two families
+    take other inputs: SigLIP2 (NaFlex) reads patches with their grid and a mask (here every
+    patch of a fixed-size image), MAE keeps its patches in random order unless given noise
+    (increasing noise keeps them in place)."""
+    if "spatial_shapes" in params:
+        patch = int(backbone.config.patch_size)
+        b, _, height, width = pixel_values.shape
+        x = patchify(pixel_values, patch)
+        kwargs["spatial_shapes"] = torch.tensor(
+            [[height // patch, width // patch]] * b, device=x.device
+        )
+        kwargs["pixel_attention_mask"] = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        pixel_values = x
+    elif "noise" in params:
+        ph, pw = patch_size_of(backbone.config) or (1, 1)
+        n = (pixel_values.shape[-2] // ph) * (pixel_values.shape[-1] // pw)
+        kwargs["noise"] = torch.arange(n, device=pixel_values.device).expand(len(pixel_values), n)
+    return backbone(
+        pixel_values=pixel_values, output_hidden_states=True, return_dict=True, **kwargs
+    )
+
+
+def hidden_states_of(out: Any, feature_maps: str | None) -> tuple[torch.Tensor, ...]:
+    """The hidden states polyvis reads: `hidden_states`, or for hierarchical transformers
+    (Swin, FocalNet, Hiera) their `reshaped_hidden_states` as (B, C, H, W) maps, since their
+    token sequences hold no patch grid (and Hiera's are not in raster order)."""
+    if feature_maps is None:
+        return out.hidden_states
+    if feature_maps == "channels_last":
+        return tuple(h.permute(0, 3, 1, 2) for h in out.reshaped_hidden_states)
+    return out.reshaped_hidden_states
+
+
+def feature_map_layout(out: Any, layers: list[int]) -> str | None:
+    """None to read `hidden_states`; else the layout of `reshaped_hidden_states`, found by which
+    one holds the same tokens per channel as the sequence (the layouts are ambiguous by shape
+    alone when C == H == W)."""
+    maps = getattr(out, "reshaped_hidden_states", None)
+    if not maps or any(out.hidden_states[i].dim() != 3 for i in layers):
+        return None
+    seq, grid = out.hidden_states[layers[0]], maps[layers[0]]
+    sums = seq.float().sum(1)
+    for layout, dims in (("channels_first", (2, 3)), ("channels_last", (1, 2))):
+        if grid.dim() != 4 or grid.shape[dims[0]] * grid.shape[dims[1]] != seq.shape[1]:
+            continue
+        per_channel = grid.float().sum(dims)
+        if per_channel.shape == sums.shape and torch.allclose(per_channel, sums, 1e-3, 1e-3):
+            return layout
+    return None
+
+
 class VisionEncoder(nn.Module):
     """A vision backbone plus the recipe for reading its features.
 
     entry: the encoder's record in PolyVisConfig.encoders: name, layers (absolute indices),
-    num_prefix_tokens, grid, dim, image_size, interpolate_pos_encoding.
+    num_prefix_tokens, grid, dim, image_size, interpolate_pos_encoding, and feature_maps only
+    where the backbone's grid is read from its reshaped hidden states.
     """
 
     def __init__(self, backbone: PreTrainedModel, entry: dict[str, Any]):
@@ -120,10 +210,11 @@ class VisionEncoder(nn.Module):
         self.grid = tuple(entry["grid"]) if entry.get("grid") else None
         self.dim = entry.get("dim")
         self.image_size = tuple(entry["image_size"])
-        params = inspect.signature(backbone.forward).parameters
+        self.feature_maps = entry.get("feature_maps")
+        self._params = forward_params(backbone)
         self._extra_kwargs = (
             {"interpolate_pos_encoding": True}
-            if entry.get("interpolate_pos_encoding") and "interpolate_pos_encoding" in params
+            if entry.get("interpolate_pos_encoding") and "interpolate_pos_encoding" in self._params
             else {}
         )
 
@@ -134,13 +225,10 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """pixel_values (B, 3, H, W) -> one (B, N, D) tensor per selected layer."""
         param = next(self.backbone.parameters())
-        out = self.backbone(
-            pixel_values=pixel_values.to(param.dtype),
-            output_hidden_states=True,
-            return_dict=True,
-            **self._extra_kwargs,
+        out = run_backbone(
+            self.backbone, pixel_values.to(param.dtype), self._params, **self._extra_kwargs
         )
-        hidden = out.hidden_states
+        hidden = hidden_states_of(out, self.feature_maps)
         feats = []
         for idx in self.layers:
             h = hidden[idx]
@@ -148,6 +236,22 @@ class VisionEncoder(nn.Module):
                 h = h.flatten(2).transpose(1, 2)
             feats.append(h[:, self.num_prefix_tokens :])
         return feats
+
+
+@contextmanager
+def eval_if(frozen: bool, module: nn.Module) -> Iterator[None]:
+    """A frozen encoder runs as inference sees it, also while the model trains: no dropout, and
+    BatchNorm (ResNet, ConvNeXt-style stems, detectors) neither uses batch statistics nor moves
+    its running ones, which would change the "frozen" weights and disagree with the feature
+    cache (computed in eval mode)."""
+    if not (frozen and module.training):
+        yield
+        return
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
 
 
 def make_encoder(entry: dict[str, Any], backbone: PreTrainedModel | None = None) -> nn.Module:
@@ -185,6 +289,37 @@ def patch_size_of(config: PretrainedConfig) -> tuple[int, int] | None:
 
 
 @torch.no_grad()
+def hidden_state_count(backbone: PreTrainedModel, image_size: tuple[int, int]) -> int:
+    """How many hidden states the backbone returns (configs without num_hidden_layers)."""
+    dummy = torch.zeros(1, 3, *image_size, dtype=next(backbone.parameters()).dtype)
+    return len(run_backbone(backbone, dummy, forward_params(backbone)).hidden_states)
+
+
+@contextmanager
+def probe_errors(field: str, size: tuple[int, int], size_given: bool) -> Iterator[None]:
+    """The backbone's first runs (on a blank image of the processor's size) as one line: a size
+    its position embeddings cannot follow (Hiera), or a forward that needs other inputs."""
+    from polyvis.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+        first = lines[0] if lines else type(err).__name__
+        hint = (
+            "leave image_size out to use the checkpoint's own size"
+            if size_given
+            else "this backbone does not work as a polyvis encoder"
+        )
+        raise ConfigError(
+            f"{field}.image_size" if size_given else f"{field}.path",
+            f"the backbone fails on {size[0]}x{size[1]} images ({first}); {hint}",
+        ) from None
+
+
+@torch.no_grad()
 def describe(
     backbone: PreTrainedModel, layers: list[int], image_size: tuple[int, int], field: str
 ) -> dict:
@@ -192,7 +327,7 @@ def describe(
     from polyvis.errors import ConfigError
 
     config = backbone.config
-    params = inspect.signature(backbone.forward).parameters
+    params = forward_params(backbone)
     cfg_size = getattr(config, "image_size", None)
     interpolate = cfg_size is not None and tuple(image_size) != (
         (cfg_size, cfg_size) if isinstance(cfg_size, int) else tuple(cfg_size)
@@ -208,9 +343,14 @@ def describe(
     )
     was_training = backbone.training
     backbone.eval()
-    hidden = backbone(
-        pixel_values=dummy, output_hidden_states=True, return_dict=True, **kwargs
-    ).hidden_states
+    out = run_backbone(backbone, dummy, params, **kwargs)
+    feature_maps = feature_map_layout(out, layers) if out.hidden_states else None
+    if feature_maps is not None:
+        # told apart by values: a random image, as zeros can make both layouts match
+        gen = torch.Generator().manual_seed(0)
+        noise = torch.rand(dummy.shape, generator=gen).to(dummy)
+        feature_maps = feature_map_layout(run_backbone(backbone, noise, params, **kwargs), layers)
+    hidden = hidden_states_of(out, feature_maps)
     backbone.train(was_training)
     shapes = {tuple(hidden[i].shape[1:]) for i in layers}
     if len(shapes) != 1:
@@ -243,6 +383,8 @@ def describe(
         "dim": int(dim),
         "image_size": [int(image_size[0]), int(image_size[1])],
         "interpolate_pos_encoding": bool(kwargs),
+        # only where used, so other backbones' saved configs stay as they were
+        **({"feature_maps": feature_maps} if feature_maps else {}),
     }
 
 

@@ -1,7 +1,7 @@
 """What a checkpoint must be for polyvis to build on it, checked when it loads: one-line errors
 naming the config field, where transformers would fail later or not at all (a missing local
 path read as a hub id, a language model given as an encoder, a tokenizer past the LM's
-vocabulary, an encoder LM that attends both ways)."""
+vocabulary, an encoder LM that attends both ways, an LM path that holds no causal LM)."""
 
 from __future__ import annotations
 
@@ -119,3 +119,20 @@ def check_causal(config: Any, field: str) -> None:
             f"a {config.model_type} model attends in both directions (is_decoder is false): the "
             "LM must be causal; use a decoder LM, or set is_decoder: true in its config",
         )
+
+
+def check_causal_lm(config: Any, field: str, source: str) -> None:
+    """model.llm must be a model AutoModelForCausalLM loads: a vision or CLIP checkpoint would
+    otherwise fail on its (missing) tokenizer or with transformers' list of config classes."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return
+    if "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):  # remote code
+        return
+    raise ConfigError(
+        field,
+        f"{source} is not a causal language model (model_type {model_type!r}); model.llm needs "
+        "a checkpoint AutoModelForCausalLM loads, e.g. qwen2, llama, gemma3_text",
+    )

@@ -25,7 +25,12 @@ from polyvis.errors import DataError
 from polyvis.models import answer_rows
 from polyvis.models.adapters import build_adapter
 from polyvis.models.detector import QueryBoxEmbedding, embed_queries, is_detector, query_embeddings
-from polyvis.models.encoders import backbone_tied_weights, make_encoder, mark_initialised
+from polyvis.models.encoders import (
+    backbone_tied_weights,
+    eval_if,
+    make_encoder,
+    mark_initialised,
+)
 from polyvis.models.fusion import EncoderInfo, build_fusion
 from polyvis.models.processing import PolyVisProcessor
 from polyvis.models.tiling import encode_views, find_tiling, fuse_tiled, views_of
@@ -199,7 +204,10 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
         feats = []
         for k, enc in enumerate(self.encoders):
             frozen = not any(p.requires_grad for p in enc.parameters())
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            with (
+                torch.set_grad_enabled(torch.is_grad_enabled() and not frozen),
+                eval_if(frozen, enc),
+            ):
                 feats.append(self.encode_with(k, pixel_values))
         return feats
 
@@ -329,7 +337,7 @@ class PolyVisForConditionalGeneration(PolyVisPreTrainedModel, GenerationMixin):
                 logits_to_keep=keep,
                 **kwargs,
             )
-        out.loss = lm.loss_function(
+        out.loss = answer_rows.causal_loss(lm)(
             logits=out.logits,
             labels=None,
             shift_labels=targets[keep],

@@ -67,5 +67,16 @@ def add_image_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
         # Causal LMs often ship without one; batching needs it (masked out by attention_mask).
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        # polyvis tokenises templated text without special tokens, so a tokenizer that adds a
+        # BOS (Llama, Mistral, OPT) gets it from the template: its LM was trained with one
+        bos = "{{ bos_token }}" if adds_bos(tokenizer) else ""
+        tokenizer.chat_template = bos + PLAIN_CHAT_TEMPLATE
     return ids
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts its BOS token before the text it encodes."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id

@@ -39,7 +39,9 @@ class PixelShuffleAdapter(Adapter):
         r = self.params.factor
         if h % r or w % r:
             raise ConfigError(
-                "model.adapter.factor", f"the {h}x{w} token grid is not divisible by factor {r}"
+                "model.adapter.factor",
+                f"the {h}x{w} token grid is not divisible by factor {r}; use a factor that "
+                "divides both sides, or a model.fusion.grid that it divides",
             )
         self.proj = nn.Linear(self.in_dim * r * r, self.out_dim, bias=False)
         return self.in_tokens // (r * r)
