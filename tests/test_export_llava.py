@@ -103,6 +103,18 @@ def test_models_llava_cannot_express_are_refused(
     dino = two.config.encoders[1]  # dinov2 with 2 registers: class + 2 prefix tokens
     msg = refused(encoders=[dino])
     assert msg.startswith("model.encoders[0]:") and "3 prefix tokens" in msg
+    clip = model.config.encoders[0]
+    # towers LLaVA cannot run as a ViT (they used to fail with tracebacks in the export)
+    conv = {**clip, "config": {"model_type": "convnext", "hidden_sizes": [8, 16]}}
+    assert "convolutional backbone" in refused(encoders=[conv])
+    siglip2 = {**clip, "config": {**clip["config"], "model_type": "siglip2_vision_model"}}
+    assert "spatial_shapes" in refused(encoders=[siglip2])
+    swin = {
+        **clip,
+        "config": {"model_type": "swin", "embed_dim": 16},
+        "feature_maps": "channels_last",
+    }
+    assert refused(encoders=[swin]).startswith("model.encoders[0]: encoder 'clip' (swin) cannot be")
 
     capsys.readouterr()
     rc = main(["export-llava", str(tiny_model_dir), "--out", str(tiny_model_dir.parent / "x")])

@@ -88,6 +88,7 @@ def check_exportable(config: Any) -> dict[str, Any]:
             f"LLaVA has one vision tower; this model fuses {len(encoders)} encoders ({names})",
         )
     entry = encoders[0]
+    _check_vit_tower(entry)
     fusion = dict(config.fusion)
     if fusion.get("type") != "concat-channel" or fusion.get("proj_dim") is not None:
         raise ConfigError(
@@ -331,6 +332,26 @@ def build_llava_processor(model: Any, processor: Any) -> LlavaProcessor:
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=settings["num_additional_image_tokens"],
     )
+
+
+def _check_vit_tower(entry: dict[str, Any]) -> None:
+    """LLaVA's vision tower is run on pixel_values alone and read as a ViT's token sequence
+    (hidden_states[layer], prefix tokens dropped): refuse, in one line, backbones it cannot run
+    that way, which polyvis reads by other means."""
+    vision = entry.get("config") or {}
+    kind = vision.get("model_type", "?")
+    why = None
+    if kind.startswith("siglip2"):
+        why = "its forward needs the patch layout (spatial_shapes) that LLaVA does not pass"
+    elif entry.get("feature_maps"):
+        why = "polyvis reads its feature maps (reshaped_hidden_states), not a token sequence"
+    elif "hidden_size" not in vision:
+        why = "a convolutional backbone gives feature maps, not a ViT's token sequence"
+    if why is not None:
+        raise ConfigError(
+            "model.encoders[0]",
+            f"encoder {entry['name']!r} ({kind}) cannot be LLaVA's vision tower: {why}",
+        )
 
 
 def _no_added_bos(tokenizer: Any) -> None:
