@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,26 @@ from typing import Any
 def cache_root() -> Path:
     """Where generated data, nano experts and encoder features are kept (POLYVIS_CACHE overrides)."""
     return Path(os.environ.get("POLYVIS_CACHE", Path.home() / ".cache" / "polyvis"))
+
+
+def checked_cache_root() -> Path:
+    """cache_root(), or a ConfigError when it (or a folder above it) is a file: said once, before
+    any work, rather than as an OS error deep inside a worker."""
+    return check_folder_path(cache_root(), "POLYVIS_CACHE")
+
+
+def check_folder_path(path: str | Path, field: str) -> Path:
+    """`path` if it is a folder or could be made one; a ConfigError naming `field` when it, or
+    the nearest existing folder above it, is a file (checked before the work that writes it)."""
+    from polyvis.errors import ConfigError
+
+    path = Path(path)
+    for p in (path, *path.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(field, f"{p} is a file, not a folder")
+            break
+    return path
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -79,12 +99,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path, replace: bool = False, complete: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Yield an empty temporary folder to build `path` in; on success it becomes `path`.
 
     `replace=False` (caches): when another process finished `path` first, ours is discarded and
-    theirs kept, so a lost race leaves nothing behind. `replace=True` (checkpoints): ours replaces
-    whatever is there. On an error the temporary folder is removed and `path` is untouched.
+    theirs kept, so a lost race leaves nothing behind. `complete(path)` tells a finished folder
+    from a stale incomplete one (a copy cut short, an older writer), which ours then replaces.
+    `replace=True` (checkpoints): ours replaces whatever is there. On an error the temporary
+    folder is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,5 +125,23 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
         except OSError:
             if not path.is_dir():  # not a lost race: a real failure
                 raise
+            if complete is not None and not complete(path):
+                _replace_stale(path, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_stale(path: Path, tmp: Path) -> None:
+    """Put the finished `tmp` where the incomplete folder `path` is; the stale one is moved aside
+    first (a rename, so a reader never sees a mix) and removed."""
+    stale = path.with_name(f".{path.name}.{os.getpid()}.stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    with contextlib.suppress(OSError):  # another process moved it first
+        os.replace(path, stale)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if not path.is_dir():  # not a lost race with a process that replaced it too
+            raise
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)

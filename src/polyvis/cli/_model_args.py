@@ -40,12 +40,34 @@ def resolve_model_dir(path: str | Path) -> Path:
 def load_cli_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, processor) from args.model (a model or run directory) on args.device (default:
     cuda when there is one)."""
-    import torch
-
     from polyvis.models.build import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     return load_model(str(resolve_model_dir(args.model)), dtype=args.dtype, device=device)
+
+
+def resolve_device(value: str | None) -> str:
+    """--device checked before any model loads (default: cuda when there is one, else cpu); a
+    name torch does not know, or a GPU this machine lacks, is a ConfigError naming --device."""
+    import torch
+
+    from polyvis.errors import ConfigError
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            "--device", f"{value!r} is not a device (e.g. cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError("--device", f"{value!r}: no CUDA GPU here (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError("--device", f"{value!r}: this machine has {count} CUDA GPU(s)")
+    return value
 
 
 def require_at_least_one(values: dict[str, int | None]) -> None:

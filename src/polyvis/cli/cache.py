@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fill the feature cache for a config (what train.cache_features: true uses)",
     )
     p.add_argument("config", help="YAML config, e.g. configs/nano-tiny.yaml")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    # extend: a repeated --set adds to the earlier ones (it replaced them)
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
     p.add_argument(
         "--device", default=None, help="where the encoders run (default: cuda if present)"
     )
@@ -20,18 +22,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cache_features(args: argparse.Namespace) -> int:
-    import torch
     from accelerate.utils import set_seed
 
+    from polyvis.cli._model_args import resolve_device
     from polyvis.config import load_config
+    from polyvis.errors import ConfigError
     from polyvis.train.feature_cache import check_cacheable, fill_for_config
     from polyvis.train.loop import _start_model
 
     cfg = load_config(args.config, args.set)
     check_cacheable(cfg)  # before building anything
+    if not cfg.data.train and not cfg.data.val and cfg.data.synthetic is None:
+        # it said "0 distinct image(s)" and succeeded: a silent no-op
+        raise ConfigError(
+            "data", "names no records (data.train, data.val or data.synthetic): nothing to cache"
+        )
+    device = resolve_device(args.device)
     set_seed(cfg.train.seed)  # as train() does: randomly initialised encoders get the same weights
     model, processor = _start_model(cfg)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cache, stats = fill_for_config(cfg, model, processor, device, progress=not args.no_progress)
     for entry, store, fp in zip(model.config.encoders, cache.stores, cache.fingerprints):
         print(f"{entry['name']}: fingerprint {fp}, {len(store)} image(s) in {store.dir}")

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a smoke test: every step at the smallest sizes; its scores mean nothing",
     )
-    p.add_argument("--jobs", type=int, default=2, help="models trained at once (one thread each)")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="models trained at once, one thread each (default 2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="the one training seed (default 0)")
     p.add_argument(
         "--precision",
@@ -32,9 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def check_demo_args(args: argparse.Namespace) -> None:
+    """The flags checked before the demo prints its plan and builds its world (minutes of
+    work): --jobs 0 failed after the data, naming `workers`, and a negative --seed only in
+    every run, after the experts."""
+    from polyvis.cli._model_args import require_at_least_one
+    from polyvis.errors import ConfigError
+    from polyvis.paths import check_folder_path
+
+    require_at_least_one({"--jobs": args.jobs})
+    if not 0 <= args.seed < 2**32:  # what the runs' seeding (numpy's too) accepts
+        raise ConfigError("--seed", f"must be between 0 and 2**32 - 1, got {args.seed}")
+    check_folder_path(args.out, "--out")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from polyvis.nano.demo import run_demo
 
+    check_demo_args(args)
     run_demo(
         args.out,
         quick=args.quick,

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-model", help="build the untrained model of a config and save it")
     p.add_argument("config", help="YAML config (e.g. configs/nano-tiny.yaml)")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    # extend: a repeated --set adds to the earlier ones (it replaced them)
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
     p.set_defaults(func=cmd_init_model)
 
 
@@ -30,12 +32,21 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from polyvis.config import dump_config, load_config
+    from polyvis.errors import ConfigError
     from polyvis.models.build import build_model, save_model
+    from polyvis.paths import atomic_dir, check_folder_path
 
     cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    check_folder_path(out, "--out")  # before building: the save would fail only at the end
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConfigError("--out", f"{out} is not empty and holds no model")
     model, processor = build_model(cfg)
-    out = save_model(model, processor, args.out)
-    dump_config(cfg, Path(out) / "polyvis.yaml")
+    # saved aside, then put in place whole: an earlier model's files (another encoder's image
+    # processor) do not stay beside the new one's
+    with atomic_dir(out, replace=True) as tmp:
+        save_model(model, processor, tmp)
+        dump_config(cfg, tmp / "polyvis.yaml")
     n = sum(p.numel() for p in model.parameters())
     print(f"saved untrained model ({n / 1e6:.2f}M parameters, {visual_tokens(processor)}) to {out}")
     return 0

@@ -63,8 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train a CLIPModel contrastively; save model + tokenizer + processor",
         "scene",
     )
-    ct.add_argument("--vision", help="CLIP vision config overrides as JSON / YAML")
-    ct.add_argument("--text", help="CLIP text config overrides as JSON / YAML")
+    # the mapping replaces clip-nano's tower config: keys it leaves out take transformers' CLIP
+    # defaults (12 layers each), so the help says so
+    ct.add_argument("--vision", help="the CLIP vision config as JSON / YAML (replaces clip-nano's; "
+                    "keys left out take CLIPVisionConfig's defaults)")  # fmt: skip
+    ct.add_argument("--text", help="the CLIP text config as JSON / YAML (replaces clip-nano's; "
+                    "keys left out take CLIPTextConfig's defaults)")  # fmt: skip
     ct.add_argument("--qa-texts", type=float, help="chance a step shows 'question answer' text")
     ct.set_defaults(func=_clip_train)
 
@@ -102,9 +106,22 @@ def _names(text: str) -> list[str]:
 
 def _given(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
     """The options the user gave (others keep the trainer's defaults)."""
+    from polyvis.errors import ConfigError
+
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     out["families"] = _names(args.families)
+    if not out["families"]:
+        raise ConfigError("--families", "names no family (e.g. --families ocr,table)")
     return out
+
+
+# a trainer's settings field -> the flag that sets it, so that an error names what was typed
+_FLAGS = {"encoder": "--config", "encoder.path": "--init", "init": "--init", "decoder": "--decoder", "vision": "--vision",
+          "text": "--text", "aux_families": "--aux-families", "aux_ctc": "--aux-ctc",
+          "max_target_len": "--max-target-len", "qa_texts": "--qa-texts", "steps": "--steps",
+          "batch_size": "--batch-size", "lr": "--lr", "size": "--size", "seed": "--seed",
+          "eval_samples": "--eval-samples", "threads": "--threads", "families": "--families",
+          "text/vision": "--text/--vision", "encoder/decoder": "--config/--decoder"}  # fmt: skip
 
 
 _KEYS = ["steps", "batch_size", "lr", "size", "eval_samples", "seed", "threads"]
@@ -121,7 +138,19 @@ def _vary_train(args: argparse.Namespace) -> int:
         settings["decoder"] = read_mapping(args.decoder, "--decoder")
     if args.aux_families is not None:
         settings["aux_families"] = _names(args.aux_families)
+        _check_aux_families(settings["aux_families"], settings["families"])
     return _train(train_vary, args, settings)
+
+
+def _check_aux_families(aux: list[str], families: list[str]) -> None:
+    """A CTC family the encoder does not train on would silently add no loss at all."""
+    from polyvis.errors import ConfigError
+
+    missing = [f for f in aux if f not in families]
+    if missing:
+        raise ConfigError(
+            "--aux-families", f"{', '.join(missing)} not among --families ({', '.join(families)})"
+        )
 
 
 def _clip_train(args: argparse.Namespace) -> int:
@@ -137,15 +166,36 @@ def _clip_train(args: argparse.Namespace) -> int:
 
 def _train(train: Callable[..., dict[str, Any]], args: argparse.Namespace, settings: dict) -> int:
     """Run one expert's trainer with the options every `train` action shares; print its summary."""
-    log = train(
-        _dirs(args.images_from, "--images-from"),
-        args.out,
-        settings,
-        progress=not args.no_progress,
-        eval_dirs=_dirs(args.eval_from, "--eval-from") if args.eval_from else None,
-    )
+    from polyvis.errors import ConfigError
+    from polyvis.paths import atomic_dir
+
+    dirs = _dirs(args.images_from, "--images-from")
+    eval_dirs = _dirs(args.eval_from, "--eval-from") if args.eval_from else None
+    _check_out(args.out)  # before training, not when saving at the end
+    try:
+        # built aside, then put in place whole: a rerun into the same --out leaves nothing of
+        # the last run (a bpe run's decoder/ stayed beside a chars run's encoder), and a killed
+        # run leaves no half-written checkpoint
+        with atomic_dir(args.out, replace=True) as tmp:
+            log = train(dirs, tmp, settings, progress=not args.no_progress, eval_dirs=eval_dirs)
+    except ConfigError as err:
+        flag = _FLAGS.get(err.field) or _FLAGS.get(err.field.split(".")[0].split("[")[0])
+        if flag is None:
+            raise
+        raise ConfigError(flag, str(err).removeprefix(f"{err.field}: ")) from None
     _summary(log, args.out)
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """--out: absent, empty, or an earlier expert checkpoint (which the new one replaces); a
+    folder of something else is refused rather than emptied."""
+    from polyvis.errors import ConfigError
+    from polyvis.paths import check_folder_path
+
+    check_folder_path(out, "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "training_log.json").is_file():
+        raise ConfigError("--out", f"{out} is not empty and holds no expert checkpoint")
 
 
 def _dirs(text: str, flag: str) -> list[Path]:
@@ -159,8 +209,9 @@ def _dirs(text: str, flag: str) -> list[Path]:
 
 
 def _summary(log: dict[str, Any], out: Path | None) -> None:
-    secs = log.get("train_seconds", 0.0)
-    print(f"{log['expert']}: final loss {log['final_loss']:.4f} after {secs:.0f} s of training")
+    secs = log.get("train_seconds")
+    after = f" after {secs:.0f} s of training" if secs is not None else ""
+    print(f"{log['expert']}: final loss {log['final_loss']:.4f}{after}")
     for key, value in log["eval"].items():
         if isinstance(value, dict) and value:
             shown = {k: round(v, 3) for k, v in value.items() if isinstance(v, (int, float))}
@@ -197,21 +248,64 @@ def _experts_build(args: argparse.Namespace) -> int:
         names=EXPERTS,
     )
     for path in paths.values():
-        log = json.loads((path / "training_log.json").read_text(encoding="utf-8"))
-        _summary(log, None)
-        print(f"  path: {path}")
+        _show(path)
     return 0
 
 
 def _experts_list(args: argparse.Namespace) -> int:
-    from polyvis.paths import cache_root
+    from polyvis.paths import checked_cache_root
 
-    root = cache_root() / "experts"
+    root = checked_cache_root() / "experts"
     found = sorted(root.glob("*/expert.json")) if root.is_dir() else []
     if not found:
         print(f"no experts cached under {root} (build them: polyvis nano experts build)")
         return 0
     for info in found:
-        _summary(json.loads((info.parent / "training_log.json").read_text(encoding="utf-8")), None)
-        print(f"  path: {info.parent}")
+        _show(info.parent, settings=True)
     return 0
+
+
+def _show(folder: Path, settings: bool = False) -> None:
+    """An expert's summary from its training log (else its expert.json), its settings that
+    differ from the default build's, and its path; an unreadable entry is said in one line."""
+    info = _read_json(folder / "expert.json")
+    log = _read_json(folder / "training_log.json") or info
+    if not log or not {"expert", "final_loss", "eval"} <= set(log):
+        print(f"{folder.name}: unreadable entry (no valid training_log.json or expert.json)")
+    else:
+        _summary(log, None)
+        if settings and isinstance((info or {}).get("settings"), dict):
+            print(f"  settings: {_settings_line(log['expert'], info['settings'])}")
+    print(f"  path: {folder}")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _settings_line(name: str, settings: dict[str, Any]) -> str:
+    """`default`, `--quick`, or the KEY=VALUE pairs (as --set takes them) that differ from the
+    default build's: what tells two cached entries of one expert apart."""
+    from polyvis.errors import PolyVisError
+    from polyvis.nano.experts import resolve_settings
+
+    try:
+        full, quick = (resolve_settings(name, None, q) for q in (False, True))
+    except (KeyError, PolyVisError):  # an expert this version does not know
+        return "unknown expert"
+    if settings == full:
+        return "default"
+    if settings == quick:
+        return "--quick"
+    base, label = (quick, "--quick, ") if _distance(settings, quick) < _distance(settings, full) \
+        else (full, "")  # fmt: skip
+    changed = [f"{k}={json.dumps(v)}" for k, v in sorted(settings.items()) if base.get(k) != v]
+    return label + ", ".join(changed)
+
+
+def _distance(a: dict[str, Any], b: dict[str, Any]) -> int:
+    return sum(a.get(k) != b.get(k) for k in set(a) | set(b))

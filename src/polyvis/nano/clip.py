@@ -26,6 +26,8 @@ from polyvis.nano._common import (
     ExpertSettings,
     answer_of,
     collect_samples,
+    config_message,
+    config_refusals,
     count_params,
     load_pixels,
     question_of,
@@ -95,8 +97,8 @@ def build_clip(s: ClipSettings, tokenizer: Any) -> Any:
     try:
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=s.projection_dim)
         return CLIPModel(config)
-    except (TypeError, ValueError) as err:
-        raise ConfigError("text/vision", str(err).splitlines()[0]) from None
+    except config_refusals() as err:  # huggingface_hub's validation errors are not ValueErrors
+        raise ConfigError("text/vision", config_message(err)) from None
 
 
 def image_processor(size: int) -> Any:
@@ -174,6 +176,7 @@ class ClipRecipe(Recipe[ClipSettings]):
     name = "clip-nano"
     settings_class = ClipSettings
     samples = "captions"
+    config_field = "text/vision"
     read_layer = -2
 
     @staticmethod

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from polyvis.nano.expert_specs import (
     settings_class,
     trainer,
 )
-from polyvis.paths import atomic_dir, cache_root, write_json_atomic
+from polyvis.paths import atomic_dir, cache_root, checked_cache_root, write_json_atomic
 from polyvis.progress import progress_bar
 
 
@@ -115,8 +116,13 @@ def expert_dir(name: str, settings: dict[str, Any], data: dict[str, Any]) -> Pat
     return cache_root() / "experts" / f"{name}-{expert_key(name, settings, data)}"
 
 
+# Every expert's folder holds these once built (expert.json is written last, inside the
+# temporary folder); a folder that lacks one is a stale entry (a copy cut short) to rebuild.
+BUILT_FILES = ("config.json", "model.safetensors", "training_log.json", "expert.json")
+
+
 def is_built(path: Path) -> bool:
-    return (path / "expert.json").is_file()
+    return all((path / name).is_file() for name in BUILT_FILES)
 
 
 def data_dirs(spec: dict[str, Any]) -> tuple[list[Path], list[Path]]:
@@ -157,7 +163,7 @@ def build_expert(
     def step(i: int, total: int, loss: float) -> None:
         report({"event": "step", "step": i, "total": total, "loss": loss})
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, complete=is_built) as tmp:
         log = train(dirs, tmp, settings, progress=False, callback=step, eval_dirs=held_out)
         info = {"expert": name, "settings": settings, "data": data,
                 "data_dirs": [str(d) for d in dirs], "final_loss": log["final_loss"],
@@ -185,6 +191,7 @@ def ensure_experts(
         for name in given:
             if name not in EXPERTS:
                 raise ConfigError(field, f"unknown expert {name!r}; valid: {', '.join(EXPERTS)}")
+    checked_cache_root()
     plan, specs = {}, {}
     for name in names:
         resolved = resolve_settings(name, settings, quick)
@@ -254,7 +261,7 @@ def _build_parallel(plan: dict[str, tuple[dict, Path, dict]], bars: _Bars) -> No
         for name, proc in procs.items():
             if name in errors:
                 kind, message = errors[name]["kind"], errors[name]["message"]
-                raise ConfigError("", message) if kind == "ConfigError" else DataError(message)
+                raise _ERRORS.get(kind, PolyVisError)(message)
             if proc.returncode != 0:
                 logs[name].seek(0)
                 tail = "\n".join(logs[name].read().strip().splitlines()[-15:])
@@ -294,9 +301,22 @@ def _pump(name: str, proc: subprocess.Popen, events: queue.Queue) -> None:
     events.put((name, None))
 
 
+# what the parent raises for a worker's reported error (kind: the worker's exception class)
+_ERRORS: dict[str, Callable[[str], PolyVisError]] = {
+    "ConfigError": lambda message: ConfigError("", message),
+    "DataError": DataError,
+}
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds, so atomic_dir removes the half-built temporary folder
+
+
 def _worker(job_text: str) -> int:
     """Worker entry: train one expert, report stages, steps and errors as JSON lines."""
     job = json.loads(job_text)
+    # the parent stops its workers with SIGTERM (Ctrl-C, an error in another worker)
+    signal.signal(signal.SIGTERM, _stop)
 
     def report(event: dict[str, Any]) -> None:
         print(json.dumps(event), flush=True)
@@ -306,6 +326,12 @@ def _worker(job_text: str) -> int:
     except PolyVisError as err:
         report({"event": "error", "kind": type(err).__name__, "message": str(err)})
         return 2
+    except OSError as err:  # an unwritable cache, a full disk: one line, as the CLI says it
+        where = f"{err.filename}: " if err.filename else ""
+        report({"event": "error", "kind": "OSError", "message": f"{where}{err.strerror or err}"})
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -20,11 +20,13 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from polyvis.errors import DataError
+from polyvis.errors import ConfigError, DataError
 from polyvis.nano._common import (
     ExpertSettings,
     StepCallback,
     adamw_steps,
+    config_message,
+    config_refusals,
     parse_settings,
     torch_threads,
 )
@@ -90,7 +92,10 @@ def _build(s: LmSettings, tokenizer: Any) -> Any:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    try:
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    except config_refusals() as err:  # one line naming the setting, not a traceback
+        raise ConfigError("decoder", config_message(err)) from None
 
 
 @torch.no_grad()

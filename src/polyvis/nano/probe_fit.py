@@ -52,7 +52,8 @@ class _Fit:
     than training rows, else in the primal (the covariance's); the two give the same fit."""
 
     def __init__(self, z: torch.Tensor, a: list[int], b: list[int], gram: torch.Tensor | None):
-        ia, ib = torch.tensor(a), torch.tensor(b)
+        # long even when empty (an inner split of under 5 training rows holds none out)
+        ia, ib = torch.tensor(a, dtype=torch.long), torch.tensor(b, dtype=torch.long)
         if gram is not None:  # dual: the kernel of features centred on A's mean
             k_aa, k_ba = gram[ia][:, ia], gram[ib][:, ia]
             col = k_aa.mean(0)

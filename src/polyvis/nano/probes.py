@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from polyvis.errors import ConfigError
 from polyvis.nano.probe_data import ORDER, ProbeSet, find_probe_sets
 from polyvis.nano.probe_fit import Score, majority, score_tasks, standardise
 
@@ -219,7 +221,11 @@ def run_probes(
 
     for name, path in experts.items():
         chosen = (layers or {}).get(name) or default_layers(Path(path))
-        trained, twin, processor = expert_encoders(Path(path), chosen, seed)
+        try:
+            trained, twin, processor = expert_encoders(Path(path), chosen, seed)
+        except ConfigError as err:  # named after the expert, not the encoder spec built here
+            message = str(err).removeprefix(f"{err.field}: ")
+            raise ConfigError(f"experts.{name}", message) from None
         sources = [(name, trained)] + ([(f"{name} random-init", twin)] if random_twins else [])
         for probe_set in sets:
             pixels = load_pixels(probe_set.images, processor)
@@ -271,13 +277,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--grid-side", type=int, default=GRID_SIDE, help="0: each source's own grid")
     ap.add_argument("--json", type=Path, default=None, help="also write the scores here")
     args = ap.parse_args(argv)
-    experts, layers = {}, {}
-    for item in args.expert:
-        name, _, rest = item.partition("=")
-        path, _, spec = rest.partition(":")
-        experts[name] = Path(path)
-        if spec:
-            layers[name] = "all" if spec == "all" else [int(x) for x in spec.split(",")]
+    from polyvis.errors import PolyVisError
+
+    try:
+        return _run_cli(args)
+    except PolyVisError as err:  # a mistake in the arguments or the data: one line
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    experts, layers = parse_experts(args.expert)
+    for flag, value in (("--max-train", args.max_train), ("--grid-side", args.grid_side)):
+        if value is not None and value < (1 if flag == "--max-train" else 0):
+            raise ConfigError(flag, f"must be at least {1 if flag == '--max-train' else 0}")
+    for d in args.data or []:
+        if not Path(d).is_dir():
+            raise ConfigError("--data", f"{d}: folder not found")
     data = args.data or probe_data_dirs(progress=True)
     table = run_probes(
         experts, data, layers, not args.no_random, not args.no_pixels, args.seed,
@@ -289,6 +305,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_json_atomic(args.json, table.to_json())
     return 0
+
+
+def parse_experts(items: Sequence[str]) -> tuple[dict[str, Path], dict[str, list[int] | str]]:
+    """--expert NAME=DIR[:LAYERS] values -> ({name: dir}, {name: layers}); a mistake is a
+    ConfigError naming the flag and the value, checked before any model loads."""
+    experts: dict[str, Path] = {}
+    layers: dict[str, list[int] | str] = {}
+    for item in items:
+        name, eq, rest = item.partition("=")
+        path, _, spec = rest.partition(":")
+        if not eq or not name.strip() or not path:
+            raise ConfigError("--expert", f"{item!r} must look like NAME=DIR[:LAYERS]")
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError("--expert", f"{path}: not an expert checkpoint (no config.json)")
+        experts[name] = Path(path)
+        if spec:
+            try:
+                layers[name] = "all" if spec == "all" else [int(x) for x in spec.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    "--expert", f"{name}: layers {spec!r} must be integers like -3,-1, or all"
+                ) from None
+    return experts, layers
 
 
 if __name__ == "__main__":

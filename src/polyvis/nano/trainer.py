@@ -16,12 +16,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
+from polyvis.errors import ConfigError, PolyVisError, config_error_from
 from polyvis.nano._common import (
     Sample,
     Settings,
     StepCallback,
     adamw_steps,
     collect_samples,
+    config_message,
+    config_refusals,
     load_pixels,
     parse_settings,
     require_samples,
@@ -46,6 +49,8 @@ class Recipe(ABC, Generic[S]):
     # mean over the last 20 steps is logged as final_NAME
     curves: ClassVar[tuple[str, ...]] = ("loss",)
     finals: ClassVar[tuple[str, ...]] = ("loss",)
+    # the settings that hold the model's config, named when transformers refuses it
+    config_field: ClassVar[str] = "encoder"
 
     def __init__(self, s: S, train: list[Sample], dirs: list[Path], eval_dirs: list[Path]):
         self.s, self.train, self.dirs, self.eval_dirs = s, train, dirs, eval_dirs
@@ -119,7 +124,7 @@ def train_expert(
         job = recipe(s, train, dirs, held_out)
         job.vocabulary()
         torch.manual_seed(s.seed)
-        job.model, job.processor = job.build()
+        job.model, job.processor = _build(job)
         job.model.train()
         paths, where = unique_images(train)
         pixels = load_pixels(paths, job.processor, progress)
@@ -145,6 +150,21 @@ def train_expert(
     }
     write_json_atomic(out / "training_log.json", result)
     return result
+
+
+def _build(job: Recipe) -> tuple[torch.nn.Module, Any]:
+    """job.build(), with a model config that transformers or polyvis' own schema refuses as one
+    ConfigError naming the recipe's config settings, rather than a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return job.build()
+    except ValidationError as err:  # polyvis' EncoderSpec: always the encoder's config
+        raise config_error_from(err, "encoder") from None
+    except config_refusals() as err:
+        if isinstance(err, PolyVisError):  # already one line naming its field
+            raise
+        raise ConfigError(job.config_field, config_message(err)) from None
 
 
 def _fit(

@@ -64,6 +64,7 @@ class VaryRecipe(Recipe[VarySettings]):
     name = "vary-nano"
     settings_class = VarySettings
     samples = "transcription records"
+    config_field = "encoder/decoder"  # either config may be the one refused
     read_layer = -1
     curves = ("loss", "decode_loss", "ctc_loss")
     finals = ("loss", "decode_loss")
