@@ -372,3 +372,19 @@ def test_synthetic_cache_key_covers_the_options_and_the_generator_version(monkey
     # A generator that writes something new for the same options never reuses an old set.
     monkeypatch.setattr(data, "SYNTH_VERSION", data.SYNTH_VERSION + 1)
     assert data.synthetic_dir({"families": ["ocr"], "n": 4}) != key
+
+
+def test_a_cached_set_without_its_manifest_is_made_again(tmp_path, monkeypatch):
+    from polyvis.data.synthetic.cache import ensure_synthetic, synthetic_dir
+
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path / "cache"))
+    opts = {"families": ["ocr"], "n": 4, "size": 32}
+    out = synthetic_dir(opts)
+    (out / "ocr").mkdir(parents=True)  # a copy cut short: no manifest, no records
+    # it used to be returned as it was, forever, and training found no records in it
+    assert ensure_synthetic(opts, progress=False) == out
+    assert (out / "manifest.json").is_file() and (out / "ocr" / "train.jsonl").is_file()
+    own = tmp_path / "mine"
+    (own / "notes").mkdir(parents=True)
+    ensure_synthetic({**opts, "dir": str(own)}, progress=False)
+    assert (own / "notes").is_dir()  # a user's own folder is never replaced

@@ -218,7 +218,7 @@ class TrainSection(_Strict):
     cache_features: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what numpy and every RNG seeded from it take
     num_workers: int = Field(default=0, ge=0)
 
 

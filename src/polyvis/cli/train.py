@@ -9,7 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumes RUN from its last checkpoint)")
     p.add_argument("config", help="YAML config, e.g. configs/nano-tiny.yaml")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -40,7 +40,10 @@ def ensure_synthetic(options: dict[str, Any], progress: bool = True, workers: in
     out = synthetic_dir(opts)
     if (out / "manifest.json").is_file():
         return out
-    with atomic_dir(out) as tmp:
+    # a cache folder without its manifest (a copy cut short) is replaced; a user's own `dir`
+    # never is: it may hold anything
+    complete = None if "dir" in opts else (lambda p: (p / "manifest.json").is_file())
+    with atomic_dir(out, complete=complete) as tmp:
         generate(
             list(opts["families"]),
             int(opts["n"]),
