@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,27 @@ def check_folder_path(path: str | Path, field: str) -> Path:
                 raise ConfigError(field, f"{p} is a file, not a folder")
             break
     return path
+
+
+# `.NAME.PID.tmp` (temporary_name) and `.NAME.PID.stale` (atomic_dir's replaced folders)
+_LEFTOVER = re.compile(r"^\..+\.\d+\.(tmp|stale)$")
+
+
+def cache_leftovers(root: str | Path, older_than_s: float) -> list[Path]:
+    """The temporary folders and files under the cache `root` that a killed process left (its
+    `.NAME.PID.tmp`), untouched for `older_than_s` seconds: by age, not by PID, since a cache
+    may be shared by machines whose PIDs mean nothing here."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    now = time.time()
+    found = []
+    for path in sorted(root.rglob(".*")):
+        inside = any(_LEFTOVER.match(p.name) for p in path.relative_to(root).parents)
+        old = now - path.lstat().st_mtime > older_than_s
+        if _LEFTOVER.match(path.name) and old and not inside:  # a leftover's content goes with it
+            found.append(path)
+    return found
 
 
 def temporary_name(path: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""`polyvis cache-features`: compute the frozen encoders' features of the train and val images once."""
+"""`polyvis cache-features`: compute the frozen encoders' features of the train and val images
+once; `polyvis cache-clean`: remove what killed processes left in the cache."""
 
 from __future__ import annotations
 
@@ -19,6 +20,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cache_features)
+    c = sub.add_parser(
+        "cache-clean",
+        help="remove the temporary folders killed builds left in POLYVIS_CACHE (.NAME.PID.tmp)",
+    )
+    c.add_argument("--older-than", type=float, default=24.0, metavar="HOURS",
+                   help="only those untouched this long (default 24: no build runs that long)")  # fmt: skip
+    c.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    c.set_defaults(func=cmd_cache_clean)
+
+
+def cmd_cache_clean(args: argparse.Namespace) -> int:
+    import shutil
+
+    from polyvis.errors import ConfigError
+    from polyvis.paths import cache_leftovers, checked_cache_root
+
+    if not args.older_than >= 0:  # also refuses nan
+        raise ConfigError("--older-than", f"must be a number of hours >= 0, got {args.older_than}")
+    root = checked_cache_root()
+    found = cache_leftovers(root, args.older_than * 3600)
+    for path in found:
+        print(("would remove " if args.dry_run else "removing ") + str(path))
+        if not args.dry_run:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    print(f"{len(found)} leftover(s) in {root}" + (" (dry run)" if args.dry_run else ""))
+    return 0
 
 
 def cmd_cache_features(args: argparse.Namespace) -> int:
