@@ -56,6 +56,7 @@ from polyvis.models.load_checks import (
     check_vision,
     check_vocab,
     load_error,
+    probe_lm,
 )
 from polyvis.models.modeling import PolyVisConfig, PolyVisForConditionalGeneration
 from polyvis.models.processing import PolyVisProcessor
@@ -309,6 +310,7 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
             lm = AutoModelForCausalLM.from_config(_config_from_dict(cfg)).to(dtype)
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        probe_lm(lm, f"{field}.config")
     check_causal(lm.config, f"{field}.path" if spec.path is not None else f"{field}.config")
     return lm, tokenizer
 

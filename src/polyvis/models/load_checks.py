@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PretrainedConfig
 
 from polyvis.config import LLMSpec
@@ -136,3 +137,21 @@ def check_causal_lm(config: Any, field: str, source: str) -> None:
         f"{source} is not a causal language model (model_type {model_type!r}); model.llm needs "
         "a checkpoint AutoModelForCausalLM loads, e.g. qwen2, llama, gemma3_text",
     )
+
+
+@torch.no_grad()
+def probe_lm(lm: Any, field: str) -> None:
+    """Two tokens through a randomly initialised LM: a config transformers accepts but whose
+    layers do not fit together (a width its heads do not divide, an odd rotary size) fails
+    here, as one line naming `field`, not at the first training step. Random state and the
+    training mode are left as they were, so the model built next is the same."""
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            lm(input_ids=torch.zeros(1, 2, dtype=torch.long, device=lm.device))
+    except (RuntimeError, ValueError, IndexError) as err:
+        first = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+        raise ConfigError(field, f"the LM it builds fails on its first tokens ({first})") from None
+    finally:
+        lm.train(was_training)

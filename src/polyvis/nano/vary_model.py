@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from polyvis.errors import ConfigError
+from polyvis.models.load_checks import probe_lm
 from polyvis.nano._common import ExpertSettings, square_processor
 
 # The default encoder: a small ResNet (stem /4, a 64-channel stage, a 128-channel stage /2), an
@@ -137,6 +138,7 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError("decoder", str(err).splitlines()[0]) from None
+    probe_lm(decoder, "decoder")  # random state untouched: the expert's bytes stay the same
     return VaryNano(encoder, decoder, entry, ctc_classes, settings.projector_norm), processor
 
 
