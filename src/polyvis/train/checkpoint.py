@@ -7,6 +7,8 @@ state.json that nothing would remove.
 A checkpoint holds what training changes and nothing more: the trainable parameters
 (safetensors), optimizer and scheduler state (torch.save, read back with weights_only=True), the
 RNG states of every process and the data position. Frozen weights come from the run's start model.
+BatchNorm's running statistics are buffers, not parameters, and a trained BatchNorm encoder moves
+them every step: they are kept too (buffers.safetensors, only for models that have BatchNorm).
 A sharded run (FSDP) gathers its shards into the same format (polyvis.train.sharding).
 """
 
@@ -133,6 +135,20 @@ def _disk_full_named(folder: Path) -> Iterator[None]:
         ) from err
 
 
+def norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm running statistics (running_mean, running_var, num_batches_tracked) by name:
+    what training changes besides the parameters. FSDP2 leaves buffers whole on each process."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    found = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    found[clean_name(f"{prefix}.{name}")] = buf
+    return found
+
+
 def save_checkpoint(
     run: Path,
     step: int,
@@ -169,6 +185,12 @@ def save_checkpoint(
                 }
                 optim_state = optimizer.state_dict()
             save_file(tensors, str(tmp / "trainable.safetensors"))
+            buffers = norm_buffers(accelerator.unwrap_model(model))
+            if buffers:
+                save_file(
+                    {n: b.detach().cpu().contiguous() for n, b in buffers.items()},
+                    str(tmp / "buffers.safetensors"),
+                )
             torch.save(optim_state, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
@@ -205,6 +227,12 @@ def load_checkpoint(
                 params[name].copy_(value)
         optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    if (path / "buffers.safetensors").is_file():  # checkpoints before 2026-12-07 lack it
+        buffers = norm_buffers(unwrapped)
+        with torch.no_grad():
+            for name, value in load_file(str(path / "buffers.safetensors")).items():
+                if name in buffers:
+                    buffers[name].copy_(value)
     rng_file = path / f"rng-{accelerator.process_index}.json"
     if rng_file.is_file():
         set_rng_state(json.loads(rng_file.read_text()))

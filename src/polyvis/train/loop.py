@@ -43,6 +43,7 @@ from polyvis.train.sharding import (
     wrap_units,
 )
 from polyvis.train.stages import configure_stage, parameter_groups
+from polyvis.train.sync_norm import plain_batch_norms, sync_batch_norms
 
 
 class TrainingError(PolyVisError):
@@ -85,22 +86,44 @@ def _answer_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def _without_repeats(labels: torch.Tensor, accelerator) -> torch.Tensor:
+    """Labels with the rows accelerate repeated to fill the last batch masked out: it splits
+    every batch evenly between the processes, completing the last one with records from the
+    start, which would otherwise count twice in a val loss on several processes."""
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return labels
+    rows = labels.shape[0]  # this process's slice of the global batch (split_batches)
+    start = accelerator.process_index * rows
+    repeated = torch.arange(start, start + rows) >= state.remainder
+    if not repeated.any():
+        return labels
+    labels = labels.clone()
+    labels[repeated.to(labels.device)] = -100
+    return labels
+
+
 @torch.no_grad()
 def evaluate_loss(model, loader, accelerator, cache=None) -> float:
     """Mean answer-token loss over a validation loader."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     for batch in loader:
-        n = _answer_tokens(batch)
-        if n == 0:
+        labels = _without_repeats(batch["labels"], accelerator)
+        n = _answer_tokens({"labels": labels})
+        if n == 0 and accelerator.num_processes == 1:
             continue
+        # several processes all run every batch (FSDP gathers weights in the forward pass);
+        # one with nothing to count computes the loss of its rows and drops it
         out = model(
-            **_model_inputs(batch, accelerator.device, cache),
+            **_model_inputs({**batch, "labels": labels if n else batch["labels"]},
+                            accelerator.device, cache),
             num_items_in_batch=1,
             answer_logits_only=True,
-        )
-        total += out.loss.double().cpu()  # sum over tokens (num_items_in_batch=1)
-        count += n
+        )  # fmt: skip
+        if n:
+            total += out.loss.double().cpu()  # sum over tokens (num_items_in_batch=1)
+            count += n
     model.train()
     total = accelerator.reduce(total.to(accelerator.device), "sum")
     count = accelerator.reduce(count.to(accelerator.device), "sum")
@@ -188,6 +211,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         dump_config(cfg, run / "config.yaml")
     optimizer = _adamw(parameter_groups(model, tc), tc.lr, tc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps)
+    if accelerator.num_processes > 1:  # trained BatchNorm: the global batch's statistics
+        sync_batch_norms(model)
     if is_fsdp(accelerator):
         wrap_units(accelerator, model)
     model, optimizer, scheduler, loader = accelerator.prepare(model, optimizer, scheduler, loader)
@@ -322,6 +347,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     final = run / "final"
     unwrapped = full_model(accelerator, model, lambda: _fresh_model(cfg))
     if main:
+        plain_batch_norms(unwrapped)
         unwrapped.eval()
         if has_lora(unwrapped):
             from polyvis.train.stages import LORA_DIR
