@@ -55,6 +55,7 @@ from polyvis.models.load_checks import (
     check_causal_lm,
     check_vision,
     check_vocab,
+    checked_config,
     load_error,
     probe_lm,
 )
@@ -96,7 +97,7 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
     kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    config = _checked_config(spec, field, check_vision)
+    config = checked_config(spec, field, check_vision)
     try:
         vcfg = vision_config_of(config)
         cls = MODEL_MAPPING.get(type(vcfg), AutoModel)
@@ -255,22 +256,10 @@ def build_encoder(spec: EncoderSpec, index: int, dtype: torch.dtype) -> tuple[An
     return backbone, proc, entry
 
 
-def _checked_config(spec: EncoderSpec | LLMSpec, field: str, check: Any) -> Any:
-    """The checkpoint's config (`spec.path`), checked to be the kind `field` needs (`check`):
-    a missing path or the wrong kind of model is one line naming `field.path`."""
-    kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    try:
-        config = AutoConfig.from_pretrained(spec.path, **kw)
-    except (OSError, ValueError) as err:
-        raise load_error(f"{field}.path", spec.path, err) from None
-    check(config, f"{field}.path", repr(spec.path))
-    return config
-
-
 def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
     field = "model.llm"
     if spec.path is not None:  # before the tokenizer, whose error would hide the cause
-        _checked_config(spec, field, check_causal_lm)
+        checked_config(spec, field, check_causal_lm)
     tok_path = spec.tokenizer.path or spec.path
     if tok_path is not None:
         try:

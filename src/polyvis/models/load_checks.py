@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
-from polyvis.config import LLMSpec
+from polyvis.config import EncoderSpec, LLMSpec
 from polyvis.errors import ConfigError
 from polyvis.models.encoders import vision_config_of
 from polyvis.models.tokenizer import IMAGE_TOKENS
@@ -155,3 +155,15 @@ def probe_lm(lm: Any, field: str) -> None:
         raise ConfigError(field, f"the LM it builds fails on its first tokens ({first})") from None
     finally:
         lm.train(was_training)
+
+
+def checked_config(spec: EncoderSpec | LLMSpec, field: str, check: Any) -> Any:
+    """The checkpoint's config (`spec.path`), checked to be the kind `field` needs (`check`):
+    a missing path or the wrong kind of model is one line naming `field.path`."""
+    kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(spec.path, **kw)
+    except (OSError, ValueError) as err:
+        raise load_error(f"{field}.path", spec.path, err) from None
+    check(config, f"{field}.path", repr(spec.path))
+    return config
