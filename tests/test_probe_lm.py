@@ -3,6 +3,7 @@ refused when the model is built, naming the field, and the check changes nothing
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,21 @@ def test_a_vary_nano_decoder_that_does_not_fit_is_named():
            "num_key_value_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1}  # fmt: skip
     with pytest.raises(ConfigError, match=r"^decoder: the LM it builds fails on its first"):
         build_vary(VarySettings(decoder=bad, size=32), vocab_size=40, ctc_classes=40)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("model.llm.config={model_type: qwen2, hidden_size: x}", "model.llm.config"),
+        (
+            "model.encoders=[{name: c, config: {model_type: clip_vision_model, hidden_size: x}}]",
+            "model.encoders[0].config",
+        ),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_one_line(override, field):
+    # huggingface_hub's strict-dataclass errors are not ValueErrors: they were tracebacks
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(field)}: Field 'hidden_size' expected int"
+    ):
+        build_model(load_config(CFG, [override]))

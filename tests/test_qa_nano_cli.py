@@ -101,8 +101,9 @@ def test_a_refused_model_config_is_one_line_naming_the_flag(
     assert main([*vary, "--config", "{hidden_size: 64}"]) == 2
     assert _error(capsys).startswith("polyvis: error: --config: 'config' needs a 'model_type'")
     assert main([*vary, "--config", "{model_type: resnet, hidden_sizes: x}"]) == 2
+    # refused where the encoder is built, so the message names the one flag at fault
     assert _error(capsys).startswith(
-        "polyvis: error: --config/--decoder: Field 'hidden_sizes' with value 'x'"
+        "polyvis: error: --config: Field 'hidden_sizes' with value 'x'"
     )
     # settings errors name the flag that was typed, not the trainer's field
     assert main([*vary, "--max-target-len", "0"]) == 2

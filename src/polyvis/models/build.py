@@ -56,6 +56,8 @@ from polyvis.models.load_checks import (
     check_vision,
     check_vocab,
     checked_config,
+    config_message,
+    config_refusals,
     load_error,
     probe_lm,
 )
@@ -89,13 +91,13 @@ def load_vision_backbone(spec: EncoderSpec, field: str, dtype: torch.dtype) -> A
     if spec.config is not None:
         try:
             config = _config_from_dict(spec.config)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        except config_refusals() as err:  # huggingface_hub's strict-dataclass errors too
+            raise ConfigError(f"{field}.config", config_message(err)) from None
         check_vision(config, f"{field}.config.model_type", "the config")
         try:
             return backbone_from_config(config).to(dtype)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        except config_refusals() as err:  # huggingface_hub's strict-dataclass errors too
+            raise ConfigError(f"{field}.config", config_message(err)) from None
     kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     config = checked_config(spec, field, check_vision)
     try:
@@ -117,8 +119,8 @@ def load_detector(spec: EncoderSpec, field: str, dtype: torch.dtype) -> Any:
     if spec.config is not None:
         try:
             config = _config_from_dict(spec.config)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        except config_refusals() as err:  # huggingface_hub's strict-dataclass errors too
+            raise ConfigError(f"{field}.config", config_message(err)) from None
         check_detector_config(config, f"{field}.config")
         return detector_from_config(config, embed).to(dtype)
     kw = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
@@ -297,8 +299,8 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
                 cfg.setdefault(key, tid)
         try:
             lm = AutoModelForCausalLM.from_config(_config_from_dict(cfg)).to(dtype)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ConfigError(f"{field}.config", str(err).splitlines()[0]) from None
+        except config_refusals() as err:  # huggingface_hub's strict-dataclass errors too
+            raise ConfigError(f"{field}.config", config_message(err)) from None
         probe_lm(lm, f"{field}.config")
     check_causal(lm.config, f"{field}.path" if spec.path is not None else f"{field}.config")
     return lm, tokenizer

@@ -45,26 +45,6 @@ def parse_settings(cls: type[S], data: dict[str, Any] | None, prefix: str = "") 
         raise config_error_from(err, prefix) from None
 
 
-def config_refusals() -> tuple[type[Exception], ...]:
-    """What transformers raises for a model config it refuses: TypeError / ValueError / KeyError
-    (a missing model_type), and huggingface_hub's strict-dataclass errors (not ValueErrors)."""
-    try:
-        from huggingface_hub.errors import StrictDataclassError
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        return (KeyError, TypeError, ValueError)
-    return (KeyError, TypeError, ValueError, StrictDataclassError)
-
-
-def config_message(err: Exception) -> str:
-    """One line for a refused model config: the underlying cause (strict-dataclass errors wrap
-    it under a heading), without the list of every type it tried."""
-    if isinstance(err, KeyError):
-        return f"needs {err.args[0]!r}" if err.args else "a key is missing"
-    cause = err.__cause__ if err.__cause__ is not None else err
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    return (lines[0] if lines else type(cause).__name__).split(" Errors: ")[0]
-
-
 def read_mapping(text: str | None, field: str) -> dict[str, Any] | None:
     """A JSON / YAML mapping given inline or as a file path (the CLI's --config / --decoder)."""
     if text is None:

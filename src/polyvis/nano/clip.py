@@ -22,12 +22,11 @@ import torch
 from pydantic import Field
 
 from polyvis.errors import ConfigError
+from polyvis.models.load_checks import config_message, config_refusals
 from polyvis.nano._common import (
     ExpertSettings,
     answer_of,
     collect_samples,
-    config_message,
-    config_refusals,
     count_params,
     load_pixels,
     question_of,

@@ -21,12 +21,11 @@ import torch
 from pydantic import Field
 
 from polyvis.errors import ConfigError, DataError
+from polyvis.models.load_checks import config_message, config_refusals
 from polyvis.nano._common import (
     ExpertSettings,
     StepCallback,
     adamw_steps,
-    config_message,
-    config_refusals,
     parse_settings,
     torch_threads,
 )

@@ -17,14 +17,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 
 from polyvis.errors import ConfigError, PolyVisError, config_error_from
+from polyvis.models.load_checks import config_message, config_refusals
 from polyvis.nano._common import (
     Sample,
     Settings,
     StepCallback,
     adamw_steps,
     collect_samples,
-    config_message,
-    config_refusals,
     load_pixels,
     parse_settings,
     require_samples,
