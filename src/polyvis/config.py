@@ -198,6 +198,10 @@ class DataSection(_Strict):
     max_length: int = Field(default=512, gt=0)
 
 
+# the largest seed numpy (and every RNG seeded from train.seed) takes
+MAX_SEED = 2**32 - 1
+
+
 class TrainSection(_Strict):
     stage: Literal["align", "finetune"] = "align"
     init_from: CheckpointPath = None
@@ -218,7 +222,7 @@ class TrainSection(_Strict):
     cache_features: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what numpy and every RNG seeded from it take
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     num_workers: int = Field(default=0, ge=0)
 
 

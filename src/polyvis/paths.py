@@ -64,6 +64,17 @@ def cache_leftovers(root: str | Path, older_than_s: float) -> list[Path]:
     return found
 
 
+def check_replaceable(path: str | Path, marker: str, what: str, field: str = "--out") -> Path:
+    """check_folder_path, and `path` absent, empty or an earlier `what` (it holds `marker`),
+    which a new one may replace whole; a folder of anything else is refused, not emptied."""
+    from polyvis.errors import ConfigError
+
+    path = check_folder_path(path, field)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise ConfigError(field, f"{path} is not empty and holds no {what}")
+    return path
+
+
 def temporary_name(path: str | Path) -> Path:
     """A hidden sibling of `path` unique to this process: `.NAME.PID.tmp`."""
     path = Path(path)

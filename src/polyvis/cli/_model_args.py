@@ -77,3 +77,10 @@ def require_at_least_one(values: dict[str, int | None]) -> None:
     for flag, value in values.items():
         if value is not None and value < 1:
             raise ConfigError(flag, f"must be at least 1, got {value}")
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """The commands' `--set KEY=VALUE ...` (dotted config overrides); extend: a repeated --set
+    adds to the earlier ones instead of replacing them."""
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from polyvis.cli._model_args import add_set_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,9 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fill the feature cache for a config (what train.cache_features: true uses)",
     )
     p.add_argument("config", help="YAML config, e.g. configs/nano-tiny.yaml")
-    # extend: a repeated --set adds to the earlier ones (it replaced them)
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
+    add_set_argument(p)
     p.add_argument(
         "--device", default=None, help="where the encoders run (default: cuda if present)"
     )

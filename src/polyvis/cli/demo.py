@@ -39,11 +39,12 @@ def check_demo_args(args: argparse.Namespace) -> None:
     work): --jobs 0 failed after the data, naming `workers`, and a negative --seed only in
     every run, after the experts."""
     from polyvis.cli._model_args import require_at_least_one
+    from polyvis.config import MAX_SEED
     from polyvis.errors import ConfigError
     from polyvis.paths import check_folder_path
 
     require_at_least_one({"--jobs": args.jobs})
-    if not 0 <= args.seed < 2**32:  # what the runs' seeding (numpy's too) accepts
+    if not 0 <= args.seed <= MAX_SEED:  # train.seed's bound: every run takes this seed
         raise ConfigError("--seed", f"must be between 0 and 2**32 - 1, got {args.seed}")
     check_folder_path(args.out, "--out")
 

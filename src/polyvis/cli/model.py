@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from polyvis.cli._model_args import add_set_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="every registry entry, one 'kind: name' a line")
@@ -13,9 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-model", help="build the untrained model of a config and save it")
     p.add_argument("config", help="YAML config (e.g. configs/nano-tiny.yaml)")
     p.add_argument("--out", required=True, help="output model directory")
-    # extend: a repeated --set adds to the earlier ones (it replaced them)
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
+    add_set_argument(p)
     p.set_defaults(func=cmd_init_model)
 
 
@@ -32,15 +32,11 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from polyvis.config import dump_config, load_config
-    from polyvis.errors import ConfigError
     from polyvis.models.build import build_model, save_model
-    from polyvis.paths import atomic_dir, check_folder_path
+    from polyvis.paths import atomic_dir, check_replaceable
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out)
-    check_folder_path(out, "--out")  # before building: the save would fail only at the end
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ConfigError("--out", f"{out} is not empty and holds no model")
+    out = check_replaceable(Path(args.out), "config.json", "model")  # before building
     model, processor = build_model(cfg)
     # saved aside, then put in place whole: an earlier model's files (another encoder's image
     # processor) do not stay beside the new one's

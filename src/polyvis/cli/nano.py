@@ -167,11 +167,11 @@ def _clip_train(args: argparse.Namespace) -> int:
 def _train(train: Callable[..., dict[str, Any]], args: argparse.Namespace, settings: dict) -> int:
     """Run one expert's trainer with the options every `train` action shares; print its summary."""
     from polyvis.errors import ConfigError
-    from polyvis.paths import atomic_dir
+    from polyvis.paths import atomic_dir, check_replaceable
 
     dirs = _dirs(args.images_from, "--images-from")
     eval_dirs = _dirs(args.eval_from, "--eval-from") if args.eval_from else None
-    _check_out(args.out)  # before training, not when saving at the end
+    check_replaceable(args.out, "training_log.json", "expert checkpoint")  # before training
     try:
         # built aside, then put in place whole: a rerun into the same --out leaves nothing of
         # the last run (a bpe run's decoder/ stayed beside a chars run's encoder), and a killed
@@ -185,17 +185,6 @@ def _train(train: Callable[..., dict[str, Any]], args: argparse.Namespace, setti
         raise ConfigError(flag, str(err).removeprefix(f"{err.field}: ")) from None
     _summary(log, args.out)
     return 0
-
-
-def _check_out(out: Path) -> None:
-    """--out: absent, empty, or an earlier expert checkpoint (which the new one replaces); a
-    folder of something else is refused rather than emptied."""
-    from polyvis.errors import ConfigError
-    from polyvis.paths import check_folder_path
-
-    check_folder_path(out, "--out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "training_log.json").is_file():
-        raise ConfigError("--out", f"{out} is not empty and holds no expert checkpoint")
 
 
 def _dirs(text: str, flag: str) -> list[Path]:

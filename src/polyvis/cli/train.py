@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from polyvis.cli._model_args import add_set_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model (resumes RUN from its last checkpoint)")
     p.add_argument("config", help="YAML config, e.g. configs/nano-tiny.yaml")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics, final model)")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides (several after one --set, or --set repeated)")  # fmt: skip
+    add_set_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
