@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 
-from polyvis.data.images import as_rgb, decode_image
+from polyvis.data.images import decode_image
+from polyvis.models.rgb import as_rgb
 from polyvis.serve.images import decode_image as serve_decode
 
 
@@ -49,3 +51,14 @@ def test_the_server_decodes_as_training_does():
 def test_as_rgb_keeps_an_upright_rgb_image_as_it_is():
     im = Image.new("RGB", (3, 2), (1, 2, 3))
     assert as_rgb(im) is im
+
+
+def test_the_processor_takes_an_image_as_the_data_pipeline_decodes_it(tiny_model_dir):
+    # an RGBA image handed to the processor directly had its transparent pixels made black
+    from polyvis.models.build import load_model
+
+    _, processor = load_model(tiny_model_dir)
+    rgba = Image.new("RGBA", (40, 30), (200, 10, 10, 0))
+    direct = processor.preprocess_images([rgba])
+    decoded = processor.preprocess_images([decode_image(_png(rgba))])
+    assert torch.equal(direct, decoded)

@@ -24,11 +24,11 @@ from typing import Any
 
 from PIL import Image
 
-from polyvis.data.images import as_rgb
 from polyvis.data.records import IMAGE_TOKEN
 from polyvis.data.template import for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
 from polyvis.eval.generation import generate_batch, score_continuations
+from polyvis.models.rgb import as_rgb
 from polyvis.progress import progress_bar
 
 # PolyVisLMMs is left out: `import *` must not need lmms-eval.

@@ -21,6 +21,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, PreTra
 
 from polyvis.errors import DataError
 from polyvis.models.quiet import quiet_transformers
+from polyvis.models.rgb import as_rgb
 from polyvis.models.tiling import Tiling, resample_of, tile_image
 from polyvis.models.tokenizer import IMAGE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_TOKEN
 
@@ -130,7 +131,7 @@ class PolyVisProcessor:
         tiled encoder's views in its slots, NaN in the slots an image does not use."""
         if not images:
             return torch.zeros(0)
-        images = [im.convert("RGB") if im.mode != "RGB" else im for im in images]
+        images = [as_rgb(im) for im in images]  # as the data pipeline decodes files: alpha on white
         hmax = max(h for h, _ in self.image_sizes.values())
         wmax = max(w for _, w in self.image_sizes.values())
         out = torch.zeros(len(images), self.num_slots, 3, hmax, wmax)

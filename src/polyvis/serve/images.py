@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from polyvis.data.images import as_rgb
+from polyvis.models.rgb import as_rgb
 from polyvis.serve.errors import APIError
 
 
