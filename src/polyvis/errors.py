@@ -14,6 +14,7 @@ class ConfigError(PolyVisError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.message = message  # without the field: for re-raising under another field's name
         super().__init__(f"{field}: {message}" if field else message)
 
 

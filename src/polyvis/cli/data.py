@@ -157,7 +157,7 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         params = conv.params(**options)
     except ConfigError as err:  # name the option as it was typed
-        message = str(err).removeprefix(f"{err.field}: ")
+        message = err.message
         raise ConfigError(_flag(err.field), message) from None
     path, records = conv.run(params, args.out)
     print(f"wrote {len(records)} records to {path}")
@@ -196,7 +196,7 @@ def _preview(args: argparse.Namespace) -> int:
     try:
         shown = write_preview(args.path, args.out, n=args.n, tile=args.tile, skipped=skipped)
     except ConfigError as err:  # name the option as it was typed
-        raise ConfigError(_flag(err.field), str(err).removeprefix(f"{err.field}: ")) from None
+        raise ConfigError(_flag(err.field), err.message) from None
     print(f"wrote a preview of {shown} records to {args.out}")
     if skipped:
         print(f"skipped {len(skipped)} records whose image could not be read:")

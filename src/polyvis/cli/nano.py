@@ -182,7 +182,7 @@ def _train(train: Callable[..., dict[str, Any]], args: argparse.Namespace, setti
         flag = _FLAGS.get(err.field) or _FLAGS.get(err.field.split(".")[0].split("[")[0])
         if flag is None:
             raise
-        raise ConfigError(flag, str(err).removeprefix(f"{err.field}: ")) from None
+        raise ConfigError(flag, err.message) from None
     _summary(log, args.out)
     return 0
 

@@ -65,7 +65,7 @@ def base_config(src: Any) -> dict[str, Any]:
     try:
         resolved = load_config(src).model_dump(mode="json", exclude_none=True)
     except ConfigError as err:
-        msg = str(err).removeprefix(f"{err.field}: ")
+        msg = err.message
         raise ConfigError(f"base.{err.field}" if err.field else "base", msg) from None
     base = copy.deepcopy(src)
     for key in ("fusion", "adapter"):
@@ -87,7 +87,7 @@ def grid_values(grid: dict[str, Any], axis: str) -> list[dict[str, Any]]:
         except ConfigError as err:
             if err.field != f"{where}.type":
                 raise
-            raise ConfigError(where, str(err).removeprefix(f"{err.field}: ")) from None
+            raise ConfigError(where, err.message) from None
         out.append(value)
     return out
 

@@ -224,7 +224,7 @@ def run_probes(
         try:
             trained, twin, processor = expert_encoders(Path(path), chosen, seed)
         except ConfigError as err:  # named after the expert, not the encoder spec built here
-            message = str(err).removeprefix(f"{err.field}: ")
+            message = err.message
             raise ConfigError(f"experts.{name}", message) from None
         sources = [(name, trained)] + ([(f"{name} random-init", twin)] if random_twins else [])
         for probe_set in sets:

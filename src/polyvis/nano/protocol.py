@@ -152,7 +152,7 @@ def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
                 key = err.field.removeprefix("train.")
                 if not cell.train or key not in cell.train:
                     raise
-                msg = str(err).removeprefix(f"{err.field}: ")
+                msg = err.message
                 raise ConfigError(f"{cell.source}.train.{key}", msg) from None
     return plan
 

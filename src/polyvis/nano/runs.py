@@ -66,7 +66,7 @@ class RunSpec:
         try:
             align_cfg = load_config(first) if first is not None else None
         except ConfigError as err:
-            msg = str(err).removeprefix(f"{err.field}: ")
+            msg = err.message
             raise ConfigError(f"align.{err.field}" if err.field else "align", msg) from None
         return cls(
             name, cfg, out, list(eval_files), eval_limit, dict(meta or {}), align_cfg, eval_dir
@@ -128,7 +128,7 @@ def check_reused(spec: RunSpec) -> None:
             try:
                 check_reusable(run, cfg)
             except ConfigError as err:
-                msg = str(err).removeprefix(f"{err.field}: ")
+                msg = err.message
                 raise ConfigError(err.field, f"run {spec.name}: {msg}") from None
 
 
