@@ -68,7 +68,7 @@ def _convert(ann: Path, images: Path, out: Path, *extra: str) -> int:
 def test_cli_converts_the_fixture(dataset, tmp_path):
     ann, images = dataset
     out = tmp_path / "out"
-    assert _convert(ann, images, out) == 0
+    assert _convert(ann, images, out, "--box-format", "pixels") == 0  # norm1000: test_box_format
     records = read_records(out / "val.jsonl")
     by_id = {r["id"]: r for r in records}
     for rec in records:
@@ -129,7 +129,8 @@ def test_real_grounding_box_rounds_the_float_bbox():
 def test_task_subset_and_min_area(dataset, tmp_path):
     ann, images = dataset
     out = tmp_path / "out"
-    assert _convert(ann, images, out, "--tasks", "grounding,count", "--min-area", "300") == 0
+    assert _convert(ann, images, out, "--tasks", "grounding,count", "--min-area", "300",
+                    "--box-format", "pixels") == 0  # fmt: skip
     records = read_records(out / "val.jsonl")
     assert {r["task"] for r in records} == {"grounding", "count"}
     # Only the bus (500 px^2) is at least 300 px^2, so it is the one grounded.
@@ -137,7 +138,7 @@ def test_task_subset_and_min_area(dataset, tmp_path):
     assert g["conversations"][1]["value"] == "[70, 55, 95, 75]"
     # --limit, as every converter takes it: the first N records of the same conversion
     assert _convert(ann, images, tmp_path / "two", "--tasks", "grounding,count", "--min-area",
-                    "300", "--limit", "2") == 0  # fmt: skip
+                    "300", "--box-format", "pixels", "--limit", "2") == 0  # fmt: skip
     assert read_records(tmp_path / "two" / "val.jsonl") == records[:2]
 
 

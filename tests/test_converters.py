@@ -92,7 +92,7 @@ def refcoco_fixture(tmp_path: Path) -> list:
 
 
 def test_refcoco(tmp_path):
-    args = refcoco_fixture(tmp_path)
+    args = [*refcoco_fixture(tmp_path), "--box-format", "pixels"]  # norm1000: test_box_format
     recs = convert("refcoco", args, tmp_path / "out")
     assert [r["id"] for r in recs] == [
         "refcoco-train-0-0",

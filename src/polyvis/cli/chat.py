@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from polyvis.cli._model_args import add_device_options, load_cli_model, require_at_least_one
+from polyvis.data.boxes import BOX_FORMATS
 
 HELP = """commands: /image PATH  switch images (starts a new conversation)
           /reset       forget the conversation, keep the image
@@ -50,8 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draw-boxes",
         metavar="OUT.png",
-        help="write the image with the answer's boxes [x1, y1, x2, y2] drawn on it (pixels; "
-        "rewritten after each answer)",
+        help="write the image with the answer's boxes [x1, y1, x2, y2] drawn on it (rewritten "
+        "after each answer)",
+    )
+    p.add_argument(
+        "--box-format",
+        choices=BOX_FORMATS,
+        default="pixels",  # a chat has no record to say so: the model's answers are taken as pixels
+        help="how --draw-boxes reads the answer's boxes: image pixels, or 0-1000 of its "
+        "width/height (for models trained on norm1000 data; default: pixels)",
     )
     add_device_options(p)
     p.set_defaults(func=run)
@@ -89,22 +97,23 @@ def run(args: argparse.Namespace) -> int:
     if args.question is not None:
         reply = session.ask(args.question)
         print(reply)
-        save_boxes(session.image, reply, args.draw_boxes)
+        save_boxes(session.image, reply, args.draw_boxes, args.box_format)
         return 0
-    return interactive(session, args.beams == 1, args.draw_boxes)
+    return interactive(session, args.beams == 1, args.draw_boxes, args.box_format)
 
 
-def save_boxes(image, reply: str, out: str | None) -> None:
+def save_boxes(image, reply: str, out: str | None, box_format: str = "pixels") -> None:
     """With --draw-boxes: the image with the reply's boxes drawn, written to `out` (a note on
-    stderr says how many)."""
+    stderr says how many). box_format: how the reply writes them (norm1000: of the image size)."""
     if not out or image is None:
         return
-    from polyvis.data.boxes import draw_boxes, parse_boxes
+    from polyvis.data.boxes import boxes_to_pixels, draw_boxes, parse_boxes
     from polyvis.paths import atomic_file
 
     boxes = parse_boxes(reply)
     with atomic_file(out) as tmp:
-        draw_boxes(image, boxes).save(tmp, format=_image_format(out))
+        shown = draw_boxes(image, boxes_to_pixels(boxes, box_format, image.size))
+        shown.save(tmp, format=_image_format(out))
     print(f"({len(boxes)} box(es) drawn on {out})", file=sys.stderr)
 
 
@@ -115,7 +124,9 @@ def _image_format(path: str) -> str:
     return Image.registered_extensions().get(f".{ext}", "PNG")
 
 
-def interactive(session, stream: bool, draw_boxes: str | None = None) -> int:
+def interactive(
+    session, stream: bool, draw_boxes: str | None = None, box_format: str = "pixels"
+) -> int:
     """Read questions and commands from stdin until /quit or end of input."""
     from transformers import TextStreamer
 
@@ -157,4 +168,4 @@ def interactive(session, stream: bool, draw_boxes: str | None = None) -> int:
         except DataError as err:  # e.g. past the LM's context: the session goes on
             print(f"error: {err}", file=sys.stderr)
             continue
-        save_boxes(session.image, reply, draw_boxes)
+        save_boxes(session.image, reply, draw_boxes, box_format)

@@ -6,7 +6,9 @@ A record is a dict:
      "family": "scene",                            # optional: which metric scores it
      "conversations": [{"from": "human", "value": "<image>\\nHow many circles?"},
                        {"from": "gpt", "value": "3"}]}
-Image paths are relative to the records file's folder (or absolute). Other fields are kept.
+Image paths are relative to the records file's folder (or absolute). Other fields are kept;
+`box_format` ("pixels" or "norm1000", polyvis.data.boxes), when present, says how the answers'
+boxes are written (absent: pixels).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from polyvis.data.boxes import BOX_FORMATS
 from polyvis.errors import DataError
 from polyvis.paths import atomic_file
 
@@ -74,6 +77,9 @@ def validate_record(rec: Any) -> list[str]:
     family = rec.get("family")
     if family is not None and not isinstance(family, str):  # it names a group and a metric
         problems.append(f"'family' must be a string, not {type(family).__name__}")
+    box_format = rec.get("box_format")
+    if "box_format" in rec and box_format not in BOX_FORMATS:  # drawing would misplace the boxes
+        problems.append(f"'box_format' must be one of {', '.join(BOX_FORMATS)}, not {box_format!r}")
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
         problems.append("'conversations' must be a non-empty list")

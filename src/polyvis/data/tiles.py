@@ -1,4 +1,6 @@
-"""One preview tile of a record: its first image, with a box answer drawn on it, then id, Q and A."""
+"""One preview tile of a record: its first image, with a box answer drawn on it, then id, Q and A.
+
+A box is drawn where the record's `box_format` (pixels, or norm1000 of the image's size) puts it."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from polyvis.data.boxes import record_box_format, to_pixels
 from polyvis.data.converters.coco import parse_box
 from polyvis.data.images import load_image
 from polyvis.data.records import IMAGE_TOKEN
@@ -41,7 +44,8 @@ def record_tile(record: dict[str, Any], image_path: Any, width: int) -> Image.Im
     draw = ImageDraw.Draw(tile)
     box = parse_box(answer)
     if box is not None:
-        draw.rectangle([round(v * scale) for v in box], outline=(255, 0, 255), width=2)
+        pixels = to_pixels(box, record_box_format(record), src.width, src.height)
+        draw.rectangle([round(v * scale) for v in pixels], outline=(255, 0, 255), width=2)
     for k, line in enumerate(lines):
         draw.text(
             (2, width + 3 + LINE_HEIGHT * k), line, font=fnt, fill=(0, 0, 0) if k else (90, 90, 90)

@@ -5,7 +5,8 @@ An answers.jsonl row (what `polyvis eval` writes) has id, family, metric, questi
 prediction and score; it names no image, so thumbnails come from the records files that were
 evaluated (the run's results.json lists them under settings.data), matched on family and id.
 An answer that holds boxes `[x1, y1, x2, y2]` also gets the image with its boxes drawn (magenta)
-beside the reference's (green).
+beside the reference's (green), placed as the record's `box_format` says (pixels, or norm1000 of
+the image's size).
 """
 
 from __future__ import annotations
@@ -123,9 +124,18 @@ def sample_items(items: list[Item], per_family: int) -> list[Item]:
 def image_index(records_files: Iterable[str | Path]) -> dict[tuple[str, str], Path]:
     """(family, id) -> the record's first image, from records files; unreadable files are left
     out (thumbnails are a convenience: a report without them is still a report)."""
+    return {key: image for key, (image, _) in record_index(records_files).items()}
+
+
+def record_index(
+    records_files: Iterable[str | Path],
+) -> dict[tuple[str, str], tuple[Path, str | None]]:
+    """(family, id) -> the record's first image and its box format (None when the record's
+    `box_format` is unknown: its boxes cannot be placed), as `image_index` reads them."""
+    from polyvis.data.boxes import BOX_FORMATS
     from polyvis.data.records import read_records, record_image_paths
 
-    index: dict[tuple[str, str], Path] = {}
+    index: dict[tuple[str, str], tuple[Path, str | None]] = {}
     for f in records_files:
         f = Path(f)
         try:
@@ -136,7 +146,9 @@ def image_index(records_files: Iterable[str | Path]) -> dict[tuple[str, str], Pa
             paths = record_image_paths(rec, f.parent) if isinstance(rec, dict) else []
             if paths:
                 family = str(rec.get("family") or f.stem)
-                index.setdefault((family, str(rec.get("id"))), paths[0])
+                fmt = rec.get("box_format") or "pixels"
+                fmt = fmt if fmt in BOX_FORMATS else None
+                index.setdefault((family, str(rec.get("id"))), (paths[0], fmt))
     return index
 
 
@@ -171,23 +183,38 @@ def data_uri(im: Any, kind: str = "png") -> str:
 
 
 def box_thumbnail(
-    path: str | Path, prediction: str, reference: str, size: int = THUMB_PX
+    path: str | Path,
+    prediction: str,
+    reference: str,
+    size: int = THUMB_PX,
+    box_format: str = "pixels",
 ) -> str | None:
     """The image at `size` px with the reference's boxes (green) and the prediction's (magenta)
-    drawn, as a PNG data: URI; None when the prediction holds no box or the image is unreadable."""
+    drawn, as a PNG data: URI; None when the prediction holds no box or the image is unreadable.
+    box_format: how both are written (the record's; norm1000 boxes are placed by image size)."""
     from PIL import Image
 
-    from polyvis.data.boxes import ANSWER_COLOUR, REFERENCE_COLOUR, draw_boxes, fit, parse_boxes
+    from polyvis.data.boxes import (
+        ANSWER_COLOUR,
+        REFERENCE_COLOUR,
+        boxes_to_pixels,
+        draw_boxes,
+        fit,
+        parse_boxes,
+    )
 
     boxes = parse_boxes(prediction)
     if not boxes:
         return None
     try:
         with Image.open(path) as im:
+            original = im.size
             shown, scale = fit(im, size)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    shown = draw_boxes(shown, parse_boxes(reference), REFERENCE_COLOUR, width=1, scale=scale)
+    refs = boxes_to_pixels(parse_boxes(reference), box_format, original)
+    shown = draw_boxes(shown, refs, REFERENCE_COLOUR, width=1, scale=scale)
+    boxes = boxes_to_pixels(boxes, box_format, original)
     return data_uri(draw_boxes(shown, boxes, ANSWER_COLOUR, width=2, scale=scale))
 
 
@@ -205,11 +232,14 @@ def report_items(
     for path in answers.values():
         files += [f for f in records_of(Path(path).parent / "results.json") if f not in files]
     items = sample_items(join_answers(answers), per_family)
-    index = image_index(files) if items else {}
+    index = record_index(files) if items else {}
     for it in items:
-        image = index.get((it.family, it.id))
-        if image is not None:
-            it.thumbnail = thumbnail(image)
-            for ans in it.answers.values():
-                ans.boxes = box_thumbnail(image, ans.prediction, it.reference)
+        if (it.family, it.id) not in index:
+            continue
+        image, box_format = index[(it.family, it.id)]
+        it.thumbnail = thumbnail(image)
+        if box_format is None:  # a record the checker rejects: drawn nowhere rather than wrong
+            continue
+        for ans in it.answers.values():
+            ans.boxes = box_thumbnail(image, ans.prediction, it.reference, box_format=box_format)
     return items

@@ -10,7 +10,9 @@ family, which writes COCO first. Per image, one single-turn record per task:
              above, below; only pairs whose centres are >= 10 % of the image apart on that axis)
 - grounding: "Where is the red circle? Answer with a box [x1, y1, x2, y2]." -> "[3, 5, 20, 22]"
              (pixel ints: x1 = round(x), y1 = round(y), x2 = round(x + w), y2 = round(y + h);
-             metric "box_accuracy")
+             metric "box_accuracy"). With box_format "norm1000" (the CLI's default) the question
+             ends "... in 0-1000 coordinates.", the corners are round(x / width * 1000), ... and
+             the record carries `"box_format": "norm1000"`.
 - count:     "How many circles?" -> "2" (sometimes a category absent from the image -> "0")
 - attribute: "What colour is the square?" -> "red" (only when exactly one object has that
              category and the annotation has `attributes: {"color": ...}`)
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, NonNegativeInt, field_validator
 
+from polyvis.data.boxes import BoxFormat, box_prompt, check_box_format, to_norm1000
 from polyvis.data.converters import ConverterParams, register_converter, relative_image_path
 from polyvis.data.converters._util import comma_choices, utf8_text
 from polyvis.data.records import make_record
@@ -46,9 +50,16 @@ _IRREGULAR = {"person": "people", "mouse": "mice", "knife": "knives", "sheep": "
 _ALREADY_PLURAL = {"skis", "scissors", "glasses", "pants"}
 
 
-def box_text(bbox: list[float]) -> str:
-    """COCO [x, y, w, h] -> the answer text "[x1, y1, x2, y2]" in pixel ints."""
+def box_text(
+    bbox: list[float], box_format: str = "pixels", size: tuple[float, float] | None = None
+) -> str:
+    """COCO [x, y, w, h] -> the answer text "[x1, y1, x2, y2]" in pixel ints, or in norm1000
+    ints of the image's `size` (width, height)."""
     x, y, w, h = (float(v) for v in bbox)
+    if check_box_format(box_format) == "norm1000":
+        if size is None:
+            raise ValueError("box_text: norm1000 needs the image size")
+        return "[{}, {}, {}, {}]".format(*to_norm1000((x, y, x + w, y + h), *size))
     x1, y1 = round(x), round(y)
     # an object under a pixel wide would round to a box of no area, which no answer can match
     x2, y2 = max(round(x + w), x1 + 1), max(round(y + h), y1 + 1)
@@ -59,6 +70,21 @@ def parse_box(text: str) -> list[int] | None:
     """ "[x1, y1, x2, y2]" -> [x1, y1, x2, y2]; None when text is not exactly such a box."""
     m = BOX_RE.match(text)
     return [int(g) for g in m.groups()] if m else None
+
+
+def image_size(entry: dict[str, Any], path: str | Path) -> tuple[float, float] | None:
+    """(width, height) of a COCO `images` entry, read from the image file when the entry has no
+    positive ones; None when neither gives it (the caller skips the image)."""
+    w, h = entry.get("width"), entry.get("height")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        return float(w), float(h)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return float(im.width), float(im.height)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def position_phrase(cx: float, cy: float, width: float, height: float) -> str:
@@ -129,8 +155,10 @@ def image_questions(
     tasks: tuple[str, ...] = TASKS,
     max_caption_objects: int = 10,
     min_area: float = 0.0,
+    box_format: str = "pixels",
 ) -> list[dict[str, Any]]:
-    """The questions about one image: dicts with q, a, task (and metric where not default)."""
+    """The questions about one image: dicts with q, a, task (and metric where not default; a
+    norm1000 grounding question also has box_format)."""
     W, H = float(image["width"]), float(image["height"])
     objs = _objects(anns, names, min_area)
     counts: dict[str, int] = {}
@@ -164,10 +192,12 @@ def image_questions(
             out.append({"q": q, "a": "yes" if truth else "no", "task": "relation"})
     if "grounding" in tasks and unique:
         o = _pick(rng, unique)
-        q = f"Where is the {o['desc']}? Answer with a box [x1, y1, x2, y2]."
-        out.append(
-            {"q": q, "a": box_text(o["bbox"]), "task": "grounding", "metric": "box_accuracy"}
-        )
+        q = f"Where is the {o['desc']}? {box_prompt(box_format)}"
+        a = box_text(o["bbox"], box_format, (W, H))
+        entry = {"q": q, "a": a, "task": "grounding", "metric": "box_accuracy"}
+        if box_format != "pixels":  # absent means pixels, so pixel records stay as they were
+            entry["box_format"] = box_format
+        out.append(entry)
     if "count" in tasks and names:
         present = sorted({o["name"] for o in objs})
         absent = sorted(set(names.values()) - set(present))
@@ -197,8 +227,10 @@ def coco_to_records(
     tasks: tuple[str, ...] = TASKS,
     max_caption_objects: int = 10,
     min_area: float = 0.0,
+    box_format: str = "pixels",
 ) -> list[dict[str, Any]]:
-    """Records for every image of a COCO instances dict; image paths are image_dir/file_name."""
+    """Records for every image of a COCO instances dict; image paths are image_dir/file_name.
+    Every image needs a width and height (`image_size` finds missing ones)."""
     names = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
     by_image: dict[Any, list[dict]] = {}
     for ann in sorted(coco["annotations"], key=lambda a: a.get("id", 0)):
@@ -214,7 +246,14 @@ def coco_to_records(
         )
         key = f"{iid:06d}" if isinstance(iid, int) else str(iid)
         entries = image_questions(
-            image, by_image.get(iid, []), names, rng, tasks, max_caption_objects, min_area
+            image,
+            by_image.get(iid, []),
+            names,
+            rng,
+            tasks,
+            max_caption_objects,
+            min_area,
+            box_format,
         )
         for e in entries:
             extra = {k: v for k, v in e.items() if k not in ("q", "a")}
@@ -226,8 +265,9 @@ def coco_to_records(
     return records
 
 
-def load_coco(path: str | Path) -> dict[str, Any]:
-    """Read and check a COCO instances JSON; errors name the file and the offending entry."""
+def load_coco(path: str | Path, need_size: bool = True) -> dict[str, Any]:
+    """Read and check a COCO instances JSON; errors name the file and the offending entry.
+    need_size=False: images entries may lack width and height (the caller finds them)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: COCO annotations file not found")
@@ -239,7 +279,7 @@ def load_coco(path: str | Path) -> dict[str, Any]:
     if not isinstance(coco, dict):
         raise DataError(f"{path}: expected an object with images, annotations, categories")
     required = {
-        "images": ("id", "file_name", "width", "height"),
+        "images": ("id", "file_name", "width", "height")[: 4 if need_size else 2],
         "annotations": ("image_id", "category_id", "bbox"),
         "categories": ("id", "name"),
     }
@@ -274,6 +314,11 @@ class COCOParams(ConverterParams):
     min_area: float = Field(0.0, description="skip smaller objects (px^2)")
     allow_missing: bool = Field(False, description="drop images whose file is missing")
     limit: NonNegativeInt | None = Field(None, description="keep at most N records")
+    # norm1000 by default: real images come in mixed sizes the model never sees (it sees them
+    # resized), so only coordinates relative to the image can be learnt consistently
+    box_format: BoxFormat = Field(
+        "norm1000", description="grounding boxes in image pixels or 0-1000 of width/height"
+    )
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -284,7 +329,7 @@ class COCOParams(ConverterParams):
 @register_converter("coco", family="scene", params=COCOParams)
 def convert(params: COCOParams, out_dir: Path) -> list[dict[str, Any]]:
     """COCO instances JSON -> spatial captions, relations, grounding, counting"""
-    coco = load_coco(params.annotations)
+    coco = load_coco(params.annotations, need_size=False)
     images_dir = params.images
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: images folder not found")
@@ -299,6 +344,7 @@ def convert(params: COCOParams, out_dir: Path) -> list[dict[str, Any]]:
     if missing:
         gone = set(missing)
         coco = {**coco, "images": [im for im in coco["images"] if im["file_name"] not in gone]}
+    coco = _with_sizes(coco, images_dir, params.annotations)
     return coco_to_records(
         coco,
         image_dir=relative_image_path(images_dir, out_dir),
@@ -308,4 +354,26 @@ def convert(params: COCOParams, out_dir: Path) -> list[dict[str, Any]]:
         tasks=params.tasks,
         max_caption_objects=params.max_caption_objects,
         min_area=params.min_area,
+        box_format=params.box_format,
     )[: params.limit]
+
+
+def _with_sizes(coco: dict[str, Any], images_dir: Path, source: Path) -> dict[str, Any]:
+    """`coco` with every image's width and height (from the file where the entry lacks them);
+    images with neither are dropped, counted in a note on stderr, as no box can be placed."""
+    kept, skipped = [], []
+    for im in coco["images"]:
+        size = image_size(im, images_dir / im["file_name"])
+        if size is None:
+            skipped.append(im["file_name"])
+        else:
+            kept.append({**im, "width": size[0], "height": size[1]})
+    if skipped and not kept:
+        raise DataError(f"{source}: no records ({len(skipped)} image(s) without a size)")
+    if skipped:
+        print(
+            f"{source}: skipped {len(skipped)} image(s) with no width/height and an unreadable "
+            f"file (first: {images_dir / skipped[0]})",
+            file=sys.stderr,
+        )
+    return {**coco, "images": kept}
