@@ -12,6 +12,7 @@ The ablation file:
       adapter: [mlp, {type: ldp, pool_grid: 4}]
       encoders: [[clip], [vary], [clip, vary]]      # subsets of the base's encoders, by name
       controls: [clip, vary]    # fair: each expert's random-init twin alone
+      blind: [clip]             # fair: each expert read blind (every image the same input)
       seeds: [0, 1, 2]
     jobs: 2
 
@@ -108,7 +109,7 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             "grid", f"give the axes by name, e.g. {{fusion: [add, mul]}}, got {grid!r}"
         )
-    axes = AXES + (("controls", "cells") if fair else ())
+    axes = AXES + (("controls", "blind", "cells") if fair else ())
     bad = set(grid) - set(axes)
     if bad:
         raise ConfigError(f"grid.{sorted(bad)[0]}", f"unknown axis; valid: {', '.join(axes)}")

@@ -20,7 +20,7 @@ from polyvis.registry import registry
 AXES = ("fusion", "adapter", "encoders", "seeds")
 # the grid's axes that are plain lists, with an example for the error that says so
 LIST_AXES = {"fusion": "[add, mul]", "adapter": "[mlp, linear]", "seeds": "[0, 1, 2]",
-             "controls": "[clip, vary]"}  # fmt: skip
+             "controls": "[clip, vary]", "blind": "[clip, vary]"}  # fmt: skip
 ENCODER_SETS = "must be a list of encoder lists (e.g. [[clip], [clip, vary]])"
 EVAL_KEYS = ("files", "limit")  # protocol: none (the fair protocol reads its own, fair_world)
 

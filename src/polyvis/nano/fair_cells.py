@@ -8,7 +8,10 @@ with an `adapter` of its own is built with that one only (e.g. the adapters on o
 
 A random-init twin is the expert's architecture at random weights (its config.json as the
 encoder's `config:`) read through the same image processor settings (size, mean, std): what the
-expert's training, not its shape, adds. The sensitivity arm (`arm: sensitivity`) gives the warm
+expert's training, not its shape, adds. A blind cell (`grid.blind`) is the expert itself read with
+`image_std` of BLIND_STD, so every image becomes the same input (the image at the processor's
+mean, pixels of about 1e-10, features equal to float rounding): whatever it scores comes from the questions and the answers'
+priors, not from any image. The sensitivity arm (`arm: sensitivity`) gives the warm
 start (vary-nano's projector, with vary-nano's decoder as every cell's LM) and the feature
 balance (`scales: auto`) to every cell that can take them, never to some cells only.
 """
@@ -64,6 +67,16 @@ class Cell:
     source: str = ""  # where the grid lists it, for errors: "grid.cells[2]"
 
 
+# image_std that turns every image into the same input: pixels within 1e-9 of the processor's
+# mean, so the features of any two images differ by float rounding only (about 1e-7 of them)
+BLIND_STD = 1.0e9
+
+
+def blind_twin(enc: dict[str, Any]) -> dict[str, Any]:
+    """The encoder entry of an expert read blind: its weights, every image the same input."""
+    return {**copy.deepcopy(enc), "image_std": [BLIND_STD] * 3}
+
+
 def random_twin(enc: dict[str, Any], where: str) -> dict[str, Any]:
     """The encoder entry of an expert's architecture at random weights, read like the expert."""
     path = Path(enc.get("path") or "")
@@ -95,7 +108,8 @@ def _fresh(option: dict[str, Any], keys: tuple[str, ...], field: str) -> dict[st
 
 def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
     """The cells of the ablation file's grid (see polyvis.nano.ablate): the listed `cells`, or
-    the product of `encoders` and `fusion`; times each `adapter`, then each `controls` twin."""
+    the product of `encoders` and `fusion`; times each `adapter`, then each `controls` twin and
+    each `blind` expert."""
     grid = spec.get("grid") or {}
     base = world.base["model"]
     entries = None if "cells" in grid else _product(grid, world)
@@ -105,6 +119,8 @@ def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
         entries = _listed(grid, spec, world)
     controls = grid.get("controls", [])
     _known(controls, "grid.controls", world)
+    blind = grid.get("blind", [])
+    _known(blind, "grid.blind", world)
     many = len(adapters) > 1
     cells = []
     for adapter in adapters:
@@ -115,6 +131,9 @@ def plan_cells(spec: dict[str, Any], world: FairWorld) -> list[Cell]:
         for n in controls:
             twin = random_twin(world.encoders[n], "grid.controls")
             cells.append(_cell(f"{n} (random init){tail}", [twin], None, adapter, world, False))
+        for n in blind:
+            enc = blind_twin(world.encoders[n])
+            cells.append(_cell(f"{n} (blind){tail}", [enc], None, adapter, world, False))
     for names, fusion, train, source, own in entries:  # cells with an adapter of their own
         if own is not None:
             tail = f" | {label(own)}"
@@ -271,6 +290,8 @@ def _cell(
         "adapter": label(adapter),
         "random_init": any("config" in e for e in encoders),
     }
+    if any(e.get("image_std") == [BLIND_STD] * 3 for e in encoders):
+        meta["blind"] = True
     if world.arm["arm"] == "sensitivity":
         meta.update(_sensitivity(model, world))
     return Cell(name, slug(name), model, baseline, meta)
