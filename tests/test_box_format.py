@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from _box_helpers import edges
 from _converter_cli import convert, convert_error, qa, write_json
 from polyvis.cli import build_parser, main
 from polyvis.data.boxes import (
@@ -33,16 +34,6 @@ from polyvis.eval.boxes import box_accuracy, box_accuracy_item, box_iou
 
 GREY = (120, 120, 120)
 SIZES = [(640, 480), (37, 100), (1000, 333), (1999, 17)]  # non-square, up to ~2000 px wide
-
-
-def edges(x1: int, y1: int, x2: int, y2: int) -> list[tuple[int, int]]:
-    """The outline's outer ring of pixels (PIL draws from (x1, y1) to (x2, y2) inclusive)."""
-    return (
-        [(x, y1) for x in range(x1, x2 + 1)]
-        + [(x, y2) for x in range(x1, x2 + 1)]
-        + [(x1, y) for y in range(y1, y2 + 1)]
-        + [(x2, y) for y in range(y1, y2 + 1)]
-    )
 
 
 # ---------------------------------------------------------------- conversion

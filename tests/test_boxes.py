@@ -11,21 +11,12 @@ import json
 import pytest
 from PIL import Image
 
+from _box_helpers import edges
 from _browser import browser_fixture, needs_browser, page_fixture  # noqa: F401
 from polyvis.data.boxes import ANSWER_COLOUR, REFERENCE_COLOUR, draw_boxes, fit, parse_boxes
 from polyvis.data.converters.coco import box_text
 
 GREY = (120, 120, 120)
-
-
-def edges(x1: int, y1: int, x2: int, y2: int) -> list[tuple[int, int]]:
-    """The outline's outer ring of pixels (PIL draws a box from (x1, y1) to (x2, y2) inclusive)."""
-    return (
-        [(x, y1) for x in range(x1, x2 + 1)]
-        + [(x, y2) for x in range(x1, x2 + 1)]
-        + [(x1, y) for y in range(y1, y2 + 1)]
-        + [(x2, y) for y in range(y1, y2 + 1)]
-    )
 
 
 def test_parse_boxes_finds_every_box_in_order():
