@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     gen = _gen_options(args)
     if args.draw_boxes and not args.image:
         raise ConfigError("--draw-boxes", "needs --image (the boxes are drawn on it)")
+    if args.box_format != "pixels" and not args.draw_boxes:  # it does not tell the model
+        raise ConfigError("--box-format", "only applies with --draw-boxes (how it reads boxes)")
     image = as_image(args.image) if args.image else None  # a bad file fails before the model loads
     model, processor = load_cli_model(args)
     if args.seed is not None:

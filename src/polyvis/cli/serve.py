@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from polyvis.cli._model_args import DTYPES
+from polyvis.cli._model_args import DTYPES, resolve_model_dir
+from polyvis.data.boxes import BOX_FORMATS
 from polyvis.errors import ConfigError, PolyVisError
 
 MiB = 1024 * 1024
@@ -27,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "models",
         nargs="+",
         metavar="MODEL",
-        help="polyvis model directories, or ID=DIR to choose a model's id (default: the "
-        "directory's name, or as much of its path as tells it apart from the others)",
+        help="polyvis model directories or run directories (their final/), or ID=DIR to choose "
+        "a model's id (default: the directory's name, or as much of its path as tells it apart "
+        "from the others)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
@@ -105,6 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-web", action="store_true", help="no chat page at / (the API only)")
     p.add_argument(
+        "--box-format",
+        choices=BOX_FORMATS,
+        default="pixels",
+        help="how the chat page reads the boxes [x1, y1, x2, y2] in answers: image pixels, or "
+        "0-1000 of its width/height (for models trained on norm1000 data; default: pixels)",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.set_defaults(func=run)
@@ -145,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         web=not args.no_web,
         engine=args.engine,
+        box_format=args.box_format,
     )
     if api_key is None and not _is_loopback(args.host):
         print(f"polyvis: warning: serving on {args.host} without an API key", file=sys.stderr)
@@ -160,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def model_sources(given: list[str]) -> dict[str, Path]:
-    """MODEL arguments -> {id: directory}: ID=DIR names a model; others get model_ids' names."""
+    """MODEL arguments -> {id: model directory}: ID=DIR names a model; others get model_ids'
+    names (a run directory's name, not its final/'s)."""
     from polyvis.serve.served import model_ids
 
     pairs: list[tuple[str | None, Path]] = []
@@ -179,7 +190,7 @@ def model_sources(given: list[str]) -> dict[str, Path]:
         key = name or next(defaults)
         if key in models:
             raise ConfigError("model", f"two models would have the id {key!r}; give ID=DIR")
-        models[key] = path
+        models[key] = resolve_model_dir(path)  # a run directory serves its final/ model
     return models
 
 

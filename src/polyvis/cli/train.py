@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("merge-lora", help="merge a LoRA run's adapter into the LM weights")
-    p.add_argument("model", help="model directory with a lora/ adapter (RUN/final)")
+    p.add_argument("model", help="model directory with a lora/ adapter (RUN/final), or RUN")
     p.add_argument("--out", required=True, help="output model directory")
     p.set_defaults(func=cmd_merge_lora)
 
@@ -32,15 +32,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
+    from polyvis.cli._model_args import resolve_model_dir
     from polyvis.errors import PolyVisError
     from polyvis.models.build import load_model, save_model
 
-    if not (Path(args.model) / "lora").is_dir():
-        raise PolyVisError(f"{args.model}: no lora/ adapter to merge")
-    model, processor = load_model(args.model)
+    model_dir = resolve_model_dir(args.model)  # a run directory: its final/ model
+    if not (Path(model_dir) / "lora").is_dir():
+        raise PolyVisError(f"{model_dir}: no lora/ adapter to merge")
+    model, processor = load_model(model_dir)
     model.language_model = model.language_model.merge_and_unload()
-    save_model(model, processor, args.out)
+    out = save_model(model, processor, args.out)
+    recorded = Path(model_dir) / "polyvis.yaml"  # the model section train.init_from reads
+    if recorded.is_file():
+        shutil.copyfile(recorded, Path(out) / "polyvis.yaml")
     print(f"merged model: {args.out}")
     return 0

@@ -123,6 +123,16 @@ def check_records(records: Iterable[Any], source: str = "records") -> list[dict[
     return records
 
 
+def not_a_records_file(path: str | Path) -> str:
+    """Why `path` cannot be read as a records file: missing, or a folder (a converter's --out),
+    whose records files are named."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path}: records file not found"
+    inside = ", ".join(str(f) for f in sorted(path.glob("*.jsonl"))[:3]) or "its .jsonl files"
+    return f"{path}: a folder, not a records file; name the records files in it ({inside})"
+
+
 def read_records(
     path: str | Path, validate: bool = True, allow_empty: bool = True
 ) -> list[dict[str, Any]]:
@@ -133,7 +143,7 @@ def read_records(
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: records file not found")
+        raise DataError(not_a_records_file(path))
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows write a BOM
     except UnicodeDecodeError as err:

@@ -53,6 +53,7 @@ from polyvis.models.encoders import (
 from polyvis.models.load_checks import (
     check_causal,
     check_causal_lm,
+    check_tokenizer,
     check_vision,
     check_vocab,
     checked_config,
@@ -271,6 +272,7 @@ def build_language_model(spec: LLMSpec, dtype: torch.dtype) -> tuple[Any, Any]:
         except (OSError, ValueError) as err:
             tok_field = f"{field}.tokenizer.path" if spec.tokenizer.path else f"{field}.path"
             raise load_error(tok_field, tok_path, err) from None
+        check_tokenizer(tokenizer, spec)
     else:
         texts = [Path(p).read_text(encoding="utf-8") for p in spec.tokenizer.corpus]
         tokenizer = train_bpe_tokenizer(texts or None, spec.tokenizer.vocab_size)

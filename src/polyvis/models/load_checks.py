@@ -87,6 +87,21 @@ def check_vision(config: Any, field: str, source: str) -> None:
         )
 
 
+def check_tokenizer(tokenizer: Any, spec: LLMSpec) -> None:
+    """A tokenizer that turns text into tokens: transformers 5 loads a checkpoint directory
+    without tokenizer files (config.json and weights only) as an empty tokenizer, which encodes
+    every text as no ids, and a model trained on it learns nothing, without an error."""
+    if tokenizer.encode("a b", add_special_tokens=False):
+        return
+    field = "model.llm.tokenizer.path" if spec.tokenizer.path else "model.llm.path"
+    raise ConfigError(
+        field,
+        f"{str(spec.tokenizer.path or spec.path)!r} has no tokenizer (no tokenizer.json or "
+        "vocabulary files: text becomes no tokens); save the checkpoint's tokenizer beside it, "
+        "or name one with model.llm.tokenizer.path",
+    )
+
+
 def check_vocab(lm: Any, tokenizer: Any, spec: LLMSpec) -> None:
     """Every token id needs an embedding row (and a logit): an id past the LM's vocabulary fails
     only in training, as an IndexError. polyvis' own image tokens do not count: they never reach

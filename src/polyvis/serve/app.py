@@ -100,7 +100,8 @@ def create_app(
             )
 
     def model_card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": created, "owned_by": "polyvis"}
+        card = {"id": name, "object": "model", "created": created, "owned_by": "polyvis"}
+        return card | {"box_format": settings.box_format}  # how the chat page reads answer boxes
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -28,6 +28,9 @@ class ServeSettings:
     engine: "thread" runs the models in the server's process, "process" in a process of their
         own, so the HTTP front end does not share an interpreter lock with them
         (polyvis.serve.engine; model directories only).
+    box_format: how the chat page reads the boxes [x1, y1, x2, y2] in answers to draw them:
+        "pixels" of the image sent, or "norm1000" (0-1000 of its width and height, what the
+        coco and refcoco converters write by default); /v1/models reports it per model.
     """
 
     model_name: str | None = None
@@ -48,9 +51,13 @@ class ServeSettings:
     dtype: str | None = None
     web: bool = True
     engine: str = "thread"
+    box_format: str = "pixels"
 
     def __post_init__(self) -> None:
+        from polyvis.data.boxes import check_box_format
         from polyvis.errors import ConfigError
+
+        check_box_format(self.box_format)
 
         for name in (
             "max_batch",

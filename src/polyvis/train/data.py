@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from polyvis.config import Config
+from polyvis.data.records import not_a_records_file
 from polyvis.data.synthetic.cache import SYNTH_DEFAULTS, ensure_synthetic
 from polyvis.errors import ConfigError
 
@@ -18,7 +19,7 @@ def data_files(cfg: Config, split: str) -> list[Path]:
     files = [Path(f) for f in getattr(cfg.data, split)]
     for i, f in enumerate(files):
         if not f.is_file():
-            raise ConfigError(f"data.{split}[{i}]", f"{f}: records file not found")
+            raise ConfigError(f"data.{split}[{i}]", not_a_records_file(f))
     if cfg.data.synthetic is not None:
         root = ensure_synthetic(cfg.data.synthetic)
         fams = cfg.data.synthetic.get("families", SYNTH_DEFAULTS["families"])

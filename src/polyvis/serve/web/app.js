@@ -8,7 +8,9 @@ const MAX_SIDE = 1024; // larger images are scaled down here: the models see a f
 const KEY_STORE = "polyvis.apiKey"; // per browser tab (sessionStorage), never sent elsewhere
 
 // ready: the status line while all is well (the models served), put back once an error is past
-const state = { mode: "chat", models: [], panes: [], image: null, busy: 0, ready: "" };
+const state = {
+  mode: "chat", models: [], boxFormats: {}, panes: [], image: null, busy: 0, ready: "",
+};
 
 function setStatus(text, error = false) {
   $("status").textContent = text;
@@ -44,7 +46,9 @@ async function loadModels() {
     return failModels(given ? "wrong API key" : "this server needs an API key: enter it above");
   }
   if (!resp.ok) return failModels(await errorText(resp));
-  state.models = (await resp.json()).data.map((m) => m.id);
+  const cards = (await resp.json()).data;
+  state.models = cards.map((m) => m.id);
+  state.boxFormats = Object.fromEntries(cards.map((m) => [m.id, m.box_format || "pixels"]));
   state.ready = `${state.models.length} model${state.models.length === 1 ? "" : "s"}: ` +
     state.models.join(", ");
   setStatus(state.ready);
@@ -241,7 +245,7 @@ async function ask(pane, message) {
       if (choice.finish_reason) finish = choice.finish_reason;
     });
     finishAnswer(answer, "done", finish);
-    drawBoxes(answer, text, lastImage(pane.messages));
+    drawBoxes(answer, text, lastImage(pane.messages), state.boxFormats[pane.model]);
   } catch (err) {
     const stopped = err.name === "AbortError";
     if (stopped) finish = "stopped"; // said under the answer, as "stopped at max tokens" is

@@ -2,7 +2,8 @@
 "use strict";
 
 // Boxes "[x1, y1, x2, y2]" in an answer are pixels of the image the model was given (the one
-// this page sent, already scaled to MAX_SIDE): drawn over it on a canvas below the answer.
+// this page sent, already scaled to MAX_SIDE), or, for a model served with --box-format
+// norm1000, 0-1000 of its width and height: drawn over it on a canvas below the answer.
 const BOX = /\[\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*,\s*([-+]?[\d.]+)\s*\]/g;
 
 function lastImage(messages) {
@@ -15,11 +16,14 @@ function lastImage(messages) {
   return null;
 }
 
-function drawBoxes(answer, text, url) {
-  const boxes = [...text.matchAll(BOX)].map((m) => m.slice(1, 5).map(Number));
-  if (!url || !boxes.length || boxes.some((b) => b.some(Number.isNaN))) return;
+function drawBoxes(answer, text, url, format) {
+  const found = [...text.matchAll(BOX)].map((m) => m.slice(1, 5).map(Number));
+  if (!url || !found.length || found.some((b) => b.some(Number.isNaN))) return;
   const img = new Image();
   img.onload = () => {
+    const sx = format === "norm1000" ? img.naturalWidth / 1000 : 1;
+    const sy = format === "norm1000" ? img.naturalHeight / 1000 : 1;
+    const boxes = found.map(([x1, y1, x2, y2]) => [x1 * sx, y1 * sy, x2 * sx, y2 * sy]);
     const canvas = element("canvas", "boxes");
     canvas.width = img.naturalWidth;
     canvas.height = img.naturalHeight;
