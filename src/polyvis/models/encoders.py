@@ -365,6 +365,15 @@ def describe(
         n, dim = shape
         patch = patch_size_of(config)
         if patch is not None:
+            left = (image_size[0] % patch[0], image_size[1] % patch[1])
+            if any(left):  # the patch embedding's stride would drop the last rows and columns
+                h, w = image_size
+                raise ConfigError(
+                    f"{field.removesuffix('.layers')}.image_size",
+                    f"{h}x{w} is not a multiple of the patch size {patch[0]}x{patch[1]}: the "
+                    f"last {left[0]} rows and {left[1]} columns of pixels would never be seen; "
+                    f"use a multiple (e.g. {h - left[0] or patch[0]}x{w - left[1] or patch[1]})",
+                )
             grid = (image_size[0] // patch[0], image_size[1] // patch[1])
         else:
             side = int(round(n**0.5))
