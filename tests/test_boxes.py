@@ -11,7 +11,7 @@ import json
 import pytest
 from PIL import Image
 
-from _box_helpers import edges
+from _box_helpers import chat_page_box_pixels, edges
 from _browser import browser_fixture, needs_browser, page_fixture  # noqa: F401
 from polyvis.data.boxes import ANSWER_COLOUR, REFERENCE_COLOUR, draw_boxes, fit, parse_boxes
 from polyvis.data.converters.coco import box_text
@@ -127,33 +127,12 @@ def test_report_answers_show_their_boxes(tmp_path, prediction, drawn):
 def test_web_page_draws_the_answers_boxes(tiny_single_model_dir, page, tmp_path):
     """The page's canvas below an answer: the sent image with the answer's box drawn on it (the
     model's reply is stubbed: a random tiny model does not answer with boxes)."""
-    from playwright.sync_api import expect
-
-    from polyvis.serve.app import create_app
-    from polyvis.serve.background import BackgroundServer
-    from polyvis.serve.settings import ServeSettings
-
     image = tmp_path / "grey.png"
     Image.new("RGB", (64, 48), GREY).save(image)
-    chunks = [{"choices": [{"delta": {"content": "at [40, 8, 54, 22]"}}]},
-              {"choices": [{"delta": {}, "finish_reason": "stop"}]}]  # fmt: skip
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    page.route(
-        "**/v1/chat/completions",
-        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=sse),
+    points = [(40, 8), (54, 22), (47, 8), (40, 15), (47, 15), (39, 8)]
+    pixels, count = chat_page_box_pixels(
+        page, tiny_single_model_dir, image, "at [40, 8, 54, 22]", points
     )
-    with BackgroundServer(create_app({"m": tiny_single_model_dir}, ServeSettings())) as url:
-        page.goto(url + "/")
-        expect(page.locator("#model option")).to_have_count(1)
-        page.set_input_files("#image-input", str(image))
-        page.wait_for_selector("#preview:not([hidden])")
-        page.fill("#question", "where is it?")
-        page.click("#send")
-        canvas = page.wait_for_selector(".msg.assistant canvas.boxes", timeout=30_000)
-        pixels = canvas.evaluate(
-            """c => [[40, 8], [54, 22], [47, 8], [40, 15], [47, 15], [39, 8]].map(([x, y]) =>
-                Array.from(c.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)))"""
-        )
     magenta, grey = list(ANSWER_COLOUR), list(GREY)
-    assert canvas.get_attribute("data-boxes") == "1"
+    assert count == "1"
     assert pixels == [magenta, magenta, magenta, magenta, grey, grey]  # edges; inside, outside

@@ -5,13 +5,13 @@ page draws a norm1000 model's boxes where they are (`polyvis serve --box-format 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import transformers as T
 from PIL import Image
 
+from _box_helpers import chat_page_box_pixels
 from _browser import browser_fixture, needs_browser, page_fixture  # noqa: F401
 from polyvis.config import Config
 from polyvis.errors import ConfigError
@@ -63,33 +63,13 @@ def test_serve_takes_a_run_directory_as_chat_and_eval_do(tmp_path: Path):
 def test_web_page_draws_norm1000_boxes_by_the_image_size(tiny_single_model_dir, page, tmp_path):
     """The COCO and RefCOCO converters write norm1000 boxes by default; the page drew every box
     as pixels, so a norm1000 model's "[250, 167, 875, 458]" fell off a 64 x 48 image."""
-    from polyvis.serve.app import create_app
-    from polyvis.serve.background import BackgroundServer
-    from polyvis.serve.settings import ServeSettings
-
     grey, magenta = [120, 120, 120], [255, 0, 255]
     image = tmp_path / "grey.png"
     Image.new("RGB", (64, 48), tuple(grey)).save(image)
-    chunks = [{"choices": [{"delta": {"content": "[250, 167, 875, 458]"}}]},
-              {"choices": [{"delta": {}, "finish_reason": "stop"}]}]  # fmt: skip
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    page.route(
-        "**/v1/chat/completions",
-        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=sse),
+    points = [(16, 8), (56, 22), (36, 8), (16, 15), (36, 15), (15, 8)]
+    pixels, _ = chat_page_box_pixels(
+        page, tiny_single_model_dir, image, "[250, 167, 875, 458]", points, "norm1000"
     )
-    app = create_app({"m": tiny_single_model_dir}, ServeSettings(box_format="norm1000"))
-    with BackgroundServer(app) as url:
-        page.goto(url + "/")
-        page.wait_for_selector("#model option", state="attached")
-        page.set_input_files("#image-input", str(image))
-        page.wait_for_selector("#preview:not([hidden])")
-        page.fill("#question", "where is it?")
-        page.click("#send")
-        canvas = page.wait_for_selector(".msg.assistant canvas.boxes", timeout=30_000)
-        pixels = canvas.evaluate(
-            """c => [[16, 8], [56, 22], [36, 8], [16, 15], [36, 15], [15, 8]].map(([x, y]) =>
-                Array.from(c.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3)))"""
-        )
     # [250, 167, 875, 458] of 64 x 48 is pixels [16, 8, 56, 22]: edges magenta; inside, outside
     assert pixels == [magenta, magenta, magenta, magenta, grey, grey]
 
