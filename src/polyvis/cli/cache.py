@@ -67,6 +67,10 @@ def cmd_cache_features(args: argparse.Namespace) -> int:
         raise ConfigError(
             "data", "names no records (data.train, data.val or data.synthetic): nothing to cache"
         )
+    if cfg.data.synthetic is not None:  # generated here, so that --no-progress covers it too
+        from polyvis.data.synthetic.cache import ensure_synthetic
+
+        ensure_synthetic(cfg.data.synthetic, progress=not args.no_progress)
     device = resolve_device(args.device)
     set_seed(cfg.train.seed)  # as train() does: randomly initialised encoders get the same weights
     model, processor = _start_model(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from polyvis.cli._model_args import add_set_argument
 
@@ -27,7 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     final = train(cfg, args.out, progress=not args.no_progress)
-    print(f"final model: {final}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process of a launch
+        print(f"final model: {final}")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from polyvis.config import Config, dump_config
+from polyvis.data.synthetic.cache import ensure_synthetic
 from polyvis.errors import ConfigError, DataError, PolyVisError
 from polyvis.progress import progress_bar
 from polyvis.train.checkpoint import (
@@ -160,6 +161,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             f"{tc.batch_size} is not divisible by {accelerator.num_processes} processes",
         )
     main = accelerator.is_main_process
+    if cfg.data.synthetic is not None:  # generated here, so that --no-progress covers it too
+        ensure_synthetic(cfg.data.synthetic, progress=progress and main)
     # measured scales are part of the model: resolved first, so a resumed run compares them
     init_dir = init_dir_of(cfg)
     init_config = json.loads((init_dir / "config.json").read_text()) if init_dir else None
