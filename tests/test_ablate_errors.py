@@ -61,7 +61,7 @@ def errors(tmp_path: Path, spec: dict[str, Any]) -> ConfigError:
         ({"seeds": [0, True]}, "grid.seeds[1]", "must be an integer, got True"),
         ({"adapter": ["mlp", "nope"]}, "grid.adapter[1]", "unknown adapter 'nope'"),
         ({"adapter": [{"depth": 2}]}, "grid.adapter[0]", "a mapping with 'type'"),
-        ({"fusion": [{"type": "add", "foo": 1}]}, "grid.fusion[0].foo", "unknown field"),
+        ({"fusion": [{"type": "add", "foo": 1}]}, "grid.fusion[0].foo", "takes no such option"),
         ({"encoders": [["clip"], []]}, "grid.encoders[1]", "an empty encoder set"),
         ({"encoders": [["clip", "clip"]]}, "grid.encoders[0]", "lists 'clip' twice"),
         ({"encoders": [["clip", 3]]}, "grid.encoders[0]", "encoder names are strings, got 3"),

@@ -249,9 +249,12 @@ def test_perceiver_heads_must_divide_width():
 
 @pytest.mark.parametrize("name", ALL)
 def test_unknown_option_names_the_field(name):
-    with pytest.raises(ConfigError, match="unknown field") as err:
+    with pytest.raises(ConfigError, match=f"adapter '{name}' takes no such option") as err:
         make(name, widht=3)
     assert err.value.field == "model.adapter.widht"
+    listed = str(err.value).split("its options: ")[1].split(", ")
+    params = [k for k in ADAPTERS.get(name).Params.model_fields if k != "type"]
+    assert listed == (params or ["none"])
 
 
 def test_bad_value_and_unknown_type_name_the_field():

@@ -82,7 +82,7 @@ ERRORS = {
         ["model.adapter.bogus=1"],
         False,
         "model.adapter.bogus",
-        "unknown field",
+        "adapter 'mlp' takes no such option; its options: depth, hidden",
     ),
     "bad adapter option value": (
         ["model.adapter.depth=0"],

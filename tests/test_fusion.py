@@ -229,7 +229,7 @@ def test_gated_gates_sum_to_one_and_start_as_mean():
 
 def test_unknown_option_names_field():
     for name in NAMES:
-        with pytest.raises(ConfigError, match=r"model\.fusion\.bogus: unknown field"):
+        with pytest.raises(ConfigError, match=rf"model\.fusion\.bogus: fusion '{name}' takes no"):
             build_fusion({"type": name, "bogus": 1}, [E_A])
 
 

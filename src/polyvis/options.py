@@ -30,5 +30,14 @@ def resolve_typed(reg: Registry, cfg: dict[str, Any] | BaseModel, field: str) ->
     try:
         params = cls.Params(**cfg)
     except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+            # e.g. `--set model.fusion.type=concat-sequence` over a config whose fusion had
+            # `align`: say which options this type does take
+            known = ", ".join(k for k in cls.Params.model_fields if k != "type") or "none"
+            raise ConfigError(
+                f"{field}.{first['loc'][0]}",
+                f"{reg.kind} {name!r} takes no such option; its options: {known}",
+            ) from None
         raise pydantic_error_to_config_error(err, field) from None
     return cls, params
