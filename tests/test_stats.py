@@ -45,10 +45,35 @@ def test_load_item_scores_groups_by_family_and_non_default_metric(tmp_path: Path
     }
 
 
+def test_cider_scores_enter_the_leaderboard_divided_by_their_top_of_10(tmp_path: Path) -> None:
+    """CIDEr-D gives an exact caption 10 (pycocoevalcap's x10): a grid over real caption data
+    crashed at the leaderboard, after every run had trained."""
+    from polyvis.eval.captions import cider_item_scores
+    from polyvis.nano.runs import family_scores
+
+    refs = [["a red bus on a road"], ["two cats on a sofa"], ["a man riding a horse"]]
+    items = cider_item_scores(["a red bus on a road", "a dog", "a man riding a horse"], refs)
+    assert max(items) == pytest.approx(10.0)
+    rows = [{"id": f"c{i}", "family": "caption", "score": v} for i, v in enumerate(items)]
+    rows.append({"id": "s0", "family": "scene", "metric": "cider", "score": 2.5})
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_item_scores(path)
+    assert loaded["caption"] == {f"c{i}": v / 10 for i, v in enumerate(items)}
+    assert loaded["scene/cider"] == {"s0": 0.25}
+    points = cell_scores("clip", {0: path}).families["caption"]
+    np.testing.assert_allclose(points, [[v * 10 for v in items]])  # points: CIDEr x 10
+    # the fair protocol's val choice reads the same scale from results.json
+    assert family_scores({"scores": {"caption": 5.0, "ocr": 0.5}}) == {"caption": 50.0, "ocr": 50.0}
+    path.write_text(json.dumps({"id": "c9", "family": "caption", "score": 10.5}))
+    with pytest.raises(DataError, match=r"record c9: score must be in 0\.\.10, got 10\.5"):
+        load_item_scores(path)
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"id": "q7", "family": "scene", "score": 4.2}, "record q7: score must be in 0..1"),
+        ({"id": "q7", "family": "scene", "score": 4.2}, r"record q7: score must be in 0\.\.1,"),
         ({"id": "q7", "family": "scene"}, "answers.jsonl:2: not an answers row"),
         ({"id": "q1", "family": "scene", "score": 1}, "record q1 appears twice in scene"),
     ],

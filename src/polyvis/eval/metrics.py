@@ -59,6 +59,7 @@ class Metric:
     """A registered metric: call it on a corpus; `items` gives one score per item.
 
     `per_item` is False for CIDEr, whose item scores depend on the whole corpus (its IDF).
+    `top` is a perfect answer's score: 1, except CIDEr-D's 10 (pycocoevalcap scales it by 10).
     """
 
     name: str
@@ -66,6 +67,7 @@ class Metric:
     items: ItemsFn
     per_item: bool
     description: str
+    top: float = 1.0
 
     def __call__(self, predictions: list[str], references: list[list[str]]) -> float:
         return self.corpus(predictions, references)
@@ -112,7 +114,7 @@ for _metric in (
         "box IoU >= 0.5 with a reference",
     ),
     Metric("bleu4", bleu4, bleu4_item_scores, True, "corpus BLEU-4 (pycocoevalcap)"),
-    Metric("cider", cider, cider_item_scores, False, "corpus CIDEr (pycocoevalcap)"),
+    Metric("cider", cider, cider_item_scores, False, "corpus CIDEr (pycocoevalcap)", top=10.0),
 ):
     METRICS.add(_metric.name, _metric)
 
@@ -150,6 +152,15 @@ def metric_for(record: Mapping[str, Any]) -> str:
             f"record {rid}: unknown metric {name!r}; valid: {', '.join(METRICS.names())}"
         )
     return name
+
+
+def group_top(group: str) -> float:
+    """A score group's perfect score ("caption" or "scene/cider": CIDEr's 10; others 1), by
+    which the leaderboard scales it to 0..1 so that no metric's range outweighs the others in
+    a mean."""
+    family, _, metric = group.partition("/")
+    name = metric or FAMILY_METRICS.get(family, "exact_match")
+    return METRICS.get(name).top if name in METRICS else 1.0
 
 
 def _get(metric: str | Metric) -> Metric:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from polyvis.errors import DataError
-from polyvis.eval.metrics import FAMILY_METRICS
+from polyvis.eval.metrics import FAMILY_METRICS, group_top
 from polyvis.eval.report import order_families
 
 CI_LEVEL = 0.95
@@ -53,7 +53,8 @@ def load_item_scores(answers: Path, by_type: bool = False) -> dict[str, dict[str
 
     The group is the row's "family", or "family/metric" when the row uses another metric than
     its family's default (as in results.json); with `by_type`, "family/type" for every row (the
-    type from the id, `question_type`). Scores must lie in 0..1.
+    type from the id, `question_type`). Scores must lie in 0..1, or 0..10 for CIDEr, which is
+    divided by its 10 here (`group_top`): a leaderboard's points are CIDEr x 10.
     """
     answers = Path(answers)
     if not answers.is_file():
@@ -68,15 +69,17 @@ def load_item_scores(answers: Path, by_type: bool = False) -> dict[str, dict[str
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{answers}:{n}: not an answers row ({err!r})") from None
         ok = isinstance(score, int | float) and not isinstance(score, bool)
-        if not ok or not math.isfinite(score) or not 0 <= score <= 1:
-            raise DataError(f"{answers}:{n}: record {item}: score must be in 0..1, got {score!r}")
-        key = (
-            f"{family}/{question_type(item)}" if by_type else _group_key(family, row.get("metric"))
-        )
+        metric_group = _group_key(family, row.get("metric"))
+        top = group_top(metric_group)
+        if not ok or not math.isfinite(score) or not 0 <= score <= top:
+            raise DataError(
+                f"{answers}:{n}: record {item}: score must be in 0..{top:g}, got {score!r}"
+            )
+        key = f"{family}/{question_type(item)}" if by_type else metric_group
         group = out.setdefault(key, {})
         if item in group:
             raise DataError(f"{answers}:{n}: record {item} appears twice in {family}")
-        group[item] = float(score)
+        group[item] = float(score) / top
     if not out:
         raise DataError(f"{answers}: no answers")
     return out

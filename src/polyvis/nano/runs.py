@@ -263,5 +263,9 @@ def read_results(spec: RunSpec) -> dict[str, Any]:
 
 
 def family_scores(results: dict[str, Any]) -> dict[str, float]:
-    """Per-family scores in points (0-100): the groups scored with each family's own metric."""
-    return {k: 100.0 * float(v) for k, v in results["scores"].items() if "/" not in k}
+    """Per-family scores in points (0-100): the groups scored with each family's own metric
+    (CIDEr divided by its 10, as on the leaderboard: polyvis.eval.metrics.group_top)."""
+    from polyvis.eval.metrics import group_top
+
+    scores = results["scores"].items()
+    return {k: 100.0 * float(v) / group_top(k) for k, v in scores if "/" not in k}
