@@ -14,7 +14,7 @@ from PIL import Image
 from polyvis.errors import ConfigError
 from polyvis.nano.ablate import load_ablation
 from polyvis.nano.fair_cells import BLIND_STD
-from polyvis.nano.protocol import plan_fair
+from polyvis.nano.fair_plan import plan_fair
 
 SPEC = {
     "nano": True,

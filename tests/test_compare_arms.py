@@ -31,7 +31,7 @@ def _grid(out: Path, cells: dict[str, tuple[dict, list[list[float]]]], ranks: li
     """A fake `polyvis ablate` folder: {cell name: (chosen setting, per-seed scores)}; `ranks`
     lists the names best first, written to leaderboard.json in another (grid) order."""
     from polyvis.nano.fair_cells import slug
-    from polyvis.nano.protocol import Setting
+    from polyvis.nano.fair_plan import Setting
 
     for name, (chosen, per_seed) in cells.items():
         for seed, scores in enumerate(per_seed):

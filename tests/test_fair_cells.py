@@ -11,7 +11,7 @@ import yaml
 
 from polyvis.errors import ConfigError
 from polyvis.nano.ablate import load_ablation
-from polyvis.nano.protocol import plan_fair
+from polyvis.nano.fair_plan import plan_fair
 
 BASE = {"nano": True, "quick": True, "grid": {"adapter": [{"type": "mlp", "depth": 2}]}}
 

@@ -101,7 +101,7 @@ def test_the_tiling_measurement_runs_end_to_end_with_the_tiling_in_the_tiled_cel
 def test_families_and_variants_errors_name_their_field(
     tmp_path: Path, extra: dict, field: str, words: str
 ):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     spec = {"nano": True, "quick": True, "grid": {"encoders": [["vary"]]}, **extra}
     with pytest.raises(ConfigError) as err:
@@ -111,7 +111,7 @@ def test_families_and_variants_errors_name_their_field(
 
 def test_a_variants_mistake_is_named_before_the_world_is_built(tmp_path: Path, monkeypatch):
     from polyvis.nano import fair_world
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     # it used to surface after the experts and data were built: minutes of silence first
     monkeypatch.setattr(fair_world, "_nano_world", lambda *a: pytest.fail("built the world"))
@@ -123,7 +123,7 @@ def test_a_variants_mistake_is_named_before_the_world_is_built(tmp_path: Path, m
 
 def test_the_options_belong_to_the_fair_protocol_and_families_to_nano(tmp_path: Path):
     from polyvis.config import load_config
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     old = {"nano": True, "protocol": "none", "families": ["ocrpage"]}
     with pytest.raises(ConfigError, match="families: only with protocol: fair"):
@@ -136,7 +136,7 @@ def test_the_options_belong_to_the_fair_protocol_and_families_to_nano(tmp_path: 
 
 def test_without_the_options_the_world_is_the_six_families_and_the_base_encoders(tmp_path: Path):
     from polyvis.nano.budget import FAMILIES
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     plan = plan_fair({"nano": True, "quick": True}, tmp_path / "o")
     assert [Path(f).parent.name for f in plan.world.val_files] == FAMILIES
@@ -148,7 +148,7 @@ def test_without_the_options_the_world_is_the_six_families_and_the_base_encoders
 
 def test_a_level_for_another_family_goes_to_that_familys_data_not_the_six(tmp_path: Path):
     from polyvis.data.synthetic.cache import synthetic_dir
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     spec = {"nano": True, "quick": True, "families": ["binding", "detail"],
             "difficulty": {"binding": "easy"}}  # fmt: skip

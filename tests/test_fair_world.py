@@ -24,14 +24,14 @@ from polyvis.nano.ablate import load_ablation
     ],
 )
 def test_world_difficulty_errors_name_the_family(tmp_path: Path, value, field: str, words: str):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     with pytest.raises(ConfigError, match=rf"^{field}: .*{words}"):
         plan_fair({**GRID, "difficulty": value}, tmp_path / "out")
 
 
 def test_world_precision_other_than_fp32_or_bf16_names_the_field(tmp_path: Path):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     with pytest.raises(ConfigError, match=r"^precision: must be fp32 or bf16, got 'fp16'$"):
         plan_fair({**GRID, "precision": "fp16"}, tmp_path / "out")
@@ -50,7 +50,7 @@ def test_world_precision_other_than_fp32_or_bf16_names_the_field(tmp_path: Path)
 
 @pytest.mark.parametrize("value", [-1, True, "1", 1.5])
 def test_expert_seed_must_be_a_non_negative_integer(tmp_path: Path, value):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     with pytest.raises(ConfigError, match=r"^expert_seed: must be a non-negative integer, got "):
         plan_fair({**GRID, "expert_seed": value}, tmp_path / "out")
@@ -58,7 +58,7 @@ def test_expert_seed_must_be_a_non_negative_integer(tmp_path: Path, value):
 
 def test_expert_seed_is_a_nano_option_and_an_ablation_file_may_name_it(tmp_path: Path):
     from polyvis.config import load_config
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     tiny = Path(__file__).resolve().parents[1] / "configs" / "nano-tiny.yaml"
     base = load_config(tiny).model_dump(mode="json")
@@ -97,7 +97,7 @@ def test_expert_seed_reseeds_every_expert_into_cache_entries_of_its_own():
 
 
 def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     plan = plan_fair({**GRID, "difficulty": {"ocr": "easy"}}, tmp_path / "out")
     from polyvis.nano.budget import QUICK_BUDGET
@@ -110,7 +110,7 @@ def test_world_difficulty_reaches_the_worlds_data(tmp_path: Path):
 
 
 def test_world_steps_set_every_cells_budget_and_its_align_share(tmp_path: Path):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     plan = plan_fair({**GRID, "steps": 20, "align_share": 0.25}, tmp_path / "out")
     run = plan.spec(plan.cells[0], plan.settings[0], 0, "val")

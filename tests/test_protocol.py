@@ -180,7 +180,7 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
 
 
 def test_sensitivity_arm_gives_the_starts_to_every_cell_the_main_arm_to_none(tmp_path: Path):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     grid = {"fusion": ["concat-channel", "add"], "adapter": ["linear"],
             "encoders": [["clip"], ["vary"], ["clip", "vary"]], "controls": ["clip"]}  # fmt: skip
@@ -219,7 +219,7 @@ def test_sensitivity_arm_gives_the_starts_to_every_cell_the_main_arm_to_none(tmp
 def test_a_random_init_twin_is_the_experts_architecture_read_the_same_way(tmp_path: Path):
     from polyvis.config import EncoderSpec
     from polyvis.models.build import build_encoder
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     spec = {
         "nano": True,
@@ -271,7 +271,7 @@ def test_a_random_init_twin_is_the_experts_architecture_read_the_same_way(tmp_pa
     ],
 )  # fmt: skip
 def test_fair_protocol_errors_name_their_field(tmp_path: Path, extra: dict, field: str, words: str):
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     spec = {"nano": True, "quick": True, **extra}
     with pytest.raises(ConfigError) as err:
@@ -306,7 +306,7 @@ def test_lm_nano_learns_the_worlds_text_and_rebuilds_to_the_same_bytes(tmp_path:
 
 def test_a_real_config_under_the_fair_protocol_chooses_on_its_val_files(tmp_path: Path):
     from polyvis.config import load_config
-    from polyvis.nano.protocol import plan_fair
+    from polyvis.nano.fair_plan import plan_fair
 
     root = Path(__file__).resolve().parents[1]
     base = load_config(root / "configs" / "nano-tiny.yaml").model_dump(mode="json")
@@ -331,8 +331,8 @@ def test_a_real_config_under_the_fair_protocol_chooses_on_its_val_files(tmp_path
 
 
 def test_every_nano_cell_reads_the_same_text_however_many_image_tokens_it_has(tmp_path: Path):
+    from polyvis.nano.fair_plan import plan_fair
     from polyvis.nano.fair_world import TEXT_TOKENS
-    from polyvis.nano.protocol import plan_fair
 
     spec = {**GRID, "grid": {**GRID["grid"], "fusion": ["concat-sequence"],
                              "encoders": [["clip"], ["dino"], ["clip", "dino"]]}}  # fmt: skip

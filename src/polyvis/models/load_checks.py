@@ -50,7 +50,7 @@ def non_vision_kind(config: PretrainedConfig) -> str | None:
     return None
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
     """A filesystem path, not a hub id: a hub id is `name` or `org/name` (one slash, no ./ or ~)."""
     return (
         path.startswith(("/", "./", "../", "~"))
@@ -63,7 +63,7 @@ def load_error(field: str, path: str, err: Exception) -> ConfigError:
     """One line for a checkpoint transformers could not load: a missing local path as such, else
     the first line of transformers' message (with the next one where the first ends in ':')."""
     exists = Path(path).expanduser().exists()
-    if _looks_local(path) and not exists:
+    if looks_local(path) and not exists:
         # HF would read it as a malformed hub id ("Repo id must be in the form ...")
         return ConfigError(field, f"cannot load {path!r}: no such directory")
     lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]

@@ -59,6 +59,7 @@ from polyvis.nano.ablate_checks import (
     AXES,
     base_config,
     check_axes,
+    check_base_paths,
     check_eval_files,
     check_grid,
     eval_section,
@@ -234,6 +235,9 @@ def run_ablation(path: str | Path, out: str | Path, command: str | None = None) 
         return run_fair(spec, out, command or f"polyvis ablate {path} --out {out}")
     runs = plan(spec, out)
     check_eval_files(runs[0][2].eval_files)  # every run scores on the same files
+    if not spec.get("nano"):  # the nano world's files and experts are made by plan
+        base = base_config(spec["base"])
+        check_base_paths(base, _data_files(base, spec.get("align")))
     print(f"{len(runs)} runs ({len({c for c, _, _ in runs})} cells); finished ones are reused")
     train_runs(
         [r for _, _, r in runs],
@@ -262,6 +266,17 @@ def run_ablation(path: str | Path, out: str | Path, command: str | None = None) 
     )
     print("\n" + table)
     return result
+
+
+def _data_files(base: dict[str, Any], align: Any) -> dict[str, list[Any]]:
+    """The records files protocol: none's runs read besides eval.files: the base's and the align
+    stage's."""
+    data, train = base.get("data") or {}, base.get("train") or {}
+    align = (align or {}).get("data") or {}
+    files = {"base.data.train": list(data.get("train") or [])}
+    if train.get("eval_every"):  # the runs read val only to evaluate while they train
+        files["base.data.val"] = list(data.get("val") or [])
+    return {**files, "align.data.train": list(align.get("train") or [])}
 
 
 def _mean_std(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -1,6 +1,7 @@
 """The checks of an ablation file (`polyvis ablate`) made before anything trains: each grid axis
 a list of valid values (every fusion and adapter against its registry), no empty axis and no
-value twice, the base a valid polyvis config, the eval section and its files, jobs; each a
+value twice, the base a valid polyvis config with its local checkpoints and records files there,
+the eval section and its files, jobs; each a
 one-line ConfigError naming its field."""
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def check_axes(grid: dict[str, Any]) -> None:
     for i, seed in enumerate(grid.get("seeds", [])):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"grid.seeds[{i}]", f"must be an integer, got {seed!r}")
+        if seed < 0:  # else named as every run's train.seed
+            raise ConfigError(f"grid.seeds[{i}]", f"must be 0 or more, got {seed}")
 
 
 def base_config(src: Any) -> dict[str, Any]:
@@ -128,6 +131,31 @@ def eval_section(spec: dict[str, Any]) -> dict[str, Any]:
     if limit is not None and not int_at_least(limit, 1):
         raise ConfigError("eval.limit", f"must be a positive integer, got {limit!r}")
     return ev
+
+
+def check_base_paths(base: dict[str, Any], files: dict[str, list[Any]]) -> None:
+    """A real base's local checkpoints (encoders, LM, tokenizer) and the records files a grid
+    reads (`files`: their field, e.g. base.data.val, and paths) are there before the first run
+    trains: a run's worker would fail only once the runs before it trained, and a missing test
+    file only after every choice. A hub id (`org/name`) is left to the run to download."""
+    from polyvis.models.load_checks import looks_local
+
+    model = base.get("model") or {}
+    llm = model.get("llm") or {}
+    checkpoints = [
+        (f"base.model.encoders[{i}].path", e.get("path"))
+        for i, e in enumerate(model.get("encoders") or [])
+    ]
+    tokenizer = (llm.get("tokenizer") or {}).get("path")
+    checkpoints += [("base.model.llm.path", llm.get("path"))]
+    checkpoints += [("base.model.llm.tokenizer.path", tokenizer)]
+    for where, path in checkpoints:
+        if path and looks_local(str(path)) and not Path(str(path)).expanduser().exists():
+            raise ConfigError(where, f"cannot load {path!r}: no such directory")
+    for where, paths in files.items():
+        for i, path in enumerate(paths):
+            if not Path(path).is_file():
+                raise ConfigError(f"{where}[{i}]", f"{path}: records file not found")
 
 
 def check_eval_files(files: list[Path]) -> None:

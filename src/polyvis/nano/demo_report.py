@@ -96,7 +96,7 @@ def demo_table(doc: dict[str, Any]) -> str:
 
 def answers_path(out: Path, cell: dict[str, Any], seed: int) -> Path:
     """A demo cell's test answers: its run at the setting it was given, at the one seed."""
-    from polyvis.nano.protocol import Setting
+    from polyvis.nano.fair_plan import Setting
 
     setting = Setting(cell["selection"]["chosen"])
     return (

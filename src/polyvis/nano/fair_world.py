@@ -46,6 +46,8 @@ class FairWorld:
     jobs: int = 2
     text_tokens: int | None = None  # nano: each cell's max_length = its image tokens + 2 + this
     variants: tuple[str, ...] = ()  # `variants`: encoders derived from the base's (fair_variants)
+    # whether make_test_set ran: a real base names its test files from the start, unread till then
+    made: bool = False
 
     def make_test_set(self) -> list[Path]:
         """The test questions (nano: generated now, into the data cache). Call it only once
@@ -63,12 +65,13 @@ class FairWorld:
                         "test_images", f"{f}: {n} scored questions, fewer than {self.test_limit}"
                     )
             self.test_files = files
+        self.made = True
         return self.test_files
 
     def describe(self, settings: list[Any], seeds: list[int], cells: list[Any]) -> dict[str, Any]:
         """protocol.json: how the grid is run (its candidate settings, seeds and cells), and
         where every set comes from."""
-        test: dict[str, Any] = {"limit": self.test_limit, "made": bool(self.test_files)}
+        test: dict[str, Any] = {"limit": self.test_limit, "made": self.made}
         if self.test_options is not None:
             from polyvis.data.synthetic.cache import synthetic_dir
 
@@ -129,6 +132,8 @@ def make_world(spec: dict[str, Any], out: Path) -> FairWorld:
 
 def _eval_section(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     ev = spec.get("eval") or {}
+    if not isinstance(ev, dict):  # a list or a string would be read as its items' names
+        raise ConfigError("eval", f"give its options by key, e.g. {{{keys[0]}: ...}}, got {ev!r}")
     bad = sorted(set(ev) - set(keys))
     if bad:
         valid = ", ".join(keys)
@@ -257,18 +262,27 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
 def _real_world(spec: dict[str, Any], out: Path) -> FairWorld:
     from polyvis.config import load_config
 
-    nano_keys = ("test_data_seed", "test_images", "arm", "precision", "expert_seed")
+    # `steps` and `difficulty` would be ignored here: the base sets its budget and its data
+    nano_keys = ("test_data_seed", "test_images", "arm", "precision", "expert_seed", "steps",
+                 "difficulty")  # fmt: skip
     nano_only = [k for k in nano_keys if k in spec]
     if nano_only:
-        why = "; a base config sets train.mixed_precision" if nano_only[0] == "precision" else ""
-        raise ConfigError(nano_only[0], f"nano ablations only (nano: true){why}")
+        why = {"precision": "; a base config sets train.mixed_precision",
+               "steps": "; a base config sets train.max_steps",
+               "difficulty": "; a base config names its records files"}  # fmt: skip
+        raise ConfigError(
+            nano_only[0], f"nano ablations only (nano: true){why.get(nano_only[0], '')}"
+        )
     src = spec["base"]
     cfg = load_config(src) if isinstance(src, str) else load_config(dict(src))
     base = cfg.model_dump(mode="json", exclude_none=True)
     if not base["data"]["val"]:
         raise ConfigError("base.data.val", "the fair protocol chooses on val: name its files")
     ev = _eval_section(spec, ("files", "limit", "val_limit", "test_limit"))
-    test = [Path(f) for f in ev.get("files", base["data"]["test"])]
+    files = ev.get("files", base["data"]["test"])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError("eval.files", f"give a list of records files, got {files!r}")
+    test = [Path(f) for f in files]
     if not test:
         raise ConfigError("eval.files", "no test records files (eval.files or base data.test)")
     steps = int(base["train"]["max_steps"])

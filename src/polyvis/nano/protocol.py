@@ -11,8 +11,9 @@
 4. The leaderboard (polyvis.eval.stats / leaderboard): CIs, comparisons against the best single
    expert, ranks, and each cell's cost (train seconds, FLOPs per step).
 
-The cells (polyvis.nano.fair_cells) and the worlds (polyvis.nano.fair_world) are built first;
-every (cell, setting, seed) run has its own folder, so an interrupted grid continues.
+The cells (polyvis.nano.fair_cells) and the worlds (polyvis.nano.fair_world) are built first,
+into a plan (polyvis.nano.fair_plan); every (cell, setting, seed) run has its own folder, so an
+interrupted grid continues.
 
     OUT/protocol.json          the plan: data, val and test sets (folder, seed), budget, cells
     OUT/selection.json         val scores of every candidate and each cell's choice
@@ -24,8 +25,6 @@ The sensitivity arm (`arm: sensitivity`) writes the same under OUT/sensitivity-.
 from __future__ import annotations
 
 import contextlib
-import copy
-import itertools
 import json
 import os
 import platform
@@ -33,14 +32,11 @@ import signal
 import statistics
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyvis.config import SCALE_KEYS
-from polyvis.errors import ConfigError, PolyVisError
-from polyvis.nano.fair_cells import Cell, plan_cells
-from polyvis.nano.fair_world import FairWorld, make_world
+from polyvis.errors import PolyVisError
+from polyvis.nano.fair_plan import FairPlan, Setting, check_before_training, plan_fair
 from polyvis.nano.runs import (
     Finished,
     RunSpec,
@@ -52,109 +48,6 @@ from polyvis.nano.runs import (
 from polyvis.nano.wall import WallClock
 from polyvis.nano.worker import FlopsStage
 from polyvis.paths import write_json_atomic, write_text_atomic
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One `select` candidate: train-section values, e.g. {"lr": 0.001}."""
-
-    values: dict[str, Any]
-
-    @property
-    def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.values.items()) or "default"
-
-    @property
-    def slug(self) -> str:
-        return self.label.replace("=", "-").replace(",", "_").replace("/", "-")
-
-
-def candidates(select: Any) -> list[Setting]:
-    """Every combination of the `select` values, in the order written."""
-    if select is None:
-        return [Setting({})]
-    if not isinstance(select, dict) or not all(isinstance(v, list) and v for v in select.values()):
-        raise ConfigError("select", "give candidate lists by train key, e.g. {lr: [1e-3, 3e-3]}")
-    keys = list(select)
-    return [Setting(dict(zip(keys, combo))) for combo in itertools.product(*select.values())]
-
-
-@dataclass
-class FairPlan:
-    """Everything the protocol runs: the world, the cells, the candidates and the seeds."""
-
-    world: FairWorld
-    cells: list[Cell]
-    settings: list[Setting]
-    seeds: list[int]
-    root: Path  # the arm's folder: OUT, or OUT/sensitivity-...
-    _tokens: dict[str, int] = field(default_factory=dict)  # image tokens per cell name
-
-    def cell_settings(self, cell: Cell) -> list[Setting]:
-        """The cell's candidates: its own train values when the grid lists them, else select's."""
-        return [Setting(dict(cell.train))] if cell.train else self.settings
-
-    def run_dir(self, cell: Cell, setting: Setting, seed: int) -> Path:
-        return self.root / "cells" / cell.slug / setting.slug / f"seed-{seed}"
-
-    def image_tokens(self, cell: Cell) -> int:
-        """Visual tokens per image of the cell's model (built once per cell, in about a second)."""
-        if cell.name not in self._tokens:
-            from polyvis.config import load_config
-            from polyvis.models.build import build_model, quiet_transformers
-
-            model = copy.deepcopy(cell.model)  # scales change no token count; "auto" needs data
-            model["fusion"] = {k: v for k, v in model["fusion"].items() if k not in SCALE_KEYS}
-            model["fusion"].pop("scales", None)
-            cfg = load_config({**copy.deepcopy(self.world.base), "model": model})
-            from polyvis.nano.fair_variants import max_image_tokens
-
-            with quiet_transformers():  # a tiled encoder's images: their most tokens
-                self._tokens[cell.name] = max_image_tokens(build_model(cfg)[1])
-        return self._tokens[cell.name]
-
-    def spec(self, cell: Cell, setting: Setting, seed: int, split: str) -> RunSpec:
-        """The run of (cell, setting, seed), scored on the val or the test questions."""
-        w = self.world
-        cfg = copy.deepcopy(w.base)
-        cfg["model"] = copy.deepcopy(cell.model)
-        cfg["train"] = {**cfg["train"], **setting.values, "seed": seed}
-        if w.text_tokens is not None:
-            cfg["data"] = {**cfg["data"], "max_length": self.image_tokens(cell) + 2 + w.text_tokens}
-        files, limit = (
-            (w.val_files, w.val_limit) if split == "val" else (w.test_files, w.test_limit)
-        )
-        return RunSpec.build(
-            f"{cell.name} | {setting.label} | seed {seed}",
-            cfg,
-            self.run_dir(cell, setting, seed),
-            files,
-            limit,
-            align=w.align,
-            eval_dir=split,
-        )
-
-
-def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
-    """The world (data, experts, LM, val set), the cells and the candidates; trains nothing."""
-    seeds = list((spec.get("grid") or {}).get("seeds", [0]))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError("grid.seeds", f"give distinct seeds, got {seeds!r}")
-    world = make_world(spec, out)
-    settings = candidates(spec.get("select"))
-    cells = plan_cells(spec, world)
-    plan = FairPlan(world, cells, settings, seeds, world.root)
-    for cell in cells:  # every candidate's config is valid before anything trains
-        for setting in plan.cell_settings(cell):
-            try:
-                plan.spec(cell, setting, seeds[0], "val")
-            except ConfigError as err:  # a value the grid gave this cell: name it there
-                key = err.field.removeprefix("train.")
-                if not cell.train or key not in cell.train:
-                    raise
-                msg = err.message
-                raise ConfigError(f"{cell.source}.train.{key}", msg) from None
-    return plan
 
 
 def val_mean(run: RunSpec) -> tuple[float, dict[str, float]]:
@@ -249,6 +142,7 @@ def run_fair(
     the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
     (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
     plan = plan_fair(spec, out)
+    check_before_training(plan, spec)
     notes = [*notes, *world_notes(plan.world.info)]
     with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
         return _run(plan, spec, command, clock, notes)
