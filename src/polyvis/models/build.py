@@ -40,13 +40,11 @@ from polyvis.models.detector import (
     detector_from_config,
     fixed_size_processor,
 )
+from polyvis.models.encoder_probe import describe, hidden_state_count, probe_errors
 from polyvis.models.encoders import (
     backbone_from_config,
-    describe,
-    hidden_state_count,
     num_hidden_layers,
     prepare_backbone,
-    probe_errors,
     resolve_layers,
     vision_config_of,
 )

@@ -105,7 +105,7 @@ def build_vary(settings: VarySettings, vocab_size: int, ctc_classes: int) -> tup
 
     from polyvis.config import EncoderSpec
     from polyvis.models.build import load_vision_backbone, make_image_processor
-    from polyvis.models.encoders import describe
+    from polyvis.models.encoder_probe import describe
 
     if settings.init is not None and settings.encoder is not None:
         raise ConfigError(
