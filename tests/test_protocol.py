@@ -372,7 +372,17 @@ def test_val_only_chooses_on_val_and_never_makes_the_test_set(tmp_path: Path, mo
     monkeypatch.setattr(runs, "_launch", inline(launched := []))
     doc = run_ablation(path, out)
     assert doc["val_only"] and set(doc["selection"]) == {"vary"}
-    assert [what for _, what in launched] == [["train:align", "train:seed-0", "eval:val"]] * 2
+    # both candidates at seed 0, then the chosen one at seed 1, on val too (its spread)
+    assert [what for _, what in launched] == [["train:align", "train:seed-0", "eval:val"]] * 2 + [
+        ["train:align", "train:seed-1", "eval:val"]
+    ]
+    chosen = doc["selection"]["vary"]["chosen"]["lr"]
+    assert f"lr-{chosen}" in str(launched[2][0]) and "seed-1" in str(launched[2][0])
+    spread = json.loads((out / "val_seeds.json").read_text())["vary"]
+    assert spread == doc["val_seeds"]["vary"] and spread["seeds"] == [0, 1]
+    picked = [c for c in doc["selection"]["vary"]["candidates"] if c["setting"]["lr"] == chosen]
+    assert spread["val_means"][0] == picked[0]["val_mean"]  # seed 0 is the selection's run
+    assert spread["mean"] == sum(spread["val_means"]) / 2
     protocol = json.loads((out / "protocol.json").read_text())
     assert not protocol["test"]["made"] and not protocol["test"]["files"]
     assert not (out / "leaderboard.json").exists()

@@ -100,6 +100,34 @@ def val_table(chosen: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def val_seeds(plan: FairPlan, chosen: dict[str, dict[str, Any]], jobs: int) -> dict[str, Any]:
+    """val_only with several seeds: each cell's chosen setting at every seed, scored on val (a
+    pilot's spread over seeds, no test set); printed, and written to ROOT/val_seeds.json."""
+    runs = {
+        (c.name, seed): plan.spec(c, Setting(chosen[c.name]["chosen"]), seed, "val")
+        for c in plan.cells
+        for seed in plan.seeds
+    }
+    print(f"val seeds: {len(runs)} runs (each cell's choice at seeds {plan.seeds}), scored on val")
+    train_runs(list(runs.values()), jobs=jobs, on_done=_done)
+    out: dict[str, Any] = {}
+    for cell in plan.cells:
+        scores = [val_mean(runs[cell.name, seed]) for seed in plan.seeds]
+        means = [m for m, _ in scores]
+        out[cell.name] = {
+            "seeds": plan.seeds,
+            "val_means": means,
+            "mean": statistics.fmean(means),
+            "sd": statistics.stdev(means),
+            "families": {f: [fams[f] for _, fams in scores] for f in scores[0][1]},
+        }
+        print(f"  {cell.name} | val mean {out[cell.name]['mean']:.1f} +- "
+              f"{out[cell.name]['sd']:.1f} (sd over seeds: "
+              f"{', '.join(f'{m:.1f}' for m in means)})")  # fmt: skip
+    write_json_atomic(plan.root / "val_seeds.json", out)
+    return out
+
+
 def _done(finished: Finished) -> None:
     print(finished.line(), flush=True)
 
@@ -192,7 +220,8 @@ def _run(
     chosen = select(plan, jobs)
     if spec.get("val_only"):  # designing the world or the recipe: val scores, no test set
         print(val_table(chosen))
-        return {"val_only": True, "selection": chosen}
+        seeds = val_seeds(plan, chosen, jobs) if len(plan.seeds) > 1 else None
+        return {"val_only": True, "selection": chosen, **({"val_seeds": seeds} if seeds else {})}
     # every choice is made and written: only now is the test set made and read
     plan.world.make_test_set()
     write_json_atomic(
