@@ -121,9 +121,9 @@ def val_seeds(plan: FairPlan, chosen: dict[str, dict[str, Any]], jobs: int) -> d
             "sd": statistics.stdev(means),
             "families": {f: [fams[f] for _, fams in scores] for f in scores[0][1]},
         }
-        print(f"  {cell.name} | val mean {out[cell.name]['mean']:.1f} +- "
-              f"{out[cell.name]['sd']:.1f} (sd over seeds: "
-              f"{', '.join(f'{m:.1f}' for m in means)})")  # fmt: skip
+        each = ", ".join(f"{m:.1f}" for m in means)
+        print(f"  {cell.name} | val mean {out[cell.name]['mean']:.1f}, sd "
+              f"{out[cell.name]['sd']:.1f} (seeds {plan.seeds}: {each})")  # fmt: skip
     write_json_atomic(plan.root / "val_seeds.json", out)
     return out
 
