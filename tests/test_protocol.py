@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
+from _inline_runs import Interrupted, inline_launcher
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano import runs
 from polyvis.nano.ablate import load_ablation, run_ablation
-from polyvis.nano.worker import EvalStage, TrainStage, run_stages
+from polyvis.nano.worker import EvalStage, TrainStage
 
 GRID = {
     "nano": True,
@@ -33,37 +34,9 @@ GRID = {
 }
 
 
-class _Finished:
-    """What train_runs reads of a worker process that has already ended well."""
-
-    returncode = 0
-
-    def poll(self) -> int:
-        return 0
-
-    def kill(self) -> None:
-        pass
-
-    def wait(self) -> int:
-        return 0
-
-
-class Interrupted(Exception):
-    pass
-
-
 def inline(launched: list, stop_at: int | None = None):
-    """A launcher that runs a run's stages in this process (each worker would import torch
-    again: seconds per run) and records them; with stop_at, the grid is interrupted there."""
-
-    def launch(spec, stages, threads):
-        if stop_at is not None and len(launched) == stop_at:
-            raise Interrupted
-        launched.append((spec.out, [_what(s) for s in stages]))
-        assert run_stages(stages) == 0, (spec.out / "train.log").read_text()[-2000:]
-        return _Finished(), (spec.out / "train.log").open("a")
-
-    return launch
+    """Runs in this process, each recorded as (its folder, its stages)."""
+    return inline_launcher(launched, lambda spec, st: (spec.out, [_what(s) for s in st]), stop_at)
 
 
 def _what(stage) -> str:
