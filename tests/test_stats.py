@@ -275,3 +275,22 @@ def test_question_types_group_by_the_id_suffix_and_mark_two_expert_ones(tmp_path
     assert out["cells"]["vary"]["mixed/describe"] == {"mean": 100.0, "ci": [100.0, 100.0]}
     # the ordinary grouping is by family only
     assert set(load_item_scores(runs["clip"][0])) == {"mixed", "ocr"}
+
+
+def test_the_val_choice_averages_the_groups_the_leaderboard_averages(tmp_path: Path) -> None:
+    """The fair protocol chose on a val mean without the "family/metric" groups (chart's
+    to_table questions, scored by edit similarity) that the leaderboard's mean has."""
+    from polyvis.nano.runs import family_scores
+
+    rows = [
+        {"id": "a", "family": "chart", "metric": "relaxed_accuracy", "score": 1.0},
+        {"id": "b", "family": "chart", "metric": "edit_similarity", "score": 0.25},
+        {"id": "c", "family": "ocr", "score": 0.5},
+    ]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"scores": {"chart": 1.0, "chart/edit_similarity": 0.25, "ocr": 0.5}}
+    val = family_scores(results)
+    assert val == {"chart": 100.0, "chart/edit_similarity": 25.0, "ocr": 50.0}
+    cell = cell_scores("clip", {0: path})
+    assert {g: float(v.mean()) for g, v in cell.families.items()} == val
