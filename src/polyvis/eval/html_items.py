@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyvis.errors import DataError
+from polyvis.errors import ConfigError, DataError
 from polyvis.eval.metrics import FAMILY_METRICS
 
 RIGHT = (
@@ -121,18 +121,13 @@ def sample_items(items: list[Item], per_family: int) -> list[Item]:
     return out
 
 
-def image_index(records_files: Iterable[str | Path]) -> dict[tuple[str, str], Path]:
-    """(family, id) -> the record's first image, from records files; unreadable files are left
-    out (thumbnails are a convenience: a report without them is still a report)."""
-    return {key: image for key, (image, _) in record_index(records_files).items()}
-
-
 def record_index(
     records_files: Iterable[str | Path],
 ) -> dict[tuple[str, str], tuple[Path, str | None]]:
     """(family, id) -> the record's first image and its box format (None when the record's
-    `box_format` is unknown: its boxes cannot be placed), as `image_index` reads them."""
-    from polyvis.data.boxes import BOX_FORMATS
+    `box_format` is unknown: its boxes cannot be placed), from records files; unreadable files
+    are left out (thumbnails are a convenience: a report without them is still a report)."""
+    from polyvis.data.boxes import record_box_format
     from polyvis.data.records import read_records, record_image_paths
 
     index: dict[tuple[str, str], tuple[Path, str | None]] = {}
@@ -146,8 +141,10 @@ def record_index(
             paths = record_image_paths(rec, f.parent) if isinstance(rec, dict) else []
             if paths:
                 family = str(rec.get("family") or f.stem)
-                fmt = rec.get("box_format") or "pixels"
-                fmt = fmt if fmt in BOX_FORMATS else None
+                try:
+                    fmt: str | None = record_box_format(rec)
+                except ConfigError:
+                    fmt = None
                 index.setdefault((family, str(rec.get("id"))), (paths[0], fmt))
     return index
 
