@@ -175,6 +175,16 @@ def test_a_missing_eval_file_is_found_before_any_run_trains(tmp_path: Path):
         run_ablation(write(tmp_path / "ab.yaml", spec), out)
     assert str(err.value) == f"eval.files[1]: {tmp_path / 'gone.jsonl'}: records file not found"
     assert not out.exists()
+    # a converter's --out folder given as a records file: named a folder, with its files
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    (folder / "val.jsonl").write_text("")
+    spec["eval"]["files"][1] = str(folder)
+    with pytest.raises(ConfigError) as err:
+        run_ablation(write(tmp_path / "ab.yaml", spec), out)
+    assert err.value.field == "eval.files[1]"
+    assert f"{folder}: a folder, not a records file" in str(err.value)
+    assert str(folder / "val.jsonl") in str(err.value) and not out.exists()
 
 
 def test_train_runs_refuses_no_jobs_rather_than_wait_forever():

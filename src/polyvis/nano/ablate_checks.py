@@ -152,14 +152,20 @@ def check_base_paths(base: dict[str, Any], files: dict[str, list[Any]]) -> None:
     for where, path in checkpoints:
         if path and looks_local(str(path)) and not Path(str(path)).expanduser().exists():
             raise ConfigError(where, f"cannot load {path!r}: no such directory")
-    for where, paths in files.items():
-        for i, path in enumerate(paths):
-            if not Path(path).is_file():
-                raise ConfigError(f"{where}[{i}]", f"{path}: records file not found")
+    check_records_files(files)
 
 
 def check_eval_files(files: list[Path]) -> None:
     """Every held-out file is there before the first run trains (scoring comes last)."""
-    for i, path in enumerate(files):
-        if not path.is_file():
-            raise ConfigError(f"eval.files[{i}]", f"{path}: records file not found")
+    check_records_files({"eval.files": files})
+
+
+def check_records_files(files: dict[str, list[Any]]) -> None:
+    """Each records file ({field: paths}) is a file: a missing one, or a folder, is one line
+    naming `field[i]` (as a run's training would name it, after the runs before it)."""
+    from polyvis.data.records import not_a_records_file
+
+    for where, paths in files.items():
+        for i, path in enumerate(paths):
+            if not Path(path).is_file():
+                raise ConfigError(f"{where}[{i}]", not_a_records_file(path))
