@@ -50,7 +50,7 @@ def non_vision_kind(config: PretrainedConfig) -> str | None:
     return None
 
 
-def looks_local(path: str) -> bool:
+def _looks_local(path: str) -> bool:
     """A filesystem path, not a hub id: a hub id is `name` or `org/name` (one slash, no ./ or ~)."""
     return (
         path.startswith(("/", "./", "../", "~"))
@@ -59,13 +59,21 @@ def looks_local(path: str) -> bool:
     )
 
 
+def missing_local(field: str, path: str) -> ConfigError | None:
+    """The error for a local path (not a hub id) that does not exist; None otherwise."""
+    if _looks_local(path) and not Path(path).expanduser().exists():
+        # HF would read it as a malformed hub id ("Repo id must be in the form ...")
+        return ConfigError(field, f"cannot load {path!r}: no such directory")
+    return None
+
+
 def load_error(field: str, path: str, err: Exception) -> ConfigError:
     """One line for a checkpoint transformers could not load: a missing local path as such, else
     the first line of transformers' message (with the next one where the first ends in ':')."""
+    missing = missing_local(field, path)
+    if missing is not None:
+        return missing
     exists = Path(path).expanduser().exists()
-    if looks_local(path) and not exists:
-        # HF would read it as a malformed hub id ("Repo id must be in the form ...")
-        return ConfigError(field, f"cannot load {path!r}: no such directory")
     lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
     first = lines[0] if lines else type(err).__name__
     if first.endswith(":") and len(lines) > 1:  # "... from one of:" and its list on the next line

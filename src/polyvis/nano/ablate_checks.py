@@ -1,8 +1,7 @@
 """The checks of an ablation file (`polyvis ablate`) made before anything trains: each grid axis
 a list of valid values (every fusion and adapter against its registry), no empty axis and no
 value twice, the base a valid polyvis config with its local checkpoints and records files there,
-the eval section and its files, jobs; each a
-one-line ConfigError naming its field."""
+the eval section and its files, jobs; each a one-line ConfigError naming its field."""
 
 from __future__ import annotations
 
@@ -138,7 +137,7 @@ def check_base_paths(base: dict[str, Any], files: dict[str, list[Any]]) -> None:
     reads (`files`: their field, e.g. base.data.val, and paths) are there before the first run
     trains: a run's worker would fail only once the runs before it trained, and a missing test
     file only after every choice. A hub id (`org/name`) is left to the run to download."""
-    from polyvis.models.load_checks import looks_local
+    from polyvis.models.load_checks import missing_local
 
     model = base.get("model") or {}
     llm = model.get("llm") or {}
@@ -150,8 +149,9 @@ def check_base_paths(base: dict[str, Any], files: dict[str, list[Any]]) -> None:
     checkpoints += [("base.model.llm.path", llm.get("path"))]
     checkpoints += [("base.model.llm.tokenizer.path", tokenizer)]
     for where, path in checkpoints:
-        if path and looks_local(str(path)) and not Path(str(path)).expanduser().exists():
-            raise ConfigError(where, f"cannot load {path!r}: no such directory")
+        missing = missing_local(where, str(path)) if path else None
+        if missing is not None:
+            raise missing
     check_records_files(files)
 
 

@@ -10,10 +10,11 @@ A random-init twin is the expert's architecture at random weights (its config.js
 encoder's `config:`) read through the same image processor settings (size, mean, std): what the
 expert's training, not its shape, adds. A blind cell (`grid.blind`) is the expert itself read with
 `image_std` of BLIND_STD, so every image becomes the same input (the image at the processor's
-mean, pixels of about 1e-10, features equal to float rounding): whatever it scores comes from the questions and the answers'
-priors, not from any image. The sensitivity arm (`arm: sensitivity`) gives the warm
-start (vary-nano's projector, with vary-nano's decoder as every cell's LM) and the feature
-balance (`scales: auto`) to every cell that can take them, never to some cells only.
+mean, pixels of about 1e-10, features equal to float rounding): whatever it scores comes from
+the questions and the answers' priors, not from any image. The sensitivity arm (`arm:
+sensitivity`) gives the warm start (vary-nano's projector, with vary-nano's decoder as every
+cell's LM) and the feature balance (`scales: auto`) to every cell that can take them, never to
+some cells only.
 """
 
 from __future__ import annotations
