@@ -103,16 +103,13 @@ def val_table(chosen: dict[str, dict[str, Any]]) -> str:
 def val_seeds(plan: FairPlan, chosen: dict[str, dict[str, Any]], jobs: int) -> dict[str, Any]:
     """val_only with several seeds: each cell's chosen setting at every seed, scored on val (a
     pilot's spread over seeds, no test set); printed, and written to ROOT/val_seeds.json."""
-    runs = {
-        (c.name, seed): plan.spec(c, Setting(chosen[c.name]["chosen"]), seed, "val")
-        for c in plan.cells
-        for seed in plan.seeds
-    }
-    print(f"val seeds: {len(runs)} runs (each cell's choice at seeds {plan.seeds}), scored on val")
-    train_runs(list(runs.values()), jobs=jobs, on_done=_done)
+    runs = chosen_runs(plan, chosen, "val")
+    every = [r for cell_runs in runs.values() for r in cell_runs]
+    print(f"val seeds: {len(every)} runs (each cell's choice at seeds {plan.seeds}), scored on val")
+    train_runs(every, jobs=jobs, on_done=_done)
     out: dict[str, Any] = {}
     for cell in plan.cells:
-        scores = [val_mean(runs[cell.name, seed]) for seed in plan.seeds]
+        scores = [val_mean(run) for run in runs[cell.name]]
         means = [m for m, _ in scores]
         out[cell.name] = {
             "seeds": plan.seeds,
@@ -132,17 +129,28 @@ def _done(finished: Finished) -> None:
     print(finished.line(), flush=True)
 
 
+def chosen_runs(
+    plan: FairPlan, chosen: dict[str, dict[str, Any]], split: str
+) -> dict[str, list[RunSpec]]:
+    """Per cell, the chosen setting's run at every seed (the first is the selection's, trained
+    already), scored on the `split` questions."""
+    return {
+        cell.name: [
+            plan.spec(cell, Setting(chosen[cell.name]["chosen"]), seed, split)
+            for seed in plan.seeds
+        ]
+        for cell in plan.cells
+    }
+
+
 def final_runs(plan: FairPlan, chosen: dict[str, dict[str, Any]]) -> dict[str, list[RunSpec]]:
-    """Per cell, the chosen setting's run at every seed, scored on the test set; the first
-    seed's run is the selection's (trained already) and also measures the FLOPs per step."""
-    out = {}
+    """chosen_runs scored on the test set; the first seed's run also measures the FLOPs per
+    step."""
+    out = chosen_runs(plan, chosen, "test")
     for cell in plan.cells:
-        setting = Setting(chosen[cell.name]["chosen"])
-        runs = [plan.spec(cell, setting, seed, "test") for seed in plan.seeds]
-        first = runs[0]
+        first = out[cell.name][0]
         flops = plan.root / "cells" / cell.slug / "flops.json"
         first.after.append(FlopsStage(first.out / "final", first.config, flops))
-        out[cell.name] = runs
     return out
 
 
