@@ -24,6 +24,11 @@ def _cell(name: str, rng: np.random.Generator, seeds=(0, 1, 2), p: float = 0.5) 
     return CellScores(name, list(seeds), fams, _items())
 
 
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def _write_answers(path: Path, rows: list[tuple[str, str, float]]) -> Path:
     lines = [json.dumps({"id": i, "family": f, "score": s, "prediction": "x"}) for i, f, s in rows]
     path.write_text("\n".join(lines) + "\n")
@@ -36,8 +41,7 @@ def test_load_item_scores_groups_by_family_and_non_default_metric(tmp_path: Path
         {"id": "b", "family": "chart", "metric": "edit_similarity", "score": 0.25},
         {"id": "c", "family": "scene", "score": 0},
     ]
-    path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _write_rows(tmp_path / "answers.jsonl", rows)
     assert load_item_scores(path) == {
         "chart": {"a": 1.0},
         "chart/edit_similarity": {"b": 0.25},
@@ -56,8 +60,7 @@ def test_cider_scores_enter_the_leaderboard_divided_by_their_top_of_10(tmp_path:
     assert max(items) == pytest.approx(10.0)
     rows = [{"id": f"c{i}", "family": "caption", "score": v} for i, v in enumerate(items)]
     rows.append({"id": "s0", "family": "scene", "metric": "cider", "score": 2.5})
-    path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _write_rows(tmp_path / "answers.jsonl", rows)
     loaded = load_item_scores(path)
     assert loaded["caption"] == {f"c{i}": v / 10 for i, v in enumerate(items)}
     assert loaded["scene/cider"] == {"s0": 0.25}
@@ -287,8 +290,7 @@ def test_the_val_choice_averages_the_groups_the_leaderboard_averages(tmp_path: P
         {"id": "b", "family": "chart", "metric": "edit_similarity", "score": 0.25},
         {"id": "c", "family": "ocr", "score": 0.5},
     ]
-    path = tmp_path / "answers.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _write_rows(tmp_path / "answers.jsonl", rows)
     results = {"scores": {"chart": 1.0, "chart/edit_similarity": 0.25, "ocr": 0.5}}
     val = family_scores(results)
     assert val == {"chart": 100.0, "chart/edit_similarity": 25.0, "ocr": 50.0}
