@@ -317,24 +317,14 @@ def test_a_load_error_whose_first_line_ends_in_a_colon_keeps_the_next(tmp_path) 
 @pytest.mark.parametrize(("size", "hint"), [(30, "24x24"), (36, "32x32")])
 def test_image_size_not_a_multiple_of_the_patch_is_refused(size, hint: str) -> None:
     # the patch embedding's stride would silently drop the last rows and columns of pixels
-    vit = (
-        "{model_type: clip_vision_model, hidden_size: 32, intermediate_size: 64, "
-        "num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}"
-    )
-    spec = EncoderSpec.model_validate(
-        {"name": "clip", "config": _yaml(vit), "image_size": size, "layers": [-1]}
-    )
+    vit = {"model_type": "clip_vision_model", **TINY_VISION}  # patch 8
+
+    def spec(image_size: int) -> EncoderSpec:
+        entry = {"name": "clip", "config": vit, "image_size": image_size, "layers": [-1]}
+        return EncoderSpec.model_validate(entry)
+
     with pytest.raises(ConfigError) as excinfo:
-        build_encoder(spec, 0, torch.float32)
+        build_encoder(spec(size), 0, torch.float32)
     msg = field_error(excinfo, "model.encoders[0].image_size")
     assert "not a multiple of the patch size 8x8" in msg and f"e.g. {hint}" in msg
-    ok = EncoderSpec.model_validate(
-        {"name": "clip", "config": _yaml(vit), "image_size": 24, "layers": [-1]}
-    )
-    assert build_encoder(ok, 0, torch.float32)[2]["grid"] == [3, 3]
-
-
-def _yaml(text: str) -> dict:
-    import yaml
-
-    return yaml.safe_load(text)
+    assert build_encoder(spec(24), 0, torch.float32)[2]["grid"] == [3, 3]
