@@ -11,7 +11,7 @@ on SDPA's flash and math backends at the step's most frequent shape, and the ste
 everything but the matmuls took no time: the ceiling of any change that keeps the step's FLOPs.
 
     POLYVIS_CACHE=... .venv/bin/python benchmarks/bench_nano_roofline.py --config RUN/config.yaml \
-        [--blocks 6 --steps 10 --warmup 20]
+        [--blocks 6 --steps 10 --warmup 20] [--top 25] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class OpClock(TorchDispatchMode):
         self.flops = 0
         self.shapes: collections.Counter[tuple[int, ...]] = collections.Counter()
         self.attention: collections.Counter[tuple] = collections.Counter()  # (q, k) shapes
+        self.other: collections.Counter[str] = collections.Counter()  # seconds by op name
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t = time.perf_counter()
@@ -75,6 +76,7 @@ class OpClock(TorchDispatchMode):
                 self.attention[(tuple(args[0].shape), tuple(args[1].shape))] += 1
         else:
             self.seconds["other"] += dt
+            self.other[str(func.overloadpacket.__name__)] += dt
         return out
 
 
@@ -113,13 +115,15 @@ def attention_ms(q_shape: tuple, k_shape: tuple, backend: Any, seconds: float = 
     return (time.perf_counter() - start) / reps * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", required=True, help="a nano run's config.yaml")
     ap.add_argument("--steps", type=int, default=10, help="steps per block")
     ap.add_argument("--blocks", type=int, default=6, help="pairs of blocks (plain, ops timed)")
     ap.add_argument("--warmup", type=int, default=20, help="steps before the first block")
-    args = ap.parse_args()
+    ap.add_argument("--top", type=int, default=0, help="also list the N slowest other ops")
+    ap.add_argument("--set", action="append", default=[], help="config override (KEY=VALUE)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
@@ -130,11 +134,13 @@ def main() -> None:
     from polyvis.train import loop
 
     total = args.warmup + 2 * args.blocks * args.steps
-    cfg = load_config(args.config, [f"train.max_steps={total}", "train.save_every=0"])
+    cfg = load_config(args.config, [*args.set, f"train.max_steps={total}", "train.save_every=0"])
     clock = OpClock()
     spent = {"plain": 0.0, "timed": 0.0}
     last = [0.0]
-    write = loop._MetricsLog.write  # called once per optimizer step
+    # the class that writes one row per optimizer step: loop._MetricsLog in older trees
+    metrics_log = getattr(loop, "_MetricsLog", None) or loop.MetricsLog
+    write = metrics_log.write  # called once per optimizer step
 
     def timed(self, row: dict) -> None:
         write(self, row)
@@ -151,7 +157,7 @@ def main() -> None:
             clock.__enter__()
         last[0] = time.perf_counter()
 
-    loop._MetricsLog.write = timed
+    metrics_log.write = timed
     out = Path(tempfile.mkdtemp(prefix="roofline-"))
     try:
         loop.train(cfg, out / "run", progress=False)
@@ -184,6 +190,10 @@ def main() -> None:
     for name, value, rate in rows:
         print(f"| {name} | {value:.1f} | {value / (1000 * step):.0%} | {rate} |")
     print(f"| step | {1000 * step:.1f} | 100% | {gflops / step:.1f} |")
+    if args.top:
+        print(f"\n| the {args.top} slowest other aten ops | ms per step |\n|---|---:|")
+        for name, sec in clock.other.most_common(args.top):
+            print(f"| {name} | {1000 * sec / n:.2f} |")
     print(f"\nmatmul GFLOP per step: {gflops:.2f}; most frequent shape {common}")
     print(
         f"sgemm alone, one thread: {peak_common:.1f} GFLOP/s at {common}, {peak_big:.1f} at 2048^3"

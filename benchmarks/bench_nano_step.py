@@ -63,7 +63,9 @@ def worker(spec: dict) -> None:
 
         loop._start_model = compiled
 
-    write = loop._MetricsLog.write  # called once per optimizer step, in every version of loop.py
+    # the class that writes one row per optimizer step: loop._MetricsLog in older trees
+    metrics_log = getattr(loop, "_MetricsLog", None) or loop.MetricsLog
+    write = metrics_log.write  # called once per optimizer step, in every version of loop.py
     state = {"n": 0, "wall": 0.0, "cpu": 0.0, "losses": []}
 
     def report(kind: str, **extra) -> None:
@@ -86,7 +88,7 @@ def worker(spec: dict) -> None:
             state["losses"] = []
             wait()
 
-    loop._MetricsLog.write = paused
+    metrics_log.write = paused
     report("ready")
     wait()  # the first block, untimed, holds the setup (model, feature cache, loader) too
     loop.train(cfg, spec["out"], progress=False)

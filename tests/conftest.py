@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,8 +13,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Generated data and nano experts go to a per-session folder, never the user's cache.
+# Generated data and nano experts go to a per-session folder, never the user's cache; removed
+# when the session ends, so that test runs do not pile folders up in /tmp.
 os.environ["POLYVIS_CACHE"] = tempfile.mkdtemp(prefix="polyvis-test-cache-")
+atexit.register(shutil.rmtree, os.environ["POLYVIS_CACHE"], ignore_errors=True)
 # Tiny models gain nothing from more threads, and on a shared 2-core machine they lose a lot.
 torch.set_num_threads(1)
 
