@@ -130,7 +130,7 @@ def _base_path(src: Any, folder: Path) -> Any:
 
 
 def _nano_base(
-    spec: dict[str, Any], out: Path
+    spec: dict[str, Any], out: Path, progress: bool = False
 ) -> tuple[dict[str, Any], list[Path], int | None, dict[str, Any] | None, dict[str, Any]]:
     from polyvis.nano import budget as nano_budget
     from polyvis.nano import world as nano_world
@@ -138,7 +138,7 @@ def _nano_base(
     quick = bool(spec.get("quick"))
     budget = dict(nano_budget.QUICK_BUDGET if quick else nano_budget.BUDGET)
     world = nano_world.prepare_world(
-        out, budget, quick, workers=int(spec.get("jobs", 2)), progress=False
+        out, budget, quick, workers=int(spec.get("jobs", 2)), progress=progress
     )
     base = nano_world.run_config(
         ["clip", "vary"], "concat-channel", world.experts, world.train, world.corpus, budget,
@@ -147,7 +147,7 @@ def _nano_base(
     return base, world.test, budget["eval_limit"], nano_world.align_stage(budget), budget
 
 
-def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
+def plan(spec: dict[str, Any], out: Path, progress: bool = False) -> list[tuple[str, int, RunSpec]]:
     """Every (cell, seed) run of the grid, with its config. A cell whose values cannot be built
     together (e.g. a fusion and an adapter) is skipped with a printed line; any other mistake
     is a ConfigError, before the nano world is made."""
@@ -157,7 +157,7 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     ev = eval_section(spec)
     budget = None  # nano: the demo's budget, for the runs' projector start and encoder scales
     if spec.get("nano"):
-        base, eval_files, limit, align, budget = _nano_base(spec, out)
+        base, eval_files, limit, align, budget = _nano_base(spec, out, progress)
     else:
         base = base_config(spec["base"])
         eval_files, limit, align = [], None, None
@@ -224,16 +224,21 @@ def plan(spec: dict[str, Any], out: Path) -> list[tuple[str, int, RunSpec]]:
     return runs
 
 
-def run_ablation(path: str | Path, out: str | Path, command: str | None = None) -> dict[str, Any]:
+def run_ablation(
+    path: str | Path, out: str | Path, command: str | None = None, progress: bool = False
+) -> dict[str, Any]:
     """Run the ablation file's grid into `out` (resumable); returns the leaderboard document
-    (protocol: fair) or the ablation summary (protocol: none)."""
+    (protocol: fair) or the ablation summary (protocol: none). `progress`: bars for the nano
+    world's data and experts when they are built (the first grid on an empty cache: minutes)."""
     out = Path(out)
     spec = load_ablation(path)
     if protocol_of(spec) == "fair":
         from polyvis.nano.protocol import run_fair
 
-        return run_fair(spec, out, command or f"polyvis ablate {path} --out {out}")
-    runs = plan(spec, out)
+        return run_fair(
+            spec, out, command or f"polyvis ablate {path} --out {out}", progress=progress
+        )
+    runs = plan(spec, out, progress)
     check_eval_files(runs[0][2].eval_files)  # every run scores on the same files
     if not spec.get("nano"):  # the nano world's files and experts are made by plan
         base = base_config(spec["base"])

@@ -106,8 +106,9 @@ class FairPlan:
         )
 
 
-def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
-    """The world (data, experts, LM, val set), the cells and the candidates; trains nothing."""
+def plan_fair(spec: dict[str, Any], out: Path, progress: bool = False) -> FairPlan:
+    """The world (data, experts, LM, val set), the cells and the candidates; trains nothing
+    (`progress`: bars for the data and experts it builds)."""
     seeds = list((spec.get("grid") or {}).get("seeds", [0]))
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError("grid.seeds", f"give distinct seeds, got {seeds!r}")
@@ -116,7 +117,7 @@ def plan_fair(spec: dict[str, Any], out: Path) -> FairPlan:
         if axis in grid:
             grid_values(grid, axis)
     settings = candidates(spec.get("select"))
-    world = make_world(spec, out)
+    world = make_world(spec, out, progress)
     cells = plan_cells(spec, world)
     if not cells:  # e.g. no encoder set, or only sets of 2+ and no fusion: nothing to rank
         raise ConfigError("grid", "the grid has no cells: name an encoder set (and a fusion)")

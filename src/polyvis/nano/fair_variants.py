@@ -58,7 +58,7 @@ def levels_of(difficulty: Any, families: list[str]) -> Any:
 
 
 def family_data(
-    families: list[str], budget: dict[str, Any], jobs: int
+    families: list[str], budget: dict[str, Any], jobs: int, progress: bool = False
 ) -> tuple[Path, list[Path], dict[str, Any]]:
     """(data folder, training selection, generator options) of a world of other families: the
     six's settings (data seed 0, 64 px, the budget's images and records per family and its
@@ -68,7 +68,7 @@ def family_data(
 
     options = {"families": list(families), "n": budget["n"], "seed": 0, "size": 64,
                "difficulty": levels_of(budget.get("difficulty"), families)}  # fmt: skip
-    data_dir = ensure_synthetic(options, progress=False, workers=jobs)
+    data_dir = ensure_synthetic(options, progress=progress, workers=jobs)
     # the selection's name as polyvis.nano.world.prepare_world gives it
     per_image = bool(budget.get("per_image"))
     key = json.dumps([budget["per_family"], 0, per_image])

@@ -48,6 +48,7 @@ class FairWorld:
     variants: tuple[str, ...] = ()  # `variants`: encoders derived from the base's (fair_variants)
     # whether make_test_set ran: a real base names its test files from the start, unread till then
     made: bool = False
+    progress: bool = False  # bars for the data it generates
 
     def make_test_set(self) -> list[Path]:
         """The test questions (nano: generated now, into the data cache). Call it only once
@@ -56,7 +57,7 @@ class FairWorld:
             from polyvis.data.synthetic.cache import ensure_synthetic
             from polyvis.nano.tasks import select_split
 
-            folder = ensure_synthetic(self.test_options, progress=False, workers=self.jobs)
+            folder = ensure_synthetic(self.test_options, progress=self.progress, workers=self.jobs)
             files = select_split(folder, list(self.test_options["families"]), "test")
             for f in files:
                 n = sum(1 for line in f.read_text().splitlines() if line.strip())
@@ -118,13 +119,13 @@ def align_steps(total: int, share: Any) -> int:
 NANO_ENCODERS = ("clip", "dino", "vary")
 
 
-def make_world(spec: dict[str, Any], out: Path) -> FairWorld:
+def make_world(spec: dict[str, Any], out: Path, progress: bool = False) -> FairWorld:
     from polyvis.nano.fair_variants import add_variants, world_families
 
     world_families(spec)  # the `families` option is checked before anything is built
     if spec.get("nano"):  # and the variants' own fields, on stand-ins for the experts to come
         add_variants(spec, {n: {"name": n, "path": f"<{n}-nano>"} for n in NANO_ENCODERS})
-    world = _nano_world(spec, out) if spec.get("nano") else _real_world(spec, out)
+    world = _nano_world(spec, out, progress) if spec.get("nano") else _real_world(spec, out)
     world.encoders = add_variants(spec, world.encoders)
     world.variants = tuple(spec.get("variants") or ())
     return world
@@ -169,7 +170,7 @@ def int_at_least(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
+def _nano_world(spec: dict[str, Any], out: Path, progress: bool = False) -> FairWorld:
     from polyvis.data.synthetic.cache import synthetic_dir
     from polyvis.nano import budget as nano_budget
     from polyvis.nano import world as nano_world
@@ -207,12 +208,12 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
     if not int_at_least(n_test, 1):
         raise ConfigError("test_images", f"must be a positive integer, got {n_test!r}")
     experts = ensure_experts(  # every expert at once
-        settings=nano_world.expert_settings(budget), quick=quick, progress=False, names=EXPERTS
+        settings=nano_world.expert_settings(budget), quick=quick, progress=progress, names=EXPERTS
     )
     # the six families' world (the corpus, lm-nano's text) takes the levels of those six only;
     # a level for another family (`families`) goes to that family's data below
     six = {**budget, "difficulty": levels_of(budget.get("difficulty"), nano_budget.FAMILIES)}
-    world = nano_world.prepare_world(root, six, quick, workers=jobs, progress=False)
+    world = nano_world.prepare_world(root, six, quick, workers=jobs, progress=progress)
     data_dir = world.train[0].parent.parent  # the selections sit beside the cached records
     options = {"families": nano_budget.FAMILIES, "n": budget["n"], "seed": 0, "size": 64,
                "difficulty": six["difficulty"]}  # fmt: skip
@@ -220,7 +221,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         raise PolyVisError(f"{data_dir} is not the world's data folder {synthetic_dir(options)}")
     families, train = world_families(spec), world.train
     if families != nano_budget.FAMILIES:  # `families`: the cells train, choose and test on these
-        data_dir, train, options = family_data(families, budget, jobs)
+        data_dir, train, options = family_data(families, budget, jobs, progress)
     every = {**world.experts, **experts}
     names = ["clip", "vary"] + (["dino"] if "dino-nano" in every else [])
     base = nano_world.run_config(
@@ -256,6 +257,7 @@ def _nano_world(spec: dict[str, Any], out: Path) -> FairWorld:
         test_options={**options, "seed": seed, "n": n_test, "splits": {"test": 1.0}},
         jobs=jobs,
         text_tokens=TEXT_TOKENS,
+        progress=progress,
     )
 
 

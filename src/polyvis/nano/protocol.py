@@ -172,12 +172,17 @@ def machine() -> str:
 
 
 def run_fair(
-    spec: dict[str, Any], out: Path, command: str, notes: Sequence[str] = ()
+    spec: dict[str, Any],
+    out: Path,
+    command: str,
+    notes: Sequence[str] = (),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Plan, select on val, make the test set, train the other seeds, score on test, and write
     the leaderboard; returns its document. Wall time adds up over resumed invocations. `notes`
-    (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html."""
-    plan = plan_fair(spec, out)
+    (e.g. the demo's: one seed, a smoke test) open leaderboard.md and results.html; `progress`:
+    bars for the data and experts the world builds."""
+    plan = plan_fair(spec, out, progress)
     check_before_training(plan, spec)
     notes = [*notes, *world_notes(plan.world.info)]
     with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
