@@ -57,13 +57,13 @@ def run_demo(
     spec = demo_spec(quick, jobs, seed, precision)
     budget = {**(QUICK_BUDGET if quick else BUDGET), "precision": precision}
     print(start_banner(spec, budget))
-    # the protocol readies the same world quietly: here first, with progress, it finds it cached
+    # readied here first, for the numbered steps it prints; the protocol then finds it cached
     prepare_world(out, budget, quick, 0, jobs, progress, log=print, experts=EXPERTS)
     print(f"[3/4] {len(DEMO_CELLS)} runs, {jobs} at a time, each scored on the val questions, "
           "then on a fresh test set (data seed 1) made once every run is chosen")  # fmt: skip
     command = f"polyvis demo --out {out}" + (" --quick" if quick else "") + f" --seed {seed}"
     command += f" --precision {precision}" if precision != "fp32" else ""
-    doc = run_fair(spec, out, command, notes=demo_notes(quick, budget, seed))
+    doc = run_fair(spec, out, command, notes=demo_notes(quick, budget, seed), progress=progress)
     print("[4/4] results")
     print_summary(doc, out, quick, budget, seed, time.perf_counter() - start)
     return doc
