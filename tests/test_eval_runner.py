@@ -140,8 +140,8 @@ def test_prediction_equal_to_reference_scores_one(loaded, data, monkeypatch):
     real = runner._predict
     target = "ocr-val-000000"
 
-    def predict(model, processor, items, images, gen):
-        preds = real(model, processor, items, images, gen)
+    def predict(model, processor, items, images, gen, cache=None):
+        preds = real(model, processor, items, images, gen, cache)
         return [it.references[0] if it.id.startswith(target) else p for it, p in zip(items, preds)]
 
     monkeypatch.setattr(runner, "_predict", predict)
@@ -280,3 +280,37 @@ def test_cli_errors_are_one_line(model_dir, data, tmp_path, capsys):
         ["eval", str(model_dir), "--data", str(data[0]), "--out", str(tmp_path), "--beams", "0"]
     )
     assert rc == 2 and "--beams: must be at least 1" in capsys.readouterr().err
+
+
+def test_feature_cache_gives_the_same_answers_and_encodes_each_image_once(
+    loaded, data, tmp_path, monkeypatch
+):
+    from polyvis.train.feature_cache import FeatureCache
+
+    model, processor = loaded
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path / "cache"))
+    plain = evaluate(model, processor, data, batch_size=4, max_new_tokens=NEW, progress=False,
+                     out_dir=tmp_path / "plain")  # fmt: skip
+    first = evaluate(model, processor, data, batch_size=4, max_new_tokens=NEW, progress=False,
+                     out_dir=tmp_path / "first", feature_cache=True)  # fmt: skip
+    assert first["settings"]["feature_cache"] is True
+    stores = FeatureCache.for_model(model, processor).stores  # one per encoder, written to disk
+    assert len(stores) == 2 and all(set(s.index) == _hashes(data) for s in stores)
+
+    def no_encoders(*args, **kwargs):
+        raise AssertionError("the encoders ran although every image was cached")
+
+    monkeypatch.setattr(model, "encode_images", no_encoders)
+    second = evaluate(model, processor, data, batch_size=4, max_new_tokens=NEW, progress=False,
+                      out_dir=tmp_path / "second", feature_cache=True)  # fmt: skip
+    rows = [[(r["id"], r["prediction"]) for r in _answers(tmp_path / k)]
+            for k in ("plain", "first", "second")]  # fmt: skip
+    assert rows[0] == rows[1] == rows[2]
+    assert plain["scores"] == first["scores"] == second["scores"]
+
+
+def _hashes(files: list[Path]) -> set[str]:
+    """The distinct images (by their bytes' sha1) of these records files."""
+    from polyvis.data.images import image_hash
+
+    return {image_hash(p) for it in runner.load_items(files) for p in it.image_paths}

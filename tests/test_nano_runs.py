@@ -47,6 +47,14 @@ def test_a_run_without_align_is_one_typed_train_stage_then_its_evaluation(tmp_pa
     assert pending_stages(spec) == [] and train_seconds(spec) == 1.5
 
 
+def test_a_run_trained_from_the_feature_cache_is_scored_from_it(tmp_path: Path):
+    cached = {**CFG, "train": {**CFG["train"], "cache_features": True}}
+    spec = RunSpec.build("r", cached, tmp_path / "r", [tmp_path / "t.jsonl"])
+    assert pending_stages(spec)[-1].feature_cache is True
+    plain = RunSpec.build("r", CFG, tmp_path / "p", [tmp_path / "t.jsonl"])
+    assert pending_stages(plain)[-1].feature_cache is False
+
+
 def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
     out = tmp_path / "r"
     stage = {"train": {"max_steps": 30}, "data": {"train": ["captions.jsonl"]}}

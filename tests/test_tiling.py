@@ -280,3 +280,29 @@ def test_training_with_the_feature_cache_has_the_same_losses(tmp_path, monkeypat
     metas = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("meta.json")]
     tiling = {"grids": [[1, 2], [2, 1], [2, 2]], "thumbnail": True}
     assert {m["encoder"]: m.get("tiling") for m in metas} == {"clip": tiling, "dino": None}
+
+
+def test_scoring_from_the_feature_cache_gives_a_tiled_model_the_same_answers(
+    tiled, tmp_path, monkeypatch
+):
+    from polyvis.eval.runner import evaluate
+
+    model, processor = tiled
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path / "cache"))
+    files = _records(tmp_path)
+    runs = [
+        evaluate(
+            model,
+            processor,
+            files,
+            out_dir=tmp_path / f"o{i}",
+            max_new_tokens=4,
+            progress=False,
+            feature_cache=cached,
+        )  # fmt: skip
+        for i, cached in enumerate([False, True, True])  # plain, filling, reading
+    ]
+    answers = [(tmp_path / f"o{i}" / "answers.jsonl").read_text() for i in range(3)]
+    assert answers[0] == answers[1] == answers[2] and runs[2]["n"] == runs[0]["n"]
+    stores = FeatureCache.for_model(model, processor).stores
+    assert all(len(s) == 3 for s in stores)  # the three images, each with its views

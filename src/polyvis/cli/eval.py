@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
     p.add_argument("--limit", type=int, default=None, help="at most N records from each file")
     p.add_argument("--name", default=None, help="the run's name in comparisons")
+    p.add_argument(
+        "--feature-cache",
+        action="store_true",
+        help="read the encoders' outputs from the feature cache, adding what it lacks "
+        "(many runs with the same frozen encoders then encode the images once)",
+    )
     add_device_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         name=name,
         model_dir=model_dir,
+        feature_cache=args.feature_cache,
     )
     write_eval_html(results, args.out)
     print(results_table(results))

@@ -69,11 +69,13 @@ def generate_batch(
     temperature: float | None = None,
     top_p: float | None = None,
     stop: Sequence[str] = (),
+    encoder_features: list[list[torch.Tensor]] | None = None,
 ) -> list[str]:
     """Answers to a batch of prompts (token ids), one list of images per prompt (in marker order).
 
     Greedy by default; `num_beams` > 1 is beam search, `do_sample` samples. Generation stops at
-    EOS; an answer is also cut at the first of `stop` and stripped.
+    EOS; an answer is also cut at the first of `stop` and stripped. `encoder_features`: the
+    images' encoder outputs, computed already (the feature cache), in place of their pixels.
     """
     if not prompts:
         return []
@@ -94,14 +96,14 @@ def generate_batch(
     }
     if do_sample:
         gen.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v})
-    pixel_values = _pixel_values(model, processor, images)
+    pixel_values = None if encoder_features is not None else _pixel_values(model, processor, images)
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if pixel_values is not None and num_beams > 1:
+    if encoder_features is not None or (pixel_values is not None and num_beams > 1):
         # generate() expands every tensor per beam with repeat_interleave, which would hand a
         # two-image prompt's beams the images [a, a] and [b, b]; embedding the images first
         # leaves one row per prompt to expand, which is always right.
         embeds = model.embed_tokens(input_ids)
-        features = model.get_image_features(pixel_values)
+        features = model.get_image_features(pixel_values, encoder_features)
         inputs["inputs_embeds"] = model.splice_image_features(input_ids, embeds, features)
     elif pixel_values is not None:
         inputs["pixel_values"] = pixel_values

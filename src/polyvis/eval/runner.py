@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyvis.data.images import ImageError, load_image
+from polyvis.data.images import ImageError, load_image_and_hash
 from polyvis.data.records import IMAGE_TOKEN, read_records, record_image_paths
 from polyvis.data.template import ROLE_MAP, for_images, prompt_ids
 from polyvis.errors import ConfigError, DataError
@@ -174,17 +174,28 @@ def model_config_summary(model: Any, model_dir: str | Path | None = None) -> dic
 
 
 def _predict(
-    model: Any, processor: Any, items: Sequence[EvalItem], images: list[list[Any]], gen: dict
+    model: Any,
+    processor: Any,
+    items: Sequence[EvalItem],
+    images: list[list[tuple[Any, str]]],
+    gen: dict,
+    cache: Any | None = None,
 ) -> list[str]:
-    """The model's answers to a batch of items (their images already loaded)."""
+    """The model's answers to a batch of items (their images already loaded, with their files'
+    hashes); with `cache` (a FeatureCache), the encoders' outputs come from it."""
+    pictures = [[im for im, _ in ims] for ims in images]
     prompts = [
-        prompt_ids(for_images(processor, ims), it.messages) for it, ims in zip(items, images)
+        prompt_ids(for_images(processor, ims), it.messages) for it, ims in zip(items, pictures)
     ]
-    return generate_batch(model, processor, prompts, images, **gen)
+    flat = [pair for ims in images for pair in ims]
+    if cache is not None and flat:
+        gen = {**gen, "encoder_features": cache.batch_features(
+            model, processor, [im for im, _ in flat], [h for _, h in flat])}  # fmt: skip
+    return generate_batch(model, processor, prompts, pictures, **gen)
 
 
-def _load_images(item: EvalItem) -> list[Any]:
-    return [load_image(p) for p in item.image_paths]
+def _load_images(item: EvalItem) -> list[tuple[Any, str]]:
+    return [load_image_and_hash(p) for p in item.image_paths]
 
 
 def _score(items: list[EvalItem], preds: list[str]) -> list[float]:
@@ -232,6 +243,7 @@ def evaluate(
     progress: bool = True,
     name: str | None = None,
     model_dir: str | Path | None = None,
+    feature_cache: bool = False,
 ) -> dict[str, Any]:
     """Answer and score every record; return the results dict (what results.json holds).
 
@@ -239,12 +251,19 @@ def evaluate(
     question, reference, prediction, score; plus references when there are several), results.json, results.md and results.png.
     model_dir: the model's directory (default: the one it was loaded from); name: the run's name
     in comparisons (default: that directory's name). Greedy unless num_beams > 1.
+    feature_cache: read the encoders' outputs from the feature cache (docs/training.md), adding
+    the images it lacks: runs that share frozen encoders then encode a test set once.
     """
     _check_options(batch_size, max_new_tokens, num_beams)
     files = [records_files] if isinstance(records_files, str | Path) else list(records_files)
     items = load_items(files, metric=metric, limit=limit)
     model_dir = str(model_dir or getattr(model, "name_or_path", "") or "model")
     gen = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    cache = None
+    if feature_cache:
+        from polyvis.train.feature_cache import FeatureCache
+
+        cache = FeatureCache.for_model(model, processor)
     start = time.perf_counter()
     done: list[EvalItem] = []
     preds: list[str] = []
@@ -263,9 +282,11 @@ def evaluate(
                     skipped[err.reason] += 1
                     skipped_ids.append(it.id)
             if batch:
-                preds += _predict(model, processor, batch, images, gen)
+                preds += _predict(model, processor, batch, images, gen, cache)
                 done += batch
             bar.update(task, advance=len(items[b : b + batch_size]), skipped=len(skipped_ids))
+    if cache is not None:
+        cache.flush()
     if not done:
         raise DataError(
             f"no record could be evaluated: {len(skipped_ids)} skipped ({dict(skipped)})"
@@ -295,6 +316,7 @@ def evaluate(
             "num_beams": num_beams,
             "metric": metric,
             "limit": limit,
+            "feature_cache": feature_cache,
         },
     }
     if out_dir is not None:

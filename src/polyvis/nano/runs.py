@@ -112,6 +112,9 @@ def pending_stages(spec: RunSpec, evaluate: bool = True) -> list[Stage]:
                 EVAL_BATCH_SIZE,
                 EVAL_MAX_NEW_TOKENS,
                 spec.eval_limit,
+                # a run whose encoders were read from the cache is scored from it too: every
+                # run of a grid then encodes the shared val and test images once
+                spec.config.train.cache_features,
             )
         )
     return stages + [s for s in spec.after if not s.done]

@@ -50,6 +50,7 @@ class EvalStage:
     batch_size: int
     max_new_tokens: int
     limit: int | None = None
+    feature_cache: bool = False  # the encoders' outputs from the feature cache, as training's
 
     def run(self) -> None:
         from polyvis.eval.report import results_table
@@ -73,6 +74,7 @@ class EvalStage:
             progress=False,
             name=self.name,
             model_dir=model_dir,
+            feature_cache=self.feature_cache,
         )
         print(results_table(results))
 

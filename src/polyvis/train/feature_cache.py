@@ -163,8 +163,7 @@ class FeatureCache:
                 todo = []
         if todo:
             stats["computed"] += self._compute(model, processor, todo)
-        for s in self.stores:
-            s.flush()
+        self.flush()
         stats["images"] = len(seen)
         return stats
 
@@ -186,6 +185,28 @@ class FeatureCache:
                 store.put(hashes[i], [f[j] for f in feats])
             done += len(need)
         return done
+
+    @torch.no_grad()
+    def batch_features(
+        self, model: Any, processor: Any, images: list[Any], image_hashes: list[str]
+    ) -> list[list[torch.Tensor]]:
+        """One batch's features (decoded images and their files' hashes, in order), for
+        evaluation: read from the cache when every encoder has every image; else the model's own
+        pass over the whole batch, so that its numbers are those of an uncached pass over the
+        same batch, and the images the cache lacked are queued into it (`flush` writes them)."""
+        if all(self.covers(h) for h in image_hashes):
+            return self.lookup(image_hashes, model.device)
+        pixels = processor.preprocess_images(images).to(model.device, model.dtype)
+        feats = model.encode_images(pixels)
+        for store, layers in zip(self.stores, feats):
+            for j, h in enumerate(image_hashes):
+                if h not in store:
+                    store.put(h, [f[j] for f in layers])
+        return feats
+
+    def flush(self) -> None:
+        for s in self.stores:
+            s.flush()
 
     def wrap(self, dataset: Dataset) -> CoveredDataset:
         """The dataset, with records whose images the cache lacks skipped (None)."""

@@ -113,6 +113,8 @@ class FeatureStore:
         return handle
 
     def get(self, image_hash: str) -> list[torch.Tensor]:
-        """One image's features: one (N, D) tensor per selected layer."""
+        """One image's features: one (N, D) tensor per selected layer (queued ones included)."""
+        if image_hash in self._pending:
+            return [self._buffer[f"{image_hash}.{i}"] for i in range(self.num_layers)]
         shard = self._shard(self.index[image_hash])
         return [shard.get_tensor(f"{image_hash}.{i}") for i in range(self.num_layers)]
