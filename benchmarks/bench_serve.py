@@ -46,8 +46,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 import torch
 from serve_load import (  # benchmarks/serve_load.py, beside this script
+    NO_AIOHTTP,
     QUESTIONS,
     ServerProcess,
+    aiohttp,
     build_tiny,
     load,
     percentile,
@@ -97,7 +99,10 @@ def parse_args() -> argparse.Namespace:
         default="aiohttp",
         help="the HTTP load generator (httpx: what this benchmark used before 2026-12-06)",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.client == "aiohttp" and aiohttp is None:
+        sys.exit(NO_AIOHTTP)
+    return args
 
 
 def header(args: argparse.Namespace, load_at_start: float, detail: str) -> str:
