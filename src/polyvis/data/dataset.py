@@ -230,7 +230,7 @@ def header_size(path: Path) -> tuple[int, int]:
             width, height = im.size
             if im.getexif().get(_ORIENTATION) in (5, 6, 7, 8):
                 width, height = height, width
-    except FileNotFoundError as err:
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:  # as load_image counts
         raise ImageError(path, "missing", f"cannot read image ({err.strerror or err})") from None
     except Image.DecompressionBombError as err:
         raise ImageError(path, "too_large", f"refused by PIL: {err}") from None

@@ -37,12 +37,16 @@ class ImageError(DataError):
         super().__init__(f"{path}: {message}")
 
 
+def _why(err: Exception) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
 def image_hash(path: str | Path) -> str:
     """sha1 of the file's bytes (the feature cache's key for an image)."""
     try:
         data = Path(path).read_bytes()
-    except OSError as err:
-        raise ImageError(path, "missing", f"cannot read image ({err.strerror or err})") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise ImageError(path, "missing", f"cannot read image ({_why(err)})") from None
     return hashlib.sha1(data).hexdigest()
 
 
@@ -58,8 +62,8 @@ def load_image_and_hash(
     path = Path(path)
     try:
         data = path.read_bytes()
-    except OSError as err:
-        raise ImageError(path, "missing", f"cannot read image ({err.strerror or err})") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL in the path
+        raise ImageError(path, "missing", f"cannot read image ({_why(err)})") from None
     return decode_image(data, path, max_pixels), hashlib.sha1(data).hexdigest()
 
 

@@ -43,7 +43,8 @@ def record_id(rec: Any) -> str | int | None:
     """The record's usable id (a non-empty string or an integer), else None: an id that is a list
     or an object names nothing, and cannot be counted for duplicates."""
     rid = rec.get("id") if isinstance(rec, dict) else None
-    return rid if isinstance(rid, (str, int)) and rid != "" else None
+    usable = isinstance(rid, (str, int)) and not isinstance(rid, bool)  # true == 1 in Python
+    return rid if usable and rid != "" else None
 
 
 def record_label(rec: Any, index: int) -> str | int:
@@ -60,7 +61,7 @@ def validate_record(rec: Any) -> list[str]:
     rid = rec.get("id")
     if rid is None or rid == "":
         problems.append("missing 'id'")
-    elif not isinstance(rid, (str, int)):
+    elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
         problems.append(f"'id' must be a string or an integer, not {type(rid).__name__}")
     paths_ok = True  # record_image_paths would raise on paths of the wrong type
     if "image" in rec and "images" in rec:
@@ -74,6 +75,10 @@ def validate_record(rec: Any) -> list[str]:
     if "image" in rec and rec["image"] is not None and not isinstance(rec["image"], str):
         problems.append("'image' must be a path string")
         paths_ok = False
+    if paths_ok and any("\0" in str(n) for n in record_image_paths(rec)):
+        # a bad escape in the JSON: the OS refuses such a path with a ValueError, not "missing"
+        problems.append("an image path contains a NUL character (\\u0000)")
+        paths_ok = False
     family = rec.get("family")
     if family is not None and not isinstance(family, str):  # it names a group and a metric
         problems.append(f"'family' must be a string, not {type(family).__name__}")
@@ -84,17 +89,25 @@ def validate_record(rec: Any) -> list[str]:
     if not isinstance(conv, list) or not conv:
         problems.append("'conversations' must be a non-empty list")
         return problems
+    wrong_roles = []
     for i, turn in enumerate(conv):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
             problems.append(f"turn {i} must be an object with a string 'value'")
             return problems
-        expected = ROLES[i % 2]
-        if turn.get("from") != expected:
-            problems.append(f"turn {i} is from {turn.get('from')!r}, expected {expected!r}")
+        if turn.get("from") != ROLES[i % 2]:
+            wrong_roles.append(i)
+    if wrong_roles:  # the first one, not one problem per turn (user/assistant: every turn)
+        i = wrong_roles[0]
+        n = len(wrong_roles) - 1
+        more = f" (and {n} more turn{'s' if n > 1 else ''})" if n else ""
+        problems.append(
+            f"turn {i} is from {conv[i].get('from')!r}, expected {ROLES[i % 2]!r}{more}"
+        )
     if len(conv) % 2:
         problems.append("conversation ends with a human turn (no answer)")
-    n_markers = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "human")
-    n_markers_gpt = sum(t["value"].count(IMAGE_TOKEN) for t in conv if t.get("from") == "gpt")
+    # by position, not by 'from': a wrong role is reported above, not as a marker count too
+    n_markers = sum(t["value"].count(IMAGE_TOKEN) for t in conv[0::2])
+    n_markers_gpt = sum(t["value"].count(IMAGE_TOKEN) for t in conv[1::2])
     if n_markers_gpt:
         problems.append(f"an answer contains {IMAGE_TOKEN}")
     if paths_ok:
@@ -144,10 +157,7 @@ def read_records(
     path = Path(path)
     if not path.is_file():
         raise DataError(not_a_records_file(path))
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows write a BOM
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    text = _utf8_text(path)
     if not text.strip():
         records: Any = []
     elif path.suffix == ".jsonl" or text.lstrip()[:1] == "{":
@@ -166,15 +176,38 @@ def read_records(
     return check_records(records, str(path)) if validate else records
 
 
+def _utf8_text(path: Path) -> str:
+    """The file's text; a DataError naming the line of the first byte that is not UTF-8 (in a
+    file of many records, an offset alone leaves the user searching)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read records file ({err.strerror or err})") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Windows "Unicode" saves: every line would fail
+        raise DataError(
+            f"{path}: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8"
+        )
+    try:
+        return data.decode("utf-8-sig")  # -sig: editors on Windows write a BOM
+    except UnicodeDecodeError as err:
+        start = err.start + len(data) - len(err.object)  # err counts after the BOM
+        line = data.count(b"\n", 0, start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[start]:02x} at offset {start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 _ID_RE = re.compile(r'"id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
 def _jsonl_records(path: Path, text: str) -> list[Any]:
     """One record per line; an error names the file, the line (1-based) and the record's id when
     the broken line still shows one."""
-    records = []
+    records, offset = [], 0
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends unescaped.
     for n, line in enumerate(text.split("\n"), start=1):
+        start, offset = offset + len(line) - len(line.lstrip()), offset + len(line) + 1
         if not line.strip():
             continue
         try:
@@ -182,10 +215,34 @@ def _jsonl_records(path: Path, text: str) -> list[Any]:
         except json.JSONDecodeError as err:
             found = _ID_RE.search(line)
             rid = f" ({found.group(1) or found.group(2)})" if found else ""
-            raise DataError(
-                f"{path}:{n}{rid}: not valid JSON (column {err.colno}: {err.msg})"
-            ) from None
+            raise DataError(f"{path}:{n}{rid}: {_why_not_json(text, start, n, err)}") from None
     return records
+
+
+def _why_not_json(text: str, start: int, n: int, err: json.JSONDecodeError) -> str:
+    """Why line n (its value starting at `start`) is not one record. Pretty-printed records and
+    records glued on one line are common slips that the parser's own message hides."""
+    if err.msg == "Extra data" and _value_end(err.doc, err.pos) is not None:
+        return (
+            f"more than one JSON value on the line (the next at column {err.colno}); "
+            "JSONL holds one record a line"
+        )
+    end = _value_end(text, start) if err.msg != "Extra data" else None
+    if end is not None:
+        last = n + text.count("\n", start, end)
+        return (
+            f"a JSON value spread over lines {n}-{last}: JSONL needs one record a line "
+            "(and a .json file a list of records)"
+        )
+    return f"not valid JSON (column {err.colno}: {err.msg})"
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """Where the JSON value starting at `pos` ends, None when none does."""
+    try:
+        return json.JSONDecoder().raw_decode(text, pos)[1]
+    except json.JSONDecodeError:
+        return None
 
 
 def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from polyvis.models.rgb import as_rgb
 from polyvis.serve.errors import APIError
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def load_image(
@@ -127,6 +130,8 @@ def _read_local(url: str, field: str, max_bytes: int, root: Path | None) -> byte
 
 def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Bytes -> RGB image; checks the pixel count from the header before decoding any pixels."""
+    if not data:  # "data:image/png;base64," with nothing after the comma, or an empty file
+        raise APIError(400, "the image is empty (0 bytes)", field, "invalid_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -149,7 +154,17 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise APIError(
             400, "image exceeds the decompression-bomb limit", field, "image_too_large"
         ) from None
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
+    except UnidentifiedImageError:
         raise APIError(
-            400, f"cannot decode image ({type(err).__name__})", field, "invalid_image"
+            400,
+            "cannot decode image (not an image format the server reads)",
+            field,
+            "invalid_image",
+        ) from None
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
+        # PIL's first line says what is broken ("image file is truncated"); the repr of our
+        # in-memory buffer in it names nothing the client sent
+        detail = _OBJECT_REPR.sub("", str(err).splitlines()[0] if str(err) else "").strip()
+        raise APIError(
+            400, f"cannot decode image ({detail or type(err).__name__})", field, "invalid_image"
         ) from None

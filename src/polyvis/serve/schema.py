@@ -140,6 +140,15 @@ def format_loc(loc: tuple) -> str:
 
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """Validate a raw JSON body; every problem becomes a 400 naming the field."""
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff"):  # else "expected value at line 1 column 1"
+        raise APIError(
+            400,
+            "the body is UTF-16 (it starts with a UTF-16 byte order mark); send UTF-8 JSON",
+            None,
+            "invalid_json",
+        )
+    # JSON parsers may ignore a UTF-8 byte order mark (RFC 8259, 8.1); records files may have one
+    body = body.removeprefix(b"\xef\xbb\xbf")
     try:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as err:
