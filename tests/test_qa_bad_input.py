@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from polyvis.data.dataset import header_size
 from polyvis.data.images import ImageError, image_hash, load_image
 from polyvis.data.records import make_record, read_records, validate_record, write_records
 from polyvis.errors import DataError
+
+NANO_TINY = Path(__file__).resolve().parents[1] / "configs" / "nano-tiny.yaml"
 
 
 def _records(n: int) -> list[dict]:
@@ -220,3 +223,54 @@ def test_openai_roles_in_a_record_are_one_problem_not_one_per_turn(tmp_path, cap
         "turn 2 is from 'user', expected 'human'",
         "conversation ends with a human turn (no answer)",
     ]
+
+
+# -- training on records whose images are all unusable ----------------------------------------
+def _image_records(tmp_path, name: str, good: int, bad: int) -> str:
+    """good records with a real image, then bad ones whose image is not an image."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    recs = [make_record(f"{name}-ok-{i}", "red.png", [("Colour?", "red")]) for i in range(good)]
+    recs += [make_record(f"{name}-bad-{i}", "broken.png", [("Colour?", "red")]) for i in range(bad)]
+    return str(write_records(tmp_path / f"{name}.jsonl", recs))
+
+
+def _train(tmp_path, *sets: str) -> None:
+    from polyvis.config import load_config
+    from polyvis.train import train
+
+    base = ["train.stage=finetune", "train.max_steps=2", "train.batch_size=2"]
+    cfg = load_config(NANO_TINY, [*base, *sets])
+    train(cfg, tmp_path / "run", progress=False)
+
+
+def test_a_val_set_with_nothing_usable_logs_nan_and_says_why_once(tmp_path, capsys):
+    """It logged val_loss 0.0, a perfect score, for a val set whose every image was broken."""
+    train_file = _image_records(tmp_path, "train", good=4, bad=0)
+    val_file = _image_records(tmp_path, "val", good=0, bad=3)
+    _train(tmp_path, f"data.train=[{train_file}]", f"data.val=[{val_file}]", "train.eval_every=1")
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["val_loss"] != r["val_loss"] for r in rows)
+    out = capsys.readouterr().out
+    assert out.count("warning: data.val: no answer token could be scored") == 1
+
+
+def test_training_data_with_no_usable_image_says_so(tmp_path):
+    train_file = _image_records(tmp_path, "train", good=0, bad=4)
+    with pytest.raises(
+        DataError, match=r"no answer token to learn .*4 record\(s\) skipped as unusable"
+    ):
+        _train(tmp_path, f"data.train=[{train_file}]")
+
+
+def test_the_feature_cache_names_the_file_it_could_not_decode(tmp_path, caplog):
+    """It said only 'image da39a3ee... is not in the feature cache'."""
+    train_file = _image_records(tmp_path, "train", good=3, bad=1)
+    with caplog.at_level("WARNING", logger="polyvis.train.feature_cache"):
+        _train(tmp_path, f"data.train=[{train_file}]", "train.cache_features=true")
+    skips = [
+        r.getMessage() for r in caplog.records if "skipping record train-bad-0" in r.getMessage()
+    ]
+    assert skips and "broken.png" in skips[0] and "not in the feature cache" not in skips[0]

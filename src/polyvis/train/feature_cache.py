@@ -72,6 +72,8 @@ class FeatureCache:
         # each readable image's hash as `fill` read it: the training data then need not read
         # every image file again only to name its features
         self.path_hashes: dict[Path, str] = {}
+        # why `fill` could not decode an image, by its hash: the skip warning names the file
+        self.unreadable: dict[str, str] = {}
 
     @classmethod
     def for_model(
@@ -153,7 +155,8 @@ class FeatureCache:
             if not self.covers(digest):
                 try:
                     todo.append((digest, decode_image(data, path, max_pixels)))
-                except ImageError:
+                except ImageError as err:
+                    self.unreadable[digest] = str(err)
                     stats["unreadable"] += 1
                     seen.discard(digest)
                     del self.path_hashes[path]
@@ -210,7 +213,7 @@ class FeatureCache:
 
     def wrap(self, dataset: Dataset) -> CoveredDataset:
         """The dataset, with records whose images the cache lacks skipped (None)."""
-        return CoveredDataset(dataset, self.covered())
+        return CoveredDataset(dataset, self.covered(), self.unreadable)
 
 
 class CoveredDataset(Dataset):
@@ -220,9 +223,12 @@ class CoveredDataset(Dataset):
     record becomes None, which the Collator drops and the training loop counts as skipped.
     """
 
-    def __init__(self, dataset: Dataset, covered: frozenset[str]):
+    def __init__(
+        self, dataset: Dataset, covered: frozenset[str], unreadable: dict[str, str] | None = None
+    ):
         self.dataset = dataset
         self.covered = covered
+        self.unreadable = unreadable or {}
         self._warned: set[Any] = set()
 
     def __len__(self) -> int:
@@ -236,10 +242,11 @@ class CoveredDataset(Dataset):
         if missing:
             if item["id"] not in self._warned:
                 self._warned.add(item["id"])
+                why = self.unreadable.get(missing[0])
                 logger.warning(
-                    "skipping record %s: image %s is not in the feature cache",
+                    "skipping record %s: %s",
                     item["id"],
-                    missing[0],
+                    why or f"image {missing[0]} is not in the feature cache",
                 )
             return None
         return item

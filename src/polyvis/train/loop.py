@@ -128,7 +128,8 @@ def evaluate_loss(model, loader, accelerator, cache=None) -> float:
     model.train()
     total = accelerator.reduce(total.to(accelerator.device), "sum")
     count = accelerator.reduce(count.to(accelerator.device), "sum")
-    return float(total / count.clamp(min=1))
+    # nothing scored (every record unusable): nan, not a perfect-looking 0.0
+    return float(total / count) if float(count) else float("nan")
 
 
 def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
@@ -239,6 +240,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
     # micro-batches in a row without an answer token: twice an epoch's worth holds one whole
     # epoch, so data that never supervises a token stops with an error instead of looping
     empty_run = 0
+    warned_val = False  # a val set with nothing to score is named once, not at every evaluation
 
     def note_skips(group: list[dict[str, Any]]) -> None:
         new = [i for b in group for i in b["skipped_ids"] if i not in skipped]
@@ -278,9 +280,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             if float(n_global) == 0:
                 empty_run += len(group)
                 if empty_run >= 2 * batches_per_epoch:
+                    unusable = f"; {len(skipped)} record(s) skipped as unusable" if skipped else ""
                     raise DataError(
                         "data.train: a whole epoch of training data has no answer token to learn "
-                        "(every answer is missing, masked or cut off by data.max_length)"
+                        f"(every answer is missing, masked or cut off by data.max_length{unusable})"
                     )
                 continue
             empty_run = 0
@@ -328,6 +331,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
             }
             if val_loader is not None and step % tc.eval_every == 0:
                 row["val_loss"] = evaluate_loss(model, val_loader, accelerator, cache)
+                if math.isnan(row["val_loss"]) and main and not warned_val:
+                    warned_val = True
+                    print("warning: data.val: no answer token could be scored (every record "
+                          "skipped as unusable or cut off by data.max_length; see the warnings "
+                          "above): val_loss is nan", flush=True)  # fmt: skip
             log.write(row)
             bar.update(task, completed=step, loss=loss)
             if tc.save_every and step % tc.save_every == 0 and step < tc.max_steps:
