@@ -307,6 +307,11 @@ def test_feature_cache_gives_the_same_answers_and_encodes_each_image_once(
             for k in ("plain", "first", "second")]  # fmt: skip
     assert rows[0] == rows[1] == rows[2]
     assert plain["scores"] == first["scores"] == second["scores"]
+    images = sum(len(it.image_paths) for it in runner.load_items(data))
+    # a batch whose images an earlier batch encoded already is read
+    assert sum(first["feature_cache"].values()) == images and first["feature_cache"]["encoded"]
+    assert second["feature_cache"] == {"read": images, "encoded": 0}
+    assert "feature_cache" not in plain
 
 
 def _hashes(files: list[Path]) -> set[str]:

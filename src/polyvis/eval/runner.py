@@ -319,6 +319,8 @@ def evaluate(
             "feature_cache": feature_cache,
         },
     }
+    if cache is not None:  # images whose features were read from the cache, and those encoded
+        results["feature_cache"] = dict(cache.served)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,8 @@ class FeatureCache:
         self.path_hashes: dict[Path, str] = {}
         # why `fill` could not decode an image, by its hash: the skip warning names the file
         self.unreadable: dict[str, str] = {}
+        # images (with repeats) whose features batch_features read, and those it encoded
+        self.served = {"read": 0, "encoded": 0}
 
     @classmethod
     def for_model(
@@ -198,7 +200,9 @@ class FeatureCache:
         pass over the whole batch, so that its numbers are those of an uncached pass over the
         same batch, and the images the cache lacked are queued into it (`flush` writes them)."""
         if all(self.covers(h) for h in image_hashes):
+            self.served["read"] += len(image_hashes)
             return self.lookup(image_hashes, model.device)
+        self.served["encoded"] += len(image_hashes)
         pixels = processor.preprocess_images(images).to(model.device, model.dtype)
         feats = model.encode_images(pixels)
         for store, layers in zip(self.stores, feats):
