@@ -189,8 +189,8 @@ def _predict(
     ]
     flat = [pair for ims in images for pair in ims]
     if cache is not None and flat:
-        gen = {**gen, "encoder_features": cache.batch_features(
-            model, processor, [im for im, _ in flat], [h for _, h in flat])}  # fmt: skip
+        pics, hashes = [im for im, _ in flat], [h for _, h in flat]
+        gen = {**gen, "encoder_features": cache.batch_features(model, processor, pics, hashes)}
     return generate_batch(model, processor, prompts, pictures, **gen)
 
 
