@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from polyvis.cli import main
 from polyvis.config import load_config
@@ -186,6 +187,25 @@ def test_store_round_trip_across_shards(tmp_path):
     out = cache.lookup(["h3", "h0", "h3"])
     assert len(out) == 1 and out[0][0].shape == (3, 5, 3)
     assert torch.equal(out[0][1][2], feats["h3"][1]) and torch.equal(out[0][0][1], feats["h0"][0])
+
+
+def test_two_writers_of_one_store_keep_one_copy_of_each_image(tmp_path):
+    """Two runs scored side by side compute the same val images; the second to flush writes only
+    what the first did not (a demo's dino store had held 3.5 copies of every image)."""
+    a, b = (FeatureStore(tmp_path / "fp", num_layers=1) for _ in range(2))
+    feats = {h: [torch.randn(4, 2)] for h in ("h0", "h1", "h2")}
+    a.put("h0", feats["h0"])
+    a.put("h1", feats["h1"])
+    b.put("h1", feats["h1"])
+    b.put("h2", feats["h2"])
+    a.flush()
+    assert "h1" in b and torch.equal(b.get("h1")[0], feats["h1"][0])  # still queued in b
+    b.flush()
+    b.flush()  # nothing left: no empty shard
+    shards = sorted((tmp_path / "fp").glob("shard-*.safetensors"))
+    keys = [k for p in shards for k in list(safe_open(str(p), "pt").keys())]
+    assert len(shards) == 2 and sorted(keys) == ["h0.0", "h1.0", "h2.0"]
+    assert set(FeatureStore(tmp_path / "fp", num_layers=1).index) == {"h0", "h1", "h2"}
 
 
 def test_cached_features_equal_the_encoders_and_unreadable_images_are_skipped(

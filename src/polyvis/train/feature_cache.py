@@ -199,6 +199,8 @@ class FeatureCache:
         evaluation: read from the cache when every encoder has every image; else the model's own
         pass over the whole batch, so that its numbers are those of an uncached pass over the
         same batch, and the images the cache lacked are queued into it (`flush` writes them)."""
+        if not all(self.covers(h) for h in image_hashes):
+            self.reload()  # runs scored beside this one may have stored them since
         if all(self.covers(h) for h in image_hashes):
             self.served["read"] += len(image_hashes)
             return self.lookup(image_hashes, model.device)

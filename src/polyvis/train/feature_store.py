@@ -91,6 +91,16 @@ class FeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.dir / ".lock"):
             self.reload()
+            # another process (a run scored beside this one) may have stored some meanwhile
+            done = {h for h in self._pending if h in self.index}
+            if done:
+                self._buffer = {
+                    k: t for k, t in self._buffer.items() if k.split(".")[0] not in done
+                }
+                self._pending -= done
+            if not self._pending:
+                self._buffer, self._bytes = {}, 0
+                return  # nothing new: no shard of duplicates
             used = [int(p.stem.split("-")[1]) for p in self.dir.glob("shard-*.safetensors")]
             n = max(used, default=-1) + 1
             with atomic_file(self.dir / f"shard-{n:05d}.safetensors") as tmp:
