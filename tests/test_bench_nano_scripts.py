@@ -27,10 +27,18 @@ def synth_sets(tmp_path_factory) -> list[str]:
 
 
 def test_roofline_splits_a_step_into_its_parts(synth_sets, capsys) -> None:
+    from transformers.utils import logging as hf_logging
+
     bench = load_benchmark("bench_nano_roofline")
     sets = [x for s in synth_sets for x in ("--set", s)]
-    bench.main(["--config", str(CFG), "--blocks", "1", "--steps", "2", "--warmup", "2",
-                "--top", "3", *sets])  # fmt: skip
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    try:  # the script quiets transformers for its whole process: not for the tests after this
+        bench.main(["--config", str(CFG), "--blocks", "1", "--steps", "2", "--warmup", "2",
+                    "--top", "3", *sets])  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     out = capsys.readouterr().out
     parts = dict(re.findall(r"^\| ([a-zA-Z][^|]+?) \| ([\d.]+) \|", out, re.M))
     for part in ("matmuls (mm, addmm, bmm)", "SDPA attention, forward and backward", "step"):
