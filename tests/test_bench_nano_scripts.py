@@ -29,6 +29,9 @@ def synth_sets(tmp_path_factory) -> list[str]:
 def test_roofline_splits_a_step_into_its_parts(synth_sets, capsys) -> None:
     from transformers.utils import logging as hf_logging
 
+    from polyvis.train.metrics import MetricsLog
+
+    metrics_write = MetricsLog.write
     bench = load_benchmark("bench_nano_roofline")
     sets = [x for s in synth_sets for x in ("--set", s)]
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
@@ -39,6 +42,7 @@ def test_roofline_splits_a_step_into_its_parts(synth_sets, capsys) -> None:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    assert MetricsLog.write is metrics_write  # unpatched: later training is not timed op by op
     out = capsys.readouterr().out
     parts = dict(re.findall(r"^\| ([a-zA-Z][^|]+?) \| ([\d.]+) \|", out, re.M))
     for part in ("matmuls (mm, addmm, bmm)", "SDPA attention, forward and backward", "step"):
