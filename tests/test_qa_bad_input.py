@@ -164,6 +164,17 @@ def test_request_bodies_and_images_users_get_wrong_are_named_and_the_server_goes
             "the body is UTF-16 (it starts with a UTF-16 byte order mark); send UTF-8 JSON",
         ),
         (img("data:image/png;base64,"), field, "the image is empty (0 bytes)"),
+        # both were served: an empty user turn, and stream_options OpenAI's API refuses
+        (
+            json.dumps({"messages": [{"role": "user", "content": []}], "max_tokens": 2}),
+            "messages[0].content",
+            "must be a string or a non-empty array of content parts",
+        ),
+        (
+            json.dumps({**ok, "stream_options": {"include_usage": True}}),
+            "stream_options",
+            "only allowed when stream is true",
+        ),
         (
             img("data:image/png;base64," + base64.b64encode(b"just some text").decode()),
             field,

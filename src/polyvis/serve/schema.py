@@ -55,9 +55,9 @@ class Message(_Strict):
     def _string_content(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [{"type": "text", "text": value}]
-        if not isinstance(value, list):
+        if not isinstance(value, list) or not value:  # an empty array says nothing, as in OpenAI's
             raise PydanticCustomError(
-                "content_type", "must be a string or an array of content parts"
+                "content_type", "must be a string or a non-empty array of content parts"
             )
         return value
 
@@ -111,6 +111,8 @@ class ChatCompletionRequest(_Strict):
                 raise _unsupported(name, "is not supported (only 0)")
         if self.logprobs:
             raise _unsupported("logprobs", "is not supported")
+        if self.stream_options is not None and not self.stream:  # as OpenAI's API refuses it
+            raise _unsupported("stream_options", "only allowed when stream is true")
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise _unsupported("max_tokens", "give max_tokens or max_completion_tokens, not both")
         return self
