@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +18,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: Path, command: list[str], run: Path, *, timeout: int = 300) -> None:
+def _run(args: list[str], env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    """The launch, in a session of its own: on a timeout every process of it is killed (the
+    launcher and both workers) and the result reads as killed by a signal."""
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\nSignal: no exit within {timeout} s, killed"
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def launch(config: Path, command: list[str], run: Path, *, timeout: int = 150) -> None:
     """Run `command` (a module and its arguments) on two processes; fail with the launch's log.
 
     A process killed by a signal (gloo has aborted once at exit on a loaded two-core CI machine)
+    or a launch that does not exit (gloo has also hung once at exit, after the run had finished)
     is run once more from the run folder as it was before the launch; the first log is kept next
     to the run, and a second failure fails the test.
     """
@@ -33,7 +51,7 @@ def launch(config: Path, command: list[str], run: Path, *, timeout: int = 300) -
             *[sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)],
             *["--num_processes", "2", "--main_process_port", str(free_port()), *command],
         ]
-        res = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+        res = _run(args, env, timeout)
         log = run.with_name(f"{run.name}.launch-{attempt}.log")
         log.write_text(f"$ {' '.join(args)}\n--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
         if res.returncode == 0:
