@@ -1,11 +1,13 @@
 """Grid runs trained in the test's own process: each worker process would import torch again
-(seconds per run). `polyvis.nano.runs._launch` is monkeypatched with `inline_launcher`."""
+(seconds per run). `use_launcher` puts `inline_launcher` (or any stand-in) in place of
+`polyvis.nano.runs._launch`, with the fork server off, so that every run goes through it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from polyvis.nano import runs
 from polyvis.nano.worker import run_stages
 
 
@@ -44,3 +46,9 @@ def inline_launcher(
         return EndedWorker(), log.open("a")
 
     return launch
+
+
+def use_launcher(monkeypatch, launcher: Callable) -> None:
+    """Every run of train_runs launched by `launcher(spec, stages, threads)`."""
+    monkeypatch.setattr(runs, "FORK_RUNS", False)
+    monkeypatch.setattr(runs, "_launch", launcher)

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _inline_runs import Interrupted, inline_launcher
-from polyvis.nano import runs
+from _inline_runs import Interrupted, inline_launcher, use_launcher
 
 GRIDS = {
     "fair": {
@@ -48,7 +47,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
     spy(synthetic_cache, "ensure_synthetic")
     spy(experts, "ensure_experts")
-    monkeypatch.setattr(runs, "_launch", inline_launcher([], lambda spec, st: spec.out, 0))
+    use_launcher(monkeypatch, inline_launcher([], lambda spec, st: spec.out, 0))
     return calls
 
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from tests.test_protocol import inline, write
 
+from _inline_runs import use_launcher
 from polyvis.errors import ConfigError
-from polyvis.nano import runs
 from polyvis.nano.ablate import load_ablation, run_ablation
 from polyvis.nano.fair_world import TEXT_TOKENS
 
@@ -34,7 +34,7 @@ def test_the_tiling_measurement_runs_end_to_end_with_the_tiling_in_the_tiled_cel
     spec = measurement(grid={**measurement()["grid"], "seeds": [0, 1]})
     assert spec["variants"]["vary-tiled"]["tiling"] == TILING
     out, launched = tmp_path / "out", []
-    monkeypatch.setattr(runs, "_launch", inline(launched))
+    use_launcher(monkeypatch, inline(launched))
     doc = run_ablation(write(tmp_path / "t.yaml", spec), out)
 
     cells = {c["name"]: c for c in doc["cells"]}

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from _inline_runs import use_launcher
 from polyvis.config import load_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano import runs
@@ -164,14 +165,13 @@ def test_runs_start_longest_first_and_equal_ones_keep_their_order(tmp_path: Path
 
 def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypatch):
     procs = []
-    launch = runs._launch
+    launch = runs.RunServer.launch  # forked runs; their own processes fail the same way
 
-    def tracked(*args):
-        proc, log = launch(*args)
-        procs.append(proc)
-        return proc, log
+    def tracked(self, *args):
+        procs.append(launch(self, *args))
+        return procs[-1]
 
-    monkeypatch.setattr(runs, "_launch", tracked)
+    monkeypatch.setattr(runs.RunServer, "launch", tracked)
     missing = {**CFG, "train": {**CFG["train"], "init_from": str(tmp_path / "none")}}
     bad = RunSpec.build("bad", missing, tmp_path / "bad", [])
     Image.new("RGB", (32, 32), "white").save(tmp_path / "white.png")
@@ -184,7 +184,7 @@ def test_a_failed_run_names_itself_and_stops_the_others(tmp_path: Path, monkeypa
     long = RunSpec.build("long", endless, tmp_path / "long", [])
     done = []
     with pytest.raises(PolyVisError) as err:
-        train_runs([bad, long], jobs=2, on_done=lambda f: done.append(f.spec.name))
+        train_runs([bad, long], jobs=2, on_done=lambda f: done.append(f.spec.name), fork=True)
     msg = str(err.value)
     assert msg.startswith(f"run bad failed (see {tmp_path / 'bad' / 'train.log'}): ")
     assert msg.endswith(f"polyvis: error: train.init_from: {tmp_path / 'none'} is neither a model "
@@ -203,7 +203,7 @@ def test_each_finished_run_reports_its_place_and_the_time_left_at_this_pace(
     def quick(spec, stages, threads):  # a run that ends at once, in place of a worker
         return subprocess.Popen([sys.executable, "-c", "pass"]), (spec.out / "train.log").open("a")
 
-    monkeypatch.setattr(runs, "_launch", quick)
+    use_launcher(monkeypatch, quick)
     specs = [RunSpec.build(f"r{i}", CFG, tmp_path / f"r{i}", []) for i in range(3)]
     finished: list[Finished] = []
     train_runs(specs, jobs=2, on_done=finished.append)

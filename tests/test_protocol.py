@@ -14,9 +14,8 @@ import pytest
 import torch
 import yaml
 
-from _inline_runs import Interrupted, inline_launcher
+from _inline_runs import Interrupted, inline_launcher, use_launcher
 from polyvis.errors import ConfigError, PolyVisError
-from polyvis.nano import runs
 from polyvis.nano.ablate import load_ablation, run_ablation
 from polyvis.nano.worker import EvalStage, TrainStage
 
@@ -59,7 +58,7 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path / "cache"))
     out, path = tmp_path / "lb", write(tmp_path / "grid.yaml", GRID)
     first: list = []
-    monkeypatch.setattr(runs, "_launch", inline(first, stop_at=3))
+    use_launcher(monkeypatch, inline(first, stop_at=3))
     with pytest.raises(Interrupted):  # stopped during the selection
         run_ablation(path, out)
     protocol = json.loads((out / "protocol.json").read_text())
@@ -69,7 +68,7 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     assert len(finished) == 3
 
     again: list = []
-    monkeypatch.setattr(runs, "_launch", inline(again))
+    use_launcher(monkeypatch, inline(again))
     doc = run_ablation(path, out, command="polyvis ablate grid.yaml --out lb")
     # finished runs are neither trained nor scored on val again
     redone = [s for o, stages in again if o in finished for s in stages if s != "eval:test"]
@@ -141,7 +140,7 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
         assert cfg["train"]["stage"] == ("align" if cfg_file.parent.name == "align" else "finetune")
     # a third call finds everything done, and keeps the choices it recorded
     stamp = (out / "selection.json").stat().st_mtime_ns
-    monkeypatch.setattr(runs, "_launch", inline(third := []))
+    use_launcher(monkeypatch, inline(third := []))
     assert run_ablation(path, out)["cells"] == doc["cells"] and third == []
     assert (out / "selection.json").stat().st_mtime_ns == stamp
     # val scores that would now choose otherwise stop the grid: choices never change once made
@@ -342,7 +341,7 @@ def test_val_only_chooses_on_val_and_never_makes_the_test_set(tmp_path: Path, mo
     spec = {**GRID, "val_only": True, "grid": {**GRID["grid"], "encoders": [["vary"]]}}
     path = write(tmp_path / "grid.yaml", spec)
     out = tmp_path / "lb"
-    monkeypatch.setattr(runs, "_launch", inline(launched := []))
+    use_launcher(monkeypatch, inline(launched := []))
     doc = run_ablation(path, out)
     assert doc["val_only"] and set(doc["selection"]) == {"vary"}
     # both candidates at seed 0, then the chosen one at seed 1, on val too (its spread)

@@ -13,9 +13,8 @@ import transformers as T
 import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from _inline_runs import inline_launcher
+from _inline_runs import inline_launcher, use_launcher
 from polyvis.errors import ConfigError
-from polyvis.nano import runs
 from polyvis.nano.ablate import run_ablation
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -114,7 +113,7 @@ def test_a_missing_checkpoint_or_records_file_is_named_before_any_run_trains(
         files.insert(len(files) if broken == "train" else 0, gone + ".jsonl")
     extra = {"eval": {"files": base["data"]["test"]}} if protocol == "none" else {}
     path = _ablation(tmp_path, base, protocol=protocol, grid=grid, **extra)
-    monkeypatch.setattr(runs, "_launch", _inline(launched := []))
+    use_launcher(monkeypatch, _inline(launched := []))
     with pytest.raises(ConfigError) as err:
         run_ablation(path, tmp_path / "out")
     assert err.value.field == field and gone in str(err.value) and launched == []
@@ -126,7 +125,7 @@ def finished(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("grid")
     path = _ablation(folder, _base(world), select={"lr": [1e-3]})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runs, "_launch", _inline(launched := []))
+        use_launcher(mp, _inline(launched := []))
         run_ablation(path, folder / "out")
     assert launched == ["clip | lr=0.001 | seed 0"] * 2  # val, then the test scores and FLOPs
     return folder
@@ -146,7 +145,7 @@ def test_a_changed_train_value_is_refused_before_the_grid_record_is_rewritten(
     base = _base(world)
     base["train"]["lr_llm"] = 1e-4
     path = _ablation(finished, base, select={"lr": [1e-3]})
-    monkeypatch.setattr(runs, "_launch", _inline(launched := []))
+    use_launcher(monkeypatch, _inline(launched := []))
     with pytest.raises(ConfigError, match=r"run clip \| lr=0.001 \| seed 0: 0.0001 differs") as e:
         run_ablation(path, out)
     assert e.value.field == "train.lr_llm" and launched == []
@@ -161,7 +160,7 @@ def test_other_select_candidates_are_refused_before_they_train(
     out = finished / "out"
     before = _records(out)
     path = _ablation(finished, _base(world), select={"lr": [1e-3, 2e-3]})
-    monkeypatch.setattr(runs, "_launch", _inline(launched := []))
+    use_launcher(monkeypatch, _inline(launched := []))
     with pytest.raises(ConfigError, match="cell clip: candidates .* chose among") as e:
         run_ablation(path, out)
     assert e.value.field == "select" and launched == []
@@ -221,7 +220,7 @@ def test_protocol_json_says_the_test_set_was_read_only_once_it_was(
     any choice, and after a val_only grid that never reads them."""
     assert json.loads((finished / "out" / "protocol.json").read_text())["test"]["made"]
     path = _ablation(tmp_path, _base(world), val_only=True)
-    monkeypatch.setattr(runs, "_launch", _inline(launched := []))
+    use_launcher(monkeypatch, _inline(launched := []))
     assert run_ablation(path, tmp_path / "out")["val_only"] and len(launched) == 1
     test = json.loads((tmp_path / "out" / "protocol.json").read_text())["test"]
     assert test["made"] is False and not (tmp_path / "out" / "cells" / "clip" / "default" /

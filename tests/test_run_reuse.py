@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from _inline_runs import use_launcher
 from polyvis.config import dump_config, load_config
 from polyvis.errors import ConfigError
-from polyvis.nano import runs
 from polyvis.nano.runs import RunSpec, pending_stages, train_runs
 from polyvis.train.run_dir import check_resumable
 
@@ -39,7 +39,7 @@ def _with(section: str, **values) -> dict:
 
 def _no_launch(monkeypatch) -> list:
     launched: list = []
-    monkeypatch.setattr(runs, "_launch", lambda *a: launched.append(a) or pytest.fail("launched"))
+    use_launcher(monkeypatch, lambda *a: launched.append(a) or pytest.fail("launched"))
     return launched
 
 

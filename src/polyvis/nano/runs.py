@@ -1,7 +1,7 @@
 """Train-and-evaluate runs for the nano world: typed configs in, RUN/eval/results.json out.
 
-Each run is one process (`polyvis.nano.worker`: its training stages, then its evaluation),
-launched a few at a time with one thread each: on models this small two threads are only a
+Each run is one process (`polyvis.nano.worker`: its training stages, then its evaluation;
+forked from `polyvis.nano.fork_server` on Linux), launched a few at a time with one thread each: on models this small two threads are only a
 little faster than one, so parallel one-thread jobs finish sooner. Every stage resumes on its own
 (the trainer's checkpoints, RUN/done.json, RUN/eval/results.json), so a killed demo or ablation
 continues where it stopped; on Linux its workers die with it (worker.die_with_parent).
@@ -27,8 +27,12 @@ from typing import IO, Any
 from polyvis.config import Config, load_config
 from polyvis.errors import ConfigError, PolyVisError
 from polyvis.nano.fair_world import int_at_least
+from polyvis.nano.fork_server import ForkedRun, RunServer
 from polyvis.nano.worker import PARENT_ENV, EvalStage, FlopsStage, Stage, TrainStage
 from polyvis.progress import duration
+
+# Runs fork from one server that imported torch once (fork_server); elsewhere, a Python each.
+FORK_RUNS = sys.platform.startswith("linux")
 
 # Scoring settings of every nano run (LaTeX answers are 20-40 characters, near one token each).
 EVAL_BATCH_SIZE, EVAL_MAX_NEW_TOKENS = 32, 48
@@ -190,37 +194,52 @@ def train_runs(
     threads: int = 1,
     on_done: Callable[[Finished], None] | None = None,
     evaluate: bool = True,
+    fork: bool | None = None,
 ) -> dict[str, float]:
     """Train (then, with `evaluate`, score on its held-out files) every run not done yet, `jobs`
     one-thread processes at a time; returns each run's training seconds. Evaluating in the
     run's own process keeps both cores busy: the evaluations of a pair run side by side too.
     A failed run stops the others and raises a PolyVisError with the end of its log. Each
-    worker dies with the thread that launched it (Linux), which waits for it here."""
+    worker dies with the thread that launched it (Linux), which waits for it here. `fork`
+    (default FORK_RUNS: on Linux) forks the runs from one process that imported torch once
+    (polyvis.nano.fork_server) rather than starting a Python for each."""
     for name, value in (("jobs", jobs), ("threads", threads)):
         if not int_at_least(value, 1):  # 0 jobs would wait forever for a free slot
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
     for spec in specs:
         check_reused(spec)
     pending = launch_order([(s, st) for s in specs if (st := pending_stages(s, evaluate))])
-    running: list[tuple[RunSpec, subprocess.Popen, float, IO]] = []
+    running: list[tuple[RunSpec, subprocess.Popen | ForkedRun, float, IO | None]] = []
     total, done, began = len(pending), 0, time.perf_counter()
+    if fork is None:
+        fork = FORK_RUNS
+    server = RunServer(_env(1)) if fork and pending else None
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 spec, stages = pending.pop(0)
                 spec.out.mkdir(parents=True, exist_ok=True)
-                proc, log = _launch(spec, stages, threads)
+                if server is not None:
+                    proc, log = (
+                        server.launch(stages, spec.out / "train.log", _env(threads), threads),
+                        None,
+                    )
+                else:
+                    proc, log = _launch(spec, stages, threads)
                 running.append((spec, proc, time.perf_counter(), log))
             time.sleep(0.2)
             for item in list(running):
                 spec, proc, start, log = item
                 if proc.poll() is None:
                     continue
-                log.close()
+                if log is not None:
+                    log.close()
                 running.remove(item)
                 if proc.returncode != 0:
                     text = (spec.out / "train.log").read_text(errors="replace")
                     tail = text.strip().splitlines()[-3:]
+                    if not tail and server is not None:
+                        tail = [f"the run server stopped: {server.errors()}"]
                     raise PolyVisError(
                         f"run {spec.name} failed (see {spec.out / 'train.log'}): {' | '.join(tail)}"
                     )
@@ -232,7 +251,10 @@ def train_runs(
         for _, proc, _, log in running:
             proc.kill()
             proc.wait()
-            log.close()
+            if log is not None:
+                log.close()
+        if server is not None:
+            server.close()
     return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
 
 

@@ -1,10 +1,12 @@
 """One nano run's process: its training stages, then its evaluation, as library calls.
 
-`polyvis.nano.runs` starts `python -m polyvis.nano.worker` once per run, with the run's stages
-pickled on its standard input and its output going to RUN/train.log; torch and transformers are
-then imported once per run, not once per stage. A subprocess rather than a multiprocessing
-child: it starts with the one-thread environment already set (before torch is imported), and
-the caller's `__main__` is not imported again, so scripts need no `__main__` guard.
+On Linux `polyvis.nano.runs` forks each run from a server that imported torch once
+(`polyvis.nano.fork_server`), which calls `run_stages`. Elsewhere it starts `python -m
+polyvis.nano.worker` once per run, with the run's stages pickled on its standard input and its
+output going to RUN/train.log; torch and transformers are then imported once per run, not once
+per stage. Either way a run is a process of its own, not a multiprocessing child: it starts with
+the one-thread environment already set, and the caller's `__main__` is not imported again, so
+scripts need no `__main__` guard.
 """
 
 from __future__ import annotations

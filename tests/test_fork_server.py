@@ -1,0 +1,160 @@
+"""Runs forked from one server that imported torch once (polyvis.nano.fork_server): the same
+bytes as runs in processes of their own, the launcher's environment and threads at each launch,
+and no run left alive when the launcher is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from polyvis.config import load_config
+from polyvis.nano.fork_server import RunServer
+from polyvis.nano.runs import RunSpec, train_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = load_config(ROOT / "configs" / "nano-tiny.yaml").model_dump(mode="json", exclude_none=True)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+def _records(folder: Path) -> Path:
+    for colour in ("white", "red", "blue"):
+        Image.new("RGB", (32, 32), colour).save(folder / f"{colour}.png")
+    lines = [
+        {"id": c, "image": f"{c}.png", "conversations": [
+            {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": c}]}
+        for c in ("white", "red", "blue")
+    ]  # fmt: skip
+    path = folder / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_forked_runs_train_and_score_to_the_same_bytes_as_runs_in_their_own_processes(
+    tmp_path: Path,
+):
+    records = _records(tmp_path)
+    cfg = {
+        "model": TINY["model"],
+        "data": {"train": [str(records)], "max_length": 256},
+        "train": {"stage": "finetune", "max_steps": 6, "lr": 2e-3, "seed": 3, "batch_size": 2},
+    }
+    outs = {}
+    for fork in (True, False):
+        out = tmp_path / ("forked" if fork else "processes")
+        spec = RunSpec.build("r", cfg, out, [records], eval_limit=3)
+        assert set(train_runs([spec], fork=fork)) == {"r"}
+        outs[fork] = out
+    for name in ("final/model.safetensors", "eval/answers.jsonl"):
+        assert (outs[True] / name).read_bytes() == (outs[False] / name).read_bytes(), name
+    assert "final model:" in (outs[True] / "train.log").read_text()
+
+
+STAGE = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+
+    class Report:
+        def __init__(self, out):
+            self.out = out
+
+        def run(self):
+            seen = {"x": os.environ.get("POLYVIS_TEST_X"), "threads": torch.get_num_threads(),
+                    "omp": os.environ.get("OMP_NUM_THREADS")}
+            with open(self.out, "w") as f:
+                json.dump(seen, f)
+            print("reported")
+    """
+)
+
+
+def test_each_forked_run_takes_the_launchers_environment_and_threads_of_its_launch(
+    tmp_path: Path, monkeypatch
+):
+    (tmp_path / "report_stage.py").write_text(STAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    from report_stage import Report
+
+    server = RunServer(dict(os.environ))
+    try:
+        seen = []
+        for x, threads in (("a", 1), ("b", 2)):
+            env = {**os.environ, "POLYVIS_TEST_X": x, "OMP_NUM_THREADS": str(threads)}
+            out, log = tmp_path / f"{x}.json", tmp_path / f"{x}.log"
+            assert server.launch([Report(out)], log, env, threads).wait() == 0
+            seen.append(json.loads(out.read_text()))
+            assert log.read_text() == "reported\n"
+        assert seen == [
+            {"x": "a", "threads": 1, "omp": "1"},
+            {"x": "b", "threads": 2, "omp": "2"},
+        ]
+        # a stage that fails: its exit status, its traceback in its own log
+        failed = server.launch([Report(tmp_path / "no" / "such.json")], tmp_path / "f.log", env, 1)
+        assert failed.wait() == 1
+        assert "FileNotFoundError" in (tmp_path / "f.log").read_text()
+    finally:
+        server.close()
+
+
+# A launcher that forks a run the way train_runs does, then waits. The stage unpickles as a
+# call to time.sleep: a run that stays up.
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from polyvis.nano.fork_server import RunServer
+
+    class Sleep:
+        def __reduce__(self):
+            return (time.sleep, (60,))
+
+    server = RunServer(dict(os.environ))
+    run = server.launch([Sleep()], Path(sys.argv[1]) / "train.log", dict(os.environ), 1)
+    print(server._proc.pid, run.pid, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_forked_run_and_its_server_die_with_the_launcher(tmp_path: Path):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    server, run = map(int, parent.stdout.readline().split())
+    try:
+        time.sleep(1.0)
+        assert _alive(server) and _alive(run)  # it sleeps: it did not just fail
+        os.kill(parent.pid, signal.SIGKILL)  # kill -9: no finally, no cleanup in the launcher
+        parent.wait()
+        deadline = time.monotonic() + 10  # at once in practice; slack for a loaded machine
+        while (_alive(server) or _alive(run)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(run), "the run outlived its launcher"
+        assert not _alive(server), "the server outlived its launcher"
+    finally:
+        for pid in (server, run):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
