@@ -56,7 +56,7 @@ def test_a_run_trained_from_the_feature_cache_is_scored_from_it(tmp_path: Path):
     assert pending_stages(plain)[-1].feature_cache is False
 
 
-def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
+def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path, monkeypatch):
     out = tmp_path / "r"
     stage = {"train": {"max_steps": 30}, "data": {"train": ["captions.jsonl"]}}
     main, first = stage_configs(CFG, out, stage)
@@ -72,6 +72,10 @@ def test_align_stage_trains_first_and_the_run_starts_from_it(tmp_path: Path):
     assert align["lr"] == 2e-3 and align["seed"] == 3 and "init_from" not in align
     assert main["train"] == {**CFG["train"], "init_from": str(out / "align")}
     assert CFG["train"].get("init_from") is None  # the run's own config is not changed
+    # a grid's --out given relative: the run's config.yaml still trains from another folder
+    monkeypatch.chdir(tmp_path)
+    relative, _ = stage_configs(CFG, Path("grid") / "r", stage)
+    assert relative["train"]["init_from"] == str(tmp_path / "grid" / "r" / "align")
     # typed once, in the parent; both stages then train in order, the evaluation last
     spec = RunSpec.build("r", CFG, out, [tmp_path / "t.jsonl"], align=stage)
     assert spec.align == load_config(first) and spec.config == load_config(main)

@@ -86,11 +86,12 @@ def stage_configs(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(the run's config, its align stage's config or None). The align stage is the run's config
     with `align`'s sections merged over it, `train.stage: align` and no LLM rate; the run then
-    starts from RUN/align. `config` itself is not changed."""
+    starts from RUN/align, named by its absolute path so that the run's config.yaml trains from
+    any folder. `config` itself is not changed."""
     if align is None:
         return config, None
     train = config.get("train", {})
-    main = {**config, "train": {**train, "init_from": str(out / "align")}}
+    main = {**config, "train": {**train, "init_from": str(Path(out).absolute() / "align")}}
     first = {**config, **{k: {**config.get(k, {}), **v} for k, v in align.items()}}
     first["train"] = {
         **{k: v for k, v in first.get("train", {}).items() if k not in ("init_from", "lr_llm")},
