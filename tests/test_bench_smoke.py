@@ -128,3 +128,30 @@ def test_bench_serve_parses_without_aiohttp(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["bench_serve.py"])
     with pytest.raises(SystemExit, match="needs aiohttp"):
         bench.parse_args()
+
+
+def test_run_launch_compares_both_ways_on_the_same_bytes(monkeypatch, capsys) -> None:
+    _run(monkeypatch, "bench_run_launch", "--runs", "1", "--steps", "2", "--repeats", "1")
+    out = capsys.readouterr().out
+    assert [r[0] for r in _table(out)] == ["a process each", "forked"]
+    assert re.search(r"forked / a process each: wall \d+\.\d\dx, CPU \d+\.\d\dx", out)
+    assert out.rstrip().endswith("weights and answers identical: True")
+
+
+def test_constant_floor_chooses_on_val_and_scores_on_test(tmp_path, monkeypatch, capsys) -> None:
+    def rows(split: str, answers: list[tuple[str, str]]) -> Path:
+        path = tmp_path / f"{split}.jsonl"
+        lines = [{"id": f"scene-{split}-{i:06d}-{kind}", "family": "scene", "metric": "exact_match",
+                  "reference": ref, "prediction": ref, "score": 1.0}
+                 for i, (kind, ref) in enumerate(answers)]  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return path
+
+    # val favours "1" overall and per type; test would favour "no": the floor keeps val's choice
+    val = rows("val", [("count", "1"), ("count", "1"), ("relation", "yes"), ("relation", "1")])
+    test = rows("test", [("count", "2"), ("relation", "no"), ("relation", "no"), ("count", "1")])
+    _run(monkeypatch, "constant_floor", "--val", str(val), "--test", str(test))
+    out = capsys.readouterr().out
+    (row,) = _table(out)
+    assert row[:5] == ["scene", "exact_match", "`1`", "25.0", "25.0"] and row[5] == "100.0"
+    assert "scene: count `1`, relation `1`" in out
