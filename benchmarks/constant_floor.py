@@ -16,7 +16,6 @@ its predictions are used only for the last column):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -25,57 +24,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean(metric: str, answer: str, references: list[str]) -> float:
-    from polyvis.eval.metrics import METRICS
-
-    scores = METRICS.get(metric).items([answer] * len(references), [[r] for r in references])
-    return 100.0 * sum(scores) / len(scores)
-
-
-def best_constant(rows: list[dict]) -> str:
-    """The val reference that scores best as every answer (ties: the first in sorted order)."""
-    metric, refs = rows[0]["metric"], [r["reference"] for r in rows]
-    return max(sorted(set(refs)), key=lambda c: _mean(metric, c, refs))
-
-
 def floors(val: list[dict], test: list[dict]) -> list[dict]:
-    """Per family: the constant chosen on val, its test score, the per-question-type constants'
-    test score (the family's items pooled, as the family's score pools them), and the run's."""
-    by = defaultdict(lambda: defaultdict(list))
-    for split, rows in (("val", val), ("test", test)):
-        for r in rows:
-            by[r["family"]][split].append(r)
+    """Per family: the constant chosen on val and its test items' scores, the same with one
+    constant per question type (polyvis.eval.floor, which the leaderboard reports), and the
+    run's own test score."""
+    from polyvis.eval.floor import ANY_TYPE, choose_constants, row_metric, row_references
+    from polyvis.eval.metrics import item_scores
+    from polyvis.eval.stats import question_type
+
+    constants = choose_constants(val)
+    by_family = defaultdict(list)
+    for row in test:
+        by_family[row["family"]].append(row)
     out = []
-    for family, split in by.items():
-        metric = split["test"][0]["metric"]
-        refs = [r["reference"] for r in split["test"]]
-        constant = best_constant(split["val"])
-        typed: dict[str, str] = {}
-        for kind in sorted({r["id"].rsplit("-", 1)[-1] for r in split["val"]}):
-            typed[kind] = best_constant([r for r in split["val"] if r["id"].endswith("-" + kind)])
-        per_type = [
-            _mean(metric, typed.get(r["id"].rsplit("-", 1)[-1], constant), [r["reference"]])
-            for r in split["test"]
-        ]
-        run = [r["score"] for r in split["test"] if "score" in r]
-        one = [_mean(metric, constant, [r]) for r in refs]
-        out.append(
-            {
-                "family": family,
-                "metric": metric,
-                "constant": constant,
-                "floor": sum(one) / len(one),
-                "items": one,
-                "typed": typed,
-                "floor_per_type": sum(per_type) / len(per_type),
-                "items_per_type": per_type,
-                "run": 100.0 * sum(run) / len(run) if run else None,
-            }
-        )
+    for family, rows in by_family.items():
+        metric, refs = row_metric(rows[0]), [row_references(r) for r in rows]
+        constant = constants[(family, metric, ANY_TYPE)]
+        typed = {
+            k[2]: v for k, v in constants.items() if k[:2] == (family, metric) and k[2] != ANY_TYPE
+        }
+        per_type = [typed.get(question_type(r["id"]), constant) for r in rows]
+        one = [100.0 * x for x in item_scores(metric, [constant] * len(rows), refs)]
+        by_type = [100.0 * x for x in item_scores(metric, per_type, refs)]
+        run = [r["score"] for r in rows if "score" in r]
+        out.append({"family": family, "metric": metric, "constant": constant, "items": one,
+                    "floor": sum(one) / len(one), "typed": typed, "items_per_type": by_type,
+                    "floor_per_type": sum(by_type) / len(by_type),
+                    "run": 100.0 * sum(run) / len(run) if run else None})  # fmt: skip
     return out
 
 
@@ -96,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", type=Path, required=True, help="a run's val answers.jsonl")
     ap.add_argument("--test", type=Path, required=True, help="the same run's test answers.jsonl")
     args = ap.parse_args(argv)
-    table = floors(_rows(args.val), _rows(args.test))
+    from polyvis.eval.floor import answer_rows
+
+    table = floors(answer_rows(args.val), answer_rows(args.test))
     print("| family | metric | constant chosen on val | its test score | one constant per "
           "question type: test score | this run's test score |")  # fmt: skip
     print("|---|---|---|---:|---:|---:|")

@@ -37,6 +37,10 @@ def test_quick_demo_runs_the_fair_protocol_at_one_seed_then_reuses_and_repeats(
     assert smoke.startswith("SMOKE TEST (--quick): these numbers mean nothing.")
     # the smoke test is said before the table (where the zeros are); the leaderboard's place last
     assert printed.index(smoke) < printed.index(f"| {NAMES[3]} |")
+    # under the cells, what one constant answer per question type (chosen on val) scores
+    assert printed.index(f"| {NAMES[-1]} |") < printed.index(
+        "| (floor: one constant answer per question type) |"
+    )
     assert printed.rstrip().endswith(last) and "docs/leaderboard.md holds the answer" in last
     doc = json.loads((out / "leaderboard.json").read_text())
     assert NAMES[:3] == ["clip", "vary", "dino"]  # each expert alone, then the best fusions

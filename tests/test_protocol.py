@@ -128,6 +128,15 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     types = doc["question_types"]
     assert types["two_expert"] == ["mixed/describe"] and set(types["cells"]) == set(cells)
     assert "## Questions that need two experts" in (out / "leaderboard.md").read_text()
+    # the floor: one constant per question type, chosen on the val answers of a seed-0 run
+    floor = doc["floor"]
+    assert set(floor["families"]) == {"scene", "ocr", "latex", "chart", "table", "mixed"}
+    assert Path(floor["chosen_on"]).name == "answers.jsonl"
+    assert Path(floor["chosen_on"]).parent.name == "val" and Path(floor["answers"]).is_file()
+    assert {"scene/count", "mixed/describe"} <= set(floor["constants"])
+    assert (
+        "**Floor.** One constant answer per question type" in (out / "leaderboard.md").read_text()
+    )
 
     # every run: a fresh fusion and adapter, the align stage first, lm-nano as the LM
     lm = protocol["lm"]["path"]

@@ -96,6 +96,20 @@ def _type_table(doc: dict[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def _floor_note(doc: dict[str, Any]) -> str | None:
+    """What one constant answer per question type, chosen on val, scores on test."""
+    floor = doc.get("floor")
+    if not floor:
+        return None
+    fams = ", ".join(f"{f} {_ci(v)}" for f, v in floor["families"].items())
+    return (
+        f"**Floor.** One constant answer per question type, chosen on val, scores "
+        f"**{_ci(floor['mean'])}** on test ({fams}; 95 % CIs over test items; the constants and "
+        "answers are in the JSON's `floor`). A cell near it does about as well as answering by "
+        "the question's type alone."
+    )
+
+
 def _p(p: float | None, floor: float) -> str:
     if p is None:
         return "-"
@@ -139,6 +153,9 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
         f"Wall time: {duration(float(doc['wall_seconds']))} ({float(doc['wall_seconds']):.0f} s)",
         _main_table(doc),
     ]
+    floor = _floor_note(doc)
+    if floor:
+        parts.append(floor)
     if doc["comparisons"]:
         parts += ["## Against the best single expert", _comparison_table(doc)]
     types = _type_table(doc)

@@ -80,7 +80,8 @@ def demo_notes(quick: bool, budget: dict[str, Any], seed: int) -> list[str]:
 
 
 def demo_table(doc: dict[str, Any]) -> str:
-    """Per cell (in the demo's order) its family means and mean, each with its 95 % CI."""
+    """Per cell (in the demo's order) its family means and mean, each with its 95 % CI; then the
+    floor, one constant answer per question type chosen on val (polyvis.eval.floor)."""
     fams = list(doc["families"])
 
     def ci(entry: dict[str, Any]) -> str:
@@ -88,7 +89,8 @@ def demo_table(doc: dict[str, Any]) -> str:
         return f"{entry['mean']:.1f} [{lo:.1f}, {hi:.1f}]"
 
     lines = ["| cell | " + " | ".join([*fams, "mean"]) + " |", "|---|" + "---:|" * (len(fams) + 1)]
-    for c in doc["cells"]:
+    floor = doc.get("floor")
+    for c in [*doc["cells"], *([{**floor, "name": f"(floor: {floor['name']})"}] if floor else [])]:
         row = [c["name"], *(ci(c["families"][f]) for f in fams), ci(c["mean"])]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

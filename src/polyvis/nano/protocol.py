@@ -223,6 +223,7 @@ def _run(
 ) -> dict[str, Any]:
     from datetime import datetime, timezone
 
+    from polyvis.eval.floor import floor_stats
     from polyvis.eval.leaderboard import write_leaderboard
     from polyvis.eval.stats import cell_scores, leaderboard, question_type_stats
 
@@ -266,6 +267,12 @@ def _run(
             }
             for c in plan.cells
         }  # fmt: skip
+    )
+    # what answering by question type alone scores: chosen on a seed-0 run's val answers (every
+    # run scores the same val and test items), then scored on test
+    first = finals[plan.cells[0].name][0].out
+    stats["floor"] = floor_stats(
+        first / "val" / "answers.jsonl", first / "test" / "answers.jsonl", plan.root / "floor"
     )
     meta = {
         "command": command,
