@@ -119,7 +119,7 @@ def summary_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> T
 
 def leaderboard_table(doc: Mapping[str, Any]) -> Table:
     """A leaderboard document's cells, best mean first: each family's and the mean's bootstrap
-    95 % interval, and p_best."""
+    95 % interval, and p_best; then its floor (one constant answer per question type), unranked."""
     cells = sorted(doc["cells"], key=lambda c: -c["mean"]["mean"])
     fams = list(cells[0]["families"]) if cells else []
 
@@ -136,6 +136,13 @@ def leaderboard_table(doc: Mapping[str, Any]) -> Table:
         )
         lo, hi = c["mean"]["ci"]
         intervals.append(Interval(c["mean"]["mean"], lo, hi))
+    floor = doc.get("floor")
+    if floor and cells:
+        rows.append(
+            ["-", f"(floor: {floor['name']})", *(ci(floor["families"][f]) for f in fams)]
+            + [ci(floor["mean"]), "-"]
+        )
+        intervals.append(Interval(floor["mean"]["mean"], *floor["mean"]["ci"]))
     columns = ["rank", "cell", *fams, "mean", "p_best"]
     return Table(
         columns, rows, left=2, intervals=intervals, interval_label="mean, 95 % CI (bootstrap)"

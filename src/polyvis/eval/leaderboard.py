@@ -172,7 +172,8 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
 
 
 def plot_leaderboard(doc: dict[str, Any], path: Path, title: str = "leaderboard") -> None:
-    """Each cell's mean with its 95 % CI, best at the top; single experts (baselines) in grey."""
+    """Each cell's mean with its 95 % CI, best at the top; single experts (baselines) in grey;
+    the floor (one constant answer per question type), when the document has one, dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -192,11 +193,16 @@ def plot_leaderboard(doc: dict[str, Any], path: Path, title: str = "leaderboard"
     if experts:
         best = max(c["mean"]["mean"] for c in experts)
         ax.axvline(best, color="tab:gray", linestyle=":", linewidth=1)
+    floor = doc.get("floor")
+    if floor:  # answering by question type alone
+        ax.axvline(floor["mean"]["mean"], color="tab:red", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(cells)), [c["name"] for c in cells], fontsize=8)
     ax.set_ylim(-0.6, len(cells) - 0.4)
     ax.set_xlabel("mean score (points), 95 % CI")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{title} (grey: single experts; dotted: the best one)", fontsize=10)
+    key = "grey: single experts; dotted: the best one"
+    key += "\ndashed red: the floor, one constant answer per question type" if floor else ""
+    ax.set_title(f"{title} ({key})", fontsize=10)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
