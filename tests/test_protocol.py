@@ -135,6 +135,8 @@ def test_a_fair_grid_selects_on_val_then_tests_on_a_fresh_seed_and_resumes(
     assert Path(floor["chosen_on"]).parent.name == "val" and Path(floor["answers"]).is_file()
     assert {"scene/count", "mixed/describe"} <= set(floor["constants"])
     assert "**Floor.** One constant answer" in (out / "leaderboard.md").read_text()
+    assert set(types["floor"]) == set(types["groups"])  # and each question type's floor
+    assert "| (floor) |" in (out / "leaderboard.md").read_text()
     assert "(floor: one constant answer per question type)" in (out / "results.html").read_text()
 
     # every run: a fresh fusion and adapter, the align stage first, lm-nano as the LM

@@ -93,6 +93,9 @@ def _type_table(doc: dict[str, Any]) -> str | None:
     for c in _sorted_cells(doc):
         row = qt["cells"][c["name"]]
         lines.append("| " + " | ".join([md_cell(c["name"]), *(_ci(row[g]) for g in groups)]) + " |")
+    if qt.get("floor"):  # one constant answer per question type, chosen on val
+        floor = qt["floor"]
+        lines.append("| " + " | ".join(["(floor)", *(_ci(floor[g]) for g in groups)]) + " |")
     return "\n".join(lines)
 
 

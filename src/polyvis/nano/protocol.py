@@ -274,6 +274,8 @@ def _run(
     stats["floor"] = floor_stats(
         first / "val" / "answers.jsonl", first / "test" / "answers.jsonl", plan.root / "floor"
     )
+    floor_types = question_type_stats({"floor": {0: Path(stats["floor"]["answers"])}})
+    stats["question_types"]["floor"] = floor_types["cells"]["floor"]
     meta = {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
