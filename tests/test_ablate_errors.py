@@ -5,17 +5,16 @@ is still skipped with a printed line); a killed ablation leaves no worker traini
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from _orphans import survivors_of_kill9
 from polyvis.cli import main
 from polyvis.config import load_config
 from polyvis.errors import ConfigError
@@ -212,36 +211,9 @@ PARENT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_worker_dies_with_the_ablation_that_launched_it(tmp_path: Path):
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    assert parent.stdout is not None
-    worker = int(parent.stdout.readline())
-    try:
-        time.sleep(1.0)
-        assert _alive(worker)  # it sleeps: it did not just fail
-        os.kill(parent.pid, signal.SIGKILL)  # kill -9: no finally, no cleanup in the parent
-        parent.wait()
-        deadline = time.monotonic() + 10  # at once in practice; slack for a loaded machine
-        while _alive(worker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(worker), "the worker outlived its ablation"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-        if _alive(worker):
-            os.kill(worker, signal.SIGKILL)
+    assert survivors_of_kill9(PARENT, str(tmp_path)) == [], "the worker outlived its ablation"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from _orphans import survivors_of_kill9
 from polyvis.config import load_config
 from polyvis.nano.fork_server import RunServer
 from polyvis.nano.runs import RunSpec, train_runs
@@ -127,34 +125,5 @@ PARENT = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for a reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_a_forked_run_and_its_server_die_with_the_launcher(tmp_path: Path):
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    assert parent.stdout is not None
-    server, run = map(int, parent.stdout.readline().split())
-    try:
-        time.sleep(1.0)
-        assert _alive(server) and _alive(run)  # it sleeps: it did not just fail
-        os.kill(parent.pid, signal.SIGKILL)  # kill -9: no finally, no cleanup in the launcher
-        parent.wait()
-        deadline = time.monotonic() + 10  # at once in practice; slack for a loaded machine
-        while (_alive(server) or _alive(run)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(run), "the run outlived its launcher"
-        assert not _alive(server), "the server outlived its launcher"
-    finally:
-        for pid in (server, run):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if parent.poll() is None:
-            parent.kill()
+    assert survivors_of_kill9(PARENT, str(tmp_path)) == [], "the server or its run outlived it"
