@@ -102,6 +102,7 @@ def serve() -> int:
     die_with_parent()
     for name in PRELOAD:
         importlib.import_module(name)
+    sys.stdout.flush()  # nothing of the server's own left in a buffer its children inherit
     reply = os.dup(1)
     os.dup2(2, 1)  # a stray print goes to the server's stderr, not into the replies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the launcher stops the runs

@@ -45,6 +45,7 @@ from polyvis.train.sharding import (
 )
 from polyvis.train.stages import configure_stage, parameter_groups
 from polyvis.train.sync_norm import plain_batch_norms, sync_batch_norms
+from polyvis.train.teardown import end_training
 
 
 class TrainingError(PolyVisError):
@@ -382,6 +383,5 @@ def train(cfg: Config, out: str | Path, progress: bool = True) -> Path:
         (run / "done.json").write_text(json.dumps(summary, indent=1))
         if skipped:
             print(f"skipped {len(skipped)} unusable record(s) (see the warnings above)")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return final
