@@ -1,8 +1,9 @@
 """Train-and-evaluate runs for the nano world: typed configs in, RUN/eval/results.json out.
 
 Each run is one process (`polyvis.nano.worker`: its training stages, then its evaluation;
-forked from `polyvis.nano.fork_server` on Linux), launched a few at a time with one thread each: on models this small two threads are only a
-little faster than one, so parallel one-thread jobs finish sooner. Every stage resumes on its own
+forked from `polyvis.nano.fork_server` on Linux), launched a few at a time with one thread
+each: on models this small two threads are only a little faster than one, so parallel
+one-thread jobs finish sooner. Every stage resumes on its own
 (the trainer's checkpoints, RUN/done.json, RUN/eval/results.json), so a killed demo or ablation
 continues where it stopped; on Linux its workers die with it (worker.die_with_parent).
 
