@@ -103,3 +103,19 @@ def test_a_checkpointed_run_still_resumes_with_more_steps(tmp_path):
     check_resumable(run, load_config(_with("train", max_steps=200)))  # not refused
     with pytest.raises(ConfigError, match=r"^train\.seed: 4 differs from the run in"):
         check_resumable(run, load_config(_with("train", seed=4)))
+
+
+def test_a_path_written_relative_then_absolute_is_the_same_run(tmp_path, monkeypatch):
+    """Runs configured with a relative folder (an old relative --out or POLYVIS_CACHE) are
+    reused now that those are written absolute; another path is still another run."""
+    from polyvis.paths import cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POLYVIS_CACHE", "cache")
+    assert cache_root() == tmp_path / "cache"
+    out = tmp_path / "r"
+    _finished(out, _with("data", train=["cache/data/qa.jsonl"]))
+    check_resumable(out, load_config(_with("data", train=[str(tmp_path / "cache/data/qa.jsonl")])))
+    with pytest.raises(ConfigError) as err:
+        check_resumable(out, load_config(_with("data", train=[str(tmp_path / "other/qa.jsonl")])))
+    assert err.value.field == "data"

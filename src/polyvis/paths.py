@@ -19,8 +19,9 @@ from typing import Any
 
 
 def cache_root() -> Path:
-    """Where generated data, nano experts and encoder features are kept (POLYVIS_CACHE overrides)."""
-    return Path(os.environ.get("POLYVIS_CACHE", Path.home() / ".cache" / "polyvis"))
+    """Where generated data, nano experts and encoder features are kept (POLYVIS_CACHE overrides).
+    Absolute, so that the paths under it that run configs record hold from any folder."""
+    return Path(os.environ.get("POLYVIS_CACHE", Path.home() / ".cache" / "polyvis")).absolute()
 
 
 def checked_cache_root() -> Path:

@@ -5,7 +5,9 @@ section recorded there."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from polyvis.config import Config, config_to_dict, load_config
 from polyvis.errors import ConfigError, PolyVisError
@@ -28,6 +30,19 @@ _HOW_NOT_WHAT = (
 )
 
 
+def same_settings(old: Any, new: Any) -> bool:
+    """Config values equal, a path written relative in one and absolute in the other counting
+    as the same (relative to the current folder): a run configured with a relative folder (an
+    old --out, a relative POLYVIS_CACHE) stays reusable now that those are written absolute."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() == new.keys() and all(same_settings(old[k], new[k]) for k in old)
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(map(same_settings, old, new))
+    if isinstance(old, str) and isinstance(new, str) and old != new:
+        return bool(old and new) and os.path.abspath(old) == os.path.abspath(new)
+    return old == new
+
+
 def _trained(run: Path) -> bool:
     """Whether the run directory holds training to continue or keep: a checkpoint or its end."""
     return latest_checkpoint(run) is not None or (run / "done.json").is_file()
@@ -48,7 +63,7 @@ def check_resumable(run: Path, cfg: Config) -> None:
     old = yaml.safe_load(saved.read_text())
     new = config_to_dict(cfg)
     for key in _RESUME_KEYS:
-        if old.get(key) != new.get(key):
+        if not same_settings(old.get(key), new.get(key)):
             raise ConfigError(
                 key, f"differs from the config of the run in {run}; use a new --out to start over"
             )
@@ -60,7 +75,7 @@ def check_resumable(run: Path, cfg: Config) -> None:
         else _RESUME_TRAIN_KEYS
     )
     for key in keys:
-        if old_train.get(key) != new_train.get(key):
+        if not same_settings(old_train.get(key), new_train.get(key)):
             what = "the finished run" if finished else "the run"
             raise ConfigError(
                 f"train.{key}",
