@@ -63,7 +63,12 @@ def choose_constants(val: list[dict[str, Any]]) -> dict[tuple[str, str, str], st
 
 def floor_answers(val: Path, test: Path, out: Path) -> Path:
     """Write OUT/answers.jsonl: every test row answered with its type's constant from val."""
-    constants = choose_constants(answer_rows(val))
+    return _write_answers(choose_constants(answer_rows(val)), val, test, out)
+
+
+def _write_answers(
+    constants: dict[tuple[str, str, str], str], val: Path, test: Path, out: Path
+) -> Path:
     rows = []
     for row in answer_rows(test):
         family, metric = row["family"], row_metric(row)
@@ -95,9 +100,9 @@ def floor_answers(val: Path, test: Path, out: Path) -> Path:
 def floor_stats(val: Path, test: Path, out: Path) -> dict[str, Any]:
     """The floor as the leaderboard reports it: its constants, its per-family means and its mean,
     with 95 % CIs over test items (one seed), and where its answers are."""
-    path = floor_answers(val, test, out)
-    cell = leaderboard([cell_scores(FLOOR_NAME, {0: path})], [])["cells"][0]
     constants = choose_constants(answer_rows(val))
+    path = _write_answers(constants, val, test, out)
+    cell = leaderboard([cell_scores(FLOOR_NAME, {0: path})], [])["cells"][0]
     return {
         "name": FLOOR_NAME,
         "chosen_on": str(val),
