@@ -21,6 +21,9 @@ torch.compile (one compile thread, a fresh inductor cache unless TORCHINDUCTOR_C
 its first block's extra time is the compile cost. `--variant bf16` autocasts to bf16;
 `--variant bf16-worker` also loads the data in one DataLoader worker (train.num_workers=1), which
 runs on another core while the training process computes (its CPU time is not in the CPU column).
+`--variant glibc-malloc` runs the new tree with glibc's malloc defaults
+(POLYVIS_KEEP_FREED_MEMORY=0; every variant's process otherwise keeps freed memory, as a nano
+run's does, when its tree has `polyvis.malloc`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +47,12 @@ def worker(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(1)
+    try:  # as a nano run's process does (trees from before polyvis.malloc have no such step)
+        from polyvis.malloc import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -76,6 +86,7 @@ def worker(spec: dict) -> None:
         if sys.stdin.readline().strip() != "go":
             os._exit(0)  # the parent is done: no final save running beside another block
         state["wall"], state["cpu"] = time.perf_counter(), time.process_time()
+        state["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def paused(self, row: dict) -> None:
         write(self, row)
@@ -84,7 +95,8 @@ def worker(spec: dict) -> None:
         n, first = state["n"], spec["warmup"]
         if n == first or (n > first and (n - first) % spec["steps"] == 0):
             wall, cpu = time.perf_counter() - state["wall"], time.process_time() - state["cpu"]
-            report("block", step=n, wall=wall, cpu=cpu, losses=state["losses"])
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - state["faults"]
+            report("block", step=n, wall=wall, cpu=cpu, faults=faults, losses=state["losses"])
             state["losses"] = []
             wait()
 
@@ -122,6 +134,7 @@ class Proc:
     def __init__(self, name: str, src: str, spec: dict):
         self.name = name
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
+        env.update(spec.get("env", {}))
         env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         if spec.get("compile"):
             env.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
-        choices=["compile", "bf16", "bf16-compile", "bf16-worker"],
+        choices=["compile", "bf16", "bf16-compile", "bf16-worker", "glibc-malloc"],
     )
     parser.add_argument("--set", action="append", default=[], help="config override (both runs)")
     parser.add_argument("--start-model", action="store_true",
@@ -193,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         trees.append(("new+bf16+compile", args.new, {"sets": bf16, "compile": True}))
     if "bf16-worker" in args.variant:  # the data (tokenising, collation) on another core
         trees.append(("new+bf16+worker", args.new, {"sets": [*bf16, "train.num_workers=1"]}))
+    if "glibc-malloc" in args.variant:  # the new tree with glibc's malloc defaults
+        trees.append(("new+glibc-malloc", args.new, {"env": {"POLYVIS_KEEP_FREED_MEMORY": "0"}}))
     procs = [
         Proc(n, str(Path(s).resolve()), {**base, **x, "out": str(tmp / n)}) for n, s, x in trees
     ]
@@ -236,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\n{n} / old: median of blocks {statistics.median(wall_r[n]):.2f}x wall, "
               f"{statistics.median(cpu_r[n]):.2f}x CPU; all blocks together {sw:.2f}x wall")  # fmt: skip
+    faults = ", ".join(
+        f"{p.name} {sum(b['faults'] for b in p.blocks[1:]) / (args.blocks * args.steps):.0f}"
+        for p in procs
+    )
+    print(f"\npage faults per step (minor, all timed blocks): {faults}")
     for p in procs[1:]:
         extra = p.blocks[0]["wall"] - ref.blocks[0]["wall"]
         if p.name.endswith("compile"):

@@ -68,6 +68,23 @@ def test_each_forked_run_takes_the_launchers_environment_and_threads_of_its_laun
         server.close()
 
 
+def test_a_server_stuck_before_its_first_fork_is_an_error_not_a_hang(tmp_path: Path, monkeypatch):
+    """A server that never gets through its imports (here: a sitecustomize that sleeps) fails
+    the launch after start_timeout, naming the wait, and is killed."""
+    from polyvis.errors import PolyVisError
+
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    monkeypatch.setattr(RunServer, "start_timeout", 2.0)
+    server = RunServer(env)
+    try:
+        with pytest.raises(PolyVisError, match=r"^the run server forked no run within 2 s"):
+            server.launch([], tmp_path / "train.log", env, 1)
+        assert server._proc.wait(timeout=10) != 0
+    finally:
+        server.close()
+
+
 # A launcher that forks a run the way train_runs does, then waits. The stage unpickles as a
 # call to time.sleep: a run that stays up.
 PARENT = textwrap.dedent(

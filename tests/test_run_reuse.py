@@ -119,3 +119,22 @@ def test_a_path_written_relative_then_absolute_is_the_same_run(tmp_path, monkeyp
     with pytest.raises(ConfigError) as err:
         check_resumable(out, load_config(_with("data", train=[str(tmp_path / "other/qa.jsonl")])))
     assert err.value.field == "data"
+
+
+def test_the_model_of_init_from_is_not_told_apart_by_path_spelling(tmp_path, monkeypatch):
+    """train.init_from's model is used as it is; the config's `model` fields that differ from it
+    are listed in a warning. An LM path written relative in one and absolute in the other is the
+    same place, not a difference; another folder is."""
+    from polyvis.train.run_dir import model_of_init
+
+    monkeypatch.chdir(tmp_path)
+    init = tmp_path / "init"
+    init.mkdir()
+    model = {k: v for k, v in TINY["model"].items() if k != "llm"}
+    dump_config(load_config({**CFG, "model": {**model, "llm": {"path": str(tmp_path / "lm")}}}),
+                init / "polyvis.yaml")  # fmt: skip
+    relative = load_config({**CFG, "model": {**model, "llm": {"path": "lm"}}})
+    assert model_of_init(relative, init)[1] == []
+    elsewhere = load_config({**CFG, "model": {**model, "llm": {"path": "other/lm"}}})
+    cfg, differ = model_of_init(elsewhere, init)
+    assert differ == ["llm"] and cfg.model.llm.path == str(tmp_path / "lm")

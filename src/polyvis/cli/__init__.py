@@ -22,6 +22,7 @@ from types import ModuleType
 
 from polyvis import __version__
 from polyvis.errors import PolyVisError
+from polyvis.malloc import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    keep_freed_memory()
     try:
         with transformers_progress_bars(args.verbose):
             return int(args.func(args) or 0)

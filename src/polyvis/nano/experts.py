@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from polyvis.errors import ConfigError, DataError, PolyVisError
+from polyvis.malloc import keep_freed_memory
 from polyvis.nano.expert_specs import (
     DATA,
     EXPERTS,
@@ -315,6 +316,7 @@ def _stop(signum: int, frame: Any) -> None:
 def _worker(job_text: str) -> int:
     """Worker entry: train one expert, report stages, steps and errors as JSON lines."""
     job = json.loads(job_text)
+    keep_freed_memory()
     # the parent stops its workers with SIGTERM (Ctrl-C, an error in another worker)
     signal.signal(signal.SIGTERM, _stop)
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from polyvis.errors import PolyVisError
+from polyvis.malloc import keep_freed_memory
 from polyvis.nano.worker import PARENT_ENV, Stage, die_with_parent, run_stages
 
 # what every run imports; anything else a stage needs is imported by the child
@@ -100,6 +101,7 @@ def serve() -> int:
     """The server's loop: fork a child per request until standard input ends, reporting each
     child's start and exit; at the end its remaining children are killed."""
     die_with_parent()
+    keep_freed_memory()  # before the imports; every child forked from here keeps the setting
     for name in PRELOAD:
         importlib.import_module(name)
     sys.stdout.flush()  # nothing of the server's own left in a buffer its children inherit
@@ -181,7 +183,10 @@ class ForkedRun:
 
 class RunServer:
     """The launcher's end of a fork server (see the module's docstring). `launch` blocks until
-    the child is forked: the first call waits for the server's imports."""
+    the child is forked: the first call waits for the server's imports, at most
+    `start_timeout` seconds (a server stuck there would otherwise hang the grid)."""
+
+    start_timeout = 600.0
 
     def __init__(self, env: dict[str, str]):
         self.cond = threading.Condition()
@@ -230,7 +235,12 @@ class RunServer:
         except BrokenPipeError:
             pass  # the server is gone: the wait below says so
         with self.cond:
-            self.cond.wait_for(lambda: self._started or self._ended)
+            if not self.cond.wait_for(lambda: self._started or self._ended, self.start_timeout):
+                self._proc.kill()  # its children die with it
+                raise PolyVisError(
+                    f"the run server forked no run within {self.start_timeout:.0f} s: "
+                    f"{self.errors()}"
+                )
             if not self._started:
                 raise PolyVisError(f"the run server stopped: {self.errors()}")
             return ForkedRun(self, self._started.pop(0))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polyvis.errors import PolyVisError
+from polyvis.malloc import keep_freed_memory
 
 if TYPE_CHECKING:
     from polyvis.config import Config
@@ -144,6 +145,7 @@ def run_stages(stages: list[Stage]) -> int:
 
 def main() -> int:
     die_with_parent()  # first: the stages' pickle may take a while to arrive
+    keep_freed_memory()
     stages = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
     return run_stages(stages)

@@ -111,7 +111,8 @@ def model_of_init(cfg: Config, init_dir: Path) -> tuple[Config, list[str]]:
         return cfg, []
     mine = cfg.model.model_dump(mode="json", exclude_none=True)
     theirs = init_model.model_dump(mode="json", exclude_none=True)
-    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    keys = mine.keys() | theirs.keys()
+    differ = sorted(k for k in keys if not same_settings(mine.get(k), theirs.get(k)))
     return cfg.model_copy(update={"model": init_model}), differ
 
 

@@ -1,0 +1,47 @@
+"""glibc malloc settings for a process that trains or scores with torch on the CPU.
+
+A nano step allocates and frees activations of a few hundred KB each, hundreds of times. glibc
+hands such blocks back to the kernel when they are freed (mmap'd blocks, and the heap's top past
+M_TRIM_THRESHOLD), so the next step faults every page in again and the kernel zeroes it: about
+1,100 page faults per step in a nano run. With freed memory kept in the heap a step faults about
+70 times (docs/performance.md, "Freed memory kept"). The process's peak memory is unchanged: it
+reaches that peak anyway; it only stops giving memory back between steps.
+
+`keep_freed_memory()` is called by polyvis's own processes (the `polyvis` command, nano runs and
+expert builds), not on import: a library must not change the allocator of a user's process.
+`POLYVIS_KEEP_FREED_MEMORY=0` leaves glibc's defaults.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+__all__ = ["ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
+
+ENV = "POLYVIS_KEEP_FREED_MEMORY"
+# <malloc.h>: mallopt's parameter numbers
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# glibc's largest mmap threshold on 64-bit (HEAP_MAX_SIZE / 2): blocks below it come from the heap
+MMAP_THRESHOLD = 32 * 1024 * 1024
+# the heap's free top is returned to the kernel only past this
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed blocks for reuse (see the module doc). True when set; False on a
+    platform without glibc's mallopt or when `POLYVIS_KEEP_FREED_MEMORY=0`."""
+    if os.environ.get(ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing  # noqa: B018
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # both set explicitly: setting either one also stops glibc adjusting the mmap threshold
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
