@@ -1,11 +1,11 @@
 """glibc malloc settings for a process that trains or scores with torch on the CPU.
 
-A nano step allocates and frees activations of a few hundred KB each, hundreds of times. glibc
-hands such blocks back to the kernel when they are freed (mmap'd blocks, and the heap's top past
-M_TRIM_THRESHOLD), so the next step faults every page in again and the kernel zeroes it: about
-1,100 page faults per step in a nano run. With freed memory kept in the heap a step faults about
-70 times (docs/performance.md, "Freed memory kept"). The process's peak memory is unchanged: it
-reaches that peak anyway; it only stops giving memory back between steps.
+A nano step allocates and frees activations of a few hundred KB each, hundreds of times. With
+glibc's defaults much of that goes back to the kernel when it is freed (mmap'd blocks, and the
+heap's top past M_TRIM_THRESHOLD), so the next step faults those pages in again and the kernel
+zeroes them. Kept in the heap, they are reused: a nano step then faults about a tenth as often
+(docs/performance.md, "Freed memory kept"). A process's peak memory is what it was; the process
+just stops handing memory back between steps.
 
 `keep_freed_memory()` is called by polyvis's own processes (the `polyvis` command, nano runs and
 expert builds), not on import: a library must not change the allocator of a user's process.
