@@ -4,12 +4,12 @@ A nano step allocates and frees activations of a few hundred KB each, hundreds o
 glibc's defaults much of that goes back to the kernel when it is freed (mmap'd blocks, and the
 heap's top past M_TRIM_THRESHOLD), so the next step faults those pages in again and the kernel
 zeroes them. Kept in the heap, they are reused: a nano step then faults about a tenth as often
-(docs/performance.md, "Freed memory kept"). A process's peak memory is what it was; the process
-just stops handing memory back between steps.
+(docs/performance.md, "Freed memory kept"). The process stops handing memory back between
+steps, so it holds about its peak from then on.
 
-`keep_freed_memory()` is called by polyvis's own processes (the `polyvis` command, nano runs and
-expert builds), not on import: a library must not change the allocator of a user's process.
-`POLYVIS_KEEP_FREED_MEMORY=0` leaves glibc's defaults.
+`keep_freed_memory()` is called by polyvis's own processes (the `polyvis` command, nano runs,
+expert builds and the serving engine), not on import: a library must not change the allocator
+of a user's process. `POLYVIS_KEEP_FREED_MEMORY=0` leaves glibc's defaults.
 """
 
 from __future__ import annotations
