@@ -44,15 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # -- the worker: one training process, paused between blocks ------------------------------------
 def worker(spec: dict) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    try:  # as a nano run's process does (trees from before polyvis.malloc have no such step)
+    try:  # first, as a nano run's process does (trees before polyvis.malloc have no such step)
         from polyvis.malloc import keep_freed_memory
     except ImportError:
         pass
     else:
         keep_freed_memory()
+    import torch
+
+    torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

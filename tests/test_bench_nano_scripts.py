@@ -65,4 +65,4 @@ def test_step_benchmark_compares_two_trees_on_the_same_losses(synth_sets, capsys
     # one tree against itself: the same data order and weights, so the same losses; the
     # allocator's settings change no arithmetic
     assert out.count("identical for the first 5") == 2, out
-    assert re.search(r"page faults per step .*: old \d+, new \d+, new\+glibc-malloc \d+", out)
+    assert re.search(r"page faults per step .*: old \d+, new \d+, new\+glibc-malloc \d+", out), out

@@ -155,3 +155,14 @@ def test_constant_floor_chooses_on_val_and_scores_on_test(tmp_path, monkeypatch,
     (row,) = _table(out)
     assert row[:5] == ["scene", "exact_match", "`1`", "25.0", "25.0"] and row[5] == "100.0"
     assert "scene: count `1`, relation `1`" in out
+
+
+def test_expert_malloc_builds_one_expert_both_ways(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setenv("POLYVIS_CACHE", str(tmp_path))
+    _run(monkeypatch, "bench_expert_malloc", "--expert", "lm-nano", "--quick", "--steps", "8",
+         "--every", "4")  # fmt: skip
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert [r[0] for r in rows] == ["1-4", "5-8"], out
+    assert all(float(r[1]) >= 0 and int(r[2]) >= 0 and float(r[3]) >= 0 for r in rows)
+    assert "after the first block: kept takes" in out

@@ -1,5 +1,3 @@
-import sys
+from polyvis.cli import entry
 
-from polyvis.cli import main
-
-sys.exit(main())
+entry()

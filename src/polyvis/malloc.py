@@ -7,9 +7,11 @@ zeroes them. Kept in the heap, they are reused: a nano step then faults about a 
 (docs/performance.md, "Freed memory kept"). The process stops handing memory back between
 steps, so it holds about its peak from then on.
 
-`keep_freed_memory()` is called by polyvis's own processes (the `polyvis` command, nano runs,
-expert builds and the serving engine), not on import: a library must not change the allocator
-of a user's process. `POLYVIS_KEEP_FREED_MEMORY=0` leaves glibc's defaults.
+`keep_freed_memory()` is called by polyvis's own processes that train or score (the `polyvis`
+command, nano runs and expert builds), not on import and not by `polyvis.cli.main` called from
+Python: a library must not change the allocator of a user's process. The serving engine's
+process keeps glibc's defaults (not measured there). `POLYVIS_KEEP_FREED_MEMORY=0` leaves
+glibc's defaults everywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +44,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # both set explicitly: setting either one also stops glibc adjusting the mmap threshold
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
+    mapped = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trimmed = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mapped and trimmed)

@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    keep_freed_memory()
     try:
         with transformers_progress_bars(args.verbose):
             return int(args.func(args) or 0)
@@ -103,5 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `polyvis` command and `python -m polyvis`: `main` in a process of polyvis's own, which
+    keeps freed memory (polyvis.malloc). Calling `main` from Python leaves the allocator alone."""
+    keep_freed_memory()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

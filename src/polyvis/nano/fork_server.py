@@ -13,7 +13,9 @@ Requests (launcher -> server, standard input): an 8-byte length, then a pickle o
 (stages, log path, environment, threads). Replies (server -> launcher, the server's original
 standard output): JSON lines, {"started": pid} for each request, {"exited": pid, "code": n}
 when a child ends. The server dies with the launching thread (worker.die_with_parent), and its
-children with the server, so a killed grid leaves no run training.
+children with the server, so a killed grid leaves no run training. The server keeps freed
+memory (polyvis.malloc) before its imports, so its children do too: POLYVIS_KEEP_FREED_MEMORY
+is read from the server's environment when it starts, not from a launch's.
 """
 
 from __future__ import annotations
@@ -184,7 +186,9 @@ class ForkedRun:
 class RunServer:
     """The launcher's end of a fork server (see the module's docstring). `launch` blocks until
     the child is forked: the first call waits for the server's imports, at most
-    `start_timeout` seconds (a server stuck there would otherwise hang the grid)."""
+    `start_timeout` seconds (a server stuck there would otherwise hang the grid); later calls
+    wait without a limit, since a server that forked once is past its imports and killing it
+    would take its running children with it."""
 
     start_timeout = 600.0
 
@@ -192,6 +196,7 @@ class RunServer:
         self.cond = threading.Condition()
         self._codes: dict[int, int] = {}
         self._started: list[int] = []
+        self._forked_any = False
         self._ended = False
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self._proc = subprocess.Popen(
@@ -234,22 +239,26 @@ class RunServer:
             self._proc.stdin.flush()
         except BrokenPipeError:
             pass  # the server is gone: the wait below says so
+        limit = None if self._forked_any else self.start_timeout
         with self.cond:
-            if not self.cond.wait_for(lambda: self._started or self._ended, self.start_timeout):
-                self._proc.kill()  # its children die with it
-                raise PolyVisError(
-                    f"the run server forked no run within {self.start_timeout:.0f} s: "
-                    f"{self.errors()}"
-                )
-            if not self._started:
-                raise PolyVisError(f"the run server stopped: {self.errors()}")
-            return ForkedRun(self, self._started.pop(0))
+            answered = self.cond.wait_for(lambda: self._started or self._ended, limit)
+            if answered and self._started:
+                self._forked_any = True
+                return ForkedRun(self, self._started.pop(0))
+        if not answered:
+            self._proc.kill()  # it has no children yet
+            self._proc.wait()
+            raise PolyVisError(
+                f"the run server forked no run within {self.start_timeout:g} s and was stopped "
+                f"({self.errors()})"
+            )
+        raise PolyVisError(f"the run server stopped: {self.errors()}")
 
     def errors(self) -> str:
         """The end of the server's own error output (its children write to their logs)."""
         self._errors.seek(0)
         lines = self._errors.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(lines[-3:]) or f"exit status {self._proc.poll()}"
+        return " | ".join(lines[-3:]) or f"no error output; exit status {self._proc.poll()}"
 
     def close(self) -> None:
         """Stop the server; it kills any child still running."""

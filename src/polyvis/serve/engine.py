@@ -64,10 +64,8 @@ def _engine_main(
     conn: Any, sources: dict[str, str], settings: ServeSettings, threads: int | None, arrivals: dict
 ) -> None:
     """The engine process: load every model, start its batcher, and serve the pipe."""
-    from polyvis.malloc import keep_freed_memory
     from polyvis.models.build import load_model
 
-    keep_freed_memory()  # a process of polyvis's own, as the `polyvis` command is
     if threads:
         torch.set_num_threads(threads)
     send_lock = threading.Lock()
