@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# {args.expert}{' (quick)' if args.quick else ''}: two builds at once, one thread each\n"
     )
     print(
-        "| steps | kept: s | kept: faults/step | defaults: s | defaults: faults/step | kept / defaults (time) |"
-    )  # noqa: E501
+        "| steps | kept: s | kept: faults/step | defaults: s | defaults: faults/step "
+        "| kept / defaults (time) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for a, b in zip(blocks["1"], blocks["0"]):
         steps = f"{a['step'] - args.every + 1}-{a['step']}"
