@@ -14,6 +14,8 @@ from polyvis.data.synthetic.cache import synthetic_dir
 from polyvis.nano.budget import DEMO_ADAPTER, DEMO_CELLS, FAMILIES, QUICK_BUDGET
 from polyvis.nano.demo_report import one_seed_note, quick_notice
 from polyvis.nano.fair_cells import label, slug, typed
+from polyvis.nano.fork_server import RunServer
+from polyvis.nano.runs import FORK_RUNS
 from polyvis.paths import cache_root
 
 # the leaderboard's names: the expert alone, or the encoders and the fusion
@@ -27,11 +29,28 @@ def _runs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.glob("cells/*/*/seed-*/done.json"))
 
 
+def _count_servers(monkeypatch) -> list[int]:
+    """One entry per fork server process started from now on."""
+    started: list[int] = []
+    start = RunServer._start
+
+    def counted(self: RunServer):
+        if self._proc is None:
+            started.append(1)
+        return start(self)
+
+    monkeypatch.setattr(RunServer, "_start", counted)
+    return started
+
+
 def test_quick_demo_runs_the_fair_protocol_at_one_seed_then_reuses_and_repeats(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, monkeypatch
 ):
+    servers = _count_servers(monkeypatch)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    # the selection's runs and the test runs forked from one server (Linux)
+    assert servers == ([1] if FORK_RUNS else [])
     printed = capsys.readouterr().out
     smoke, last = quick_notice(QUICK_BUDGET), one_seed_note(0)
     assert smoke.startswith("SMOKE TEST (--quick): these numbers mean nothing.")
@@ -96,8 +115,9 @@ def test_quick_demo_runs_the_fair_protocol_at_one_seed_then_reuses_and_repeats(
     assert not (out / "data").exists()
     stamps = {p: p.stat().st_mtime_ns for p in [manifest, *cache_root().glob("experts/*/*.json")]}
     done = {r: (r / "done.json").stat().st_mtime_ns for r in runs}
-    # A second run reuses data, experts, trained runs and evaluations.
+    # A second run reuses data, experts, trained runs and evaluations, and starts no server.
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert servers == ([1] if FORK_RUNS else [])
     assert {r: (r / "done.json").stat().st_mtime_ns for r in _runs(out)} == done
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     again = json.loads((out / "leaderboard.json").read_text())

@@ -39,16 +39,48 @@ STAGE = textwrap.dedent(
 )
 
 
+PLOT_STAGE = textwrap.dedent(
+    """
+    import json, sys
+
+    class Plot:
+        def __init__(self, out):
+            self.out = out
+
+        def run(self):
+            from polyvis.eval.report import plot_results
+
+            before = set(sys.modules)
+            results = {"scores": {"scene": 0.5, "ocr": 0.25}, "overall": 0.375, "model": "m"}
+            plot_results(results, self.out)
+            with open(self.out.with_suffix(".json"), "w") as f:
+                json.dump(sorted(set(sys.modules) - before), f)
+    """
+)
+
+
 def test_each_forked_run_takes_the_launchers_environment_and_threads_of_its_launch(
     tmp_path: Path, monkeypatch
 ):
+    """Also: a run draws its results.png importing nothing its server had not (matplotlib is
+    preloaded), and a server starts no process until its first launch."""
     (tmp_path / "report_stage.py").write_text(STAGE)
+    (tmp_path / "plot_stage.py").write_text(PLOT_STAGE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    from plot_stage import Plot
     from report_stage import Report
+
+    unused = RunServer(dict(os.environ))
+    assert unused._proc is None  # made for calls that may launch nothing, it costs nothing
+    unused.close()
 
     server = RunServer(dict(os.environ))
     try:
+        png = tmp_path / "results.png"
+        assert server.launch([Plot(png)], tmp_path / "plot.log", dict(os.environ), 1).wait() == 0
+        assert png.stat().st_size > 1000
+        assert json.loads(png.with_suffix(".json").read_text()) == []  # no module imported
         seen = []
         for x, threads in (("a", 1), ("b", 2)):
             env = {**os.environ, "POLYVIS_TEST_X": x, "OMP_NUM_THREADS": str(threads)}

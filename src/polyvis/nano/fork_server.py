@@ -2,9 +2,10 @@
 
 Each nano run is a process of its own (its log, its memory, a kill that stops only it), but
 importing torch, transformers and polyvis's training and scoring costs about 4 s of CPU, more
-than a quick run's training. `RunServer` starts `python -m polyvis.nano.fork_server` once per
-`train_runs` call: it imports them with one thread (so it has no thread to lose in a fork), then
-forks one child per run. A child starts from the imports alone, takes the launcher's
+than a quick run's training. `RunServer` starts `python -m polyvis.nano.fork_server` at the
+first run a `train_runs` call launches (or once for all of a grid's calls, `runs.run_server`):
+it imports them, and what scoring imports lazily, with one thread (so it has no thread to
+lose in a fork), then forks one child per run. A child starts from the imports alone, takes the launcher's
 environment of that moment, writes to the run's log and exits with `worker.run_stages`'s
 status, as a `python -m polyvis.nano.worker` process would. Linux only: `runs.train_runs` uses
 plain worker processes elsewhere.
@@ -41,10 +42,15 @@ from polyvis.errors import PolyVisError
 from polyvis.malloc import keep_freed_memory
 from polyvis.nano.worker import PARENT_ENV, Stage, die_with_parent, run_stages
 
-# what every run imports; anything else a stage needs is imported by the child
+# what every run imports, lazily imported ones included (transformers' optimizers, matplotlib
+# for each scoring's results.png); anything else a stage needs is imported by the child
 PRELOAD = (
     "torch",
     "transformers",
+    "transformers.optimization",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "rich.progress",
     "polyvis.train.loop",
     "polyvis.eval.runner",
     "polyvis.eval.report",
@@ -106,6 +112,7 @@ def serve() -> int:
     keep_freed_memory()  # before the imports; every child forked from here keeps the setting
     for name in PRELOAD:
         importlib.import_module(name)
+    importlib.import_module("PIL.Image").preinit()  # the image formats a run opens or saves
     sys.stdout.flush()  # nothing of the server's own left in a buffer its children inherit
     reply = os.dup(1)
     os.dup2(2, 1)  # a stray print goes to the server's stderr, not into the replies
@@ -184,30 +191,37 @@ class ForkedRun:
 
 
 class RunServer:
-    """The launcher's end of a fork server (see the module's docstring). `launch` blocks until
-    the child is forked: the first call waits for the server's imports, at most
-    `start_timeout` seconds (a server stuck there would otherwise hang the grid); later calls
-    wait without a limit, since a server that forked once is past its imports and killing it
-    would take its running children with it."""
+    """The launcher's end of a fork server (see the module's docstring). The server starts at
+    the first `launch`, so one made for several calls that launch nothing costs nothing.
+    `launch` blocks until the child is forked: the first call waits for the server's imports,
+    at most `start_timeout` seconds (a server stuck there would otherwise hang the grid); later
+    calls wait without a limit, since a server that forked once is past its imports and
+    killing it would take its running children with it."""
 
     start_timeout = 600.0
 
     def __init__(self, env: dict[str, str]):
         self.cond = threading.Condition()
+        self._env = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._codes: dict[int, int] = {}
         self._started: list[int] = []
         self._forked_any = False
         self._ended = False
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "polyvis.nano.fork_server"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._errors,
-            env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "polyvis.nano.fork_server"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+                env=self._env,
+            )
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+        return self._proc
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
@@ -233,10 +247,11 @@ class RunServer:
         self, stages: list[Stage], log: Path, env: dict[str, str], threads: int
     ) -> ForkedRun:
         request = pickle.dumps((stages, str(log), env, threads))
-        assert self._proc.stdin is not None
+        proc = self._start()
+        assert proc.stdin is not None
         try:
-            self._proc.stdin.write(_LENGTH.pack(len(request)) + request)
-            self._proc.stdin.flush()
+            proc.stdin.write(_LENGTH.pack(len(request)) + request)
+            proc.stdin.flush()
         except BrokenPipeError:
             pass  # the server is gone: the wait below says so
         limit = None if self._forked_any else self.start_timeout
@@ -246,8 +261,8 @@ class RunServer:
                 self._forked_any = True
                 return ForkedRun(self, self._started.pop(0))
         if not answered:
-            self._proc.kill()  # it has no children yet
-            self._proc.wait()
+            proc.kill()  # it has no children yet
+            proc.wait()
             raise PolyVisError(
                 f"the run server forked no run within {self.start_timeout:g} s and was stopped "
                 f"({self.errors()})"
@@ -258,19 +273,22 @@ class RunServer:
         """The end of the server's own error output (its children write to their logs)."""
         self._errors.seek(0)
         lines = self._errors.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(lines[-3:]) or f"no error output; exit status {self._proc.poll()}"
+        status = self._proc.poll() if self._proc is not None else None
+        return " | ".join(lines[-3:]) or f"no error output; exit status {status}"
 
     def close(self) -> None:
         """Stop the server; it kills any child still running."""
-        assert self._proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._reader.join(timeout=5)
+        proc = self._proc
+        if proc is not None:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._reader.join(timeout=5)
         self._errors.close()
 
 

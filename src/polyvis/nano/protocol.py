@@ -37,11 +37,13 @@ from typing import Any
 
 from polyvis.errors import PolyVisError
 from polyvis.nano.fair_plan import FairPlan, Setting, check_before_training, plan_fair
+from polyvis.nano.fork_server import RunServer
 from polyvis.nano.runs import (
     Finished,
     RunSpec,
     family_scores,
     read_results,
+    run_server,
     train_runs,
     train_seconds,
 )
@@ -55,7 +57,7 @@ def val_mean(run: RunSpec) -> tuple[float, dict[str, float]]:
     return statistics.fmean(scores.values()), scores
 
 
-def select(plan: FairPlan, jobs: int) -> dict[str, dict[str, Any]]:
+def select(plan: FairPlan, jobs: int, server: RunServer | None = None) -> dict[str, dict[str, Any]]:
     """Train every candidate of every cell at the first seed, score it on val, choose the best
     val mean (the first candidate on a tie); writes ROOT/selection.json."""
     runs = {
@@ -68,7 +70,7 @@ def select(plan: FairPlan, jobs: int) -> dict[str, dict[str, Any]]:
           if all(not c.train for c in plan.cells) else
           f"selection: {len(runs)} runs (each cell at its own setting, seed {plan.seeds[0]}), "
           "scored on val; finished ones are reused")  # fmt: skip
-    train_runs(list(runs.values()), jobs=jobs, on_done=_done)
+    train_runs(list(runs.values()), jobs=jobs, on_done=_done, server=server)
     out: dict[str, dict[str, Any]] = {}
     for cell in plan.cells:
         rows = []
@@ -100,13 +102,18 @@ def val_table(chosen: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def val_seeds(plan: FairPlan, chosen: dict[str, dict[str, Any]], jobs: int) -> dict[str, Any]:
+def val_seeds(
+    plan: FairPlan,
+    chosen: dict[str, dict[str, Any]],
+    jobs: int,
+    server: RunServer | None = None,
+) -> dict[str, Any]:
     """val_only with several seeds: each cell's chosen setting at every seed, scored on val (a
     pilot's spread over seeds, no test set); printed, and written to ROOT/val_seeds.json."""
     runs = chosen_runs(plan, chosen, "val")
     every = [r for cell_runs in runs.values() for r in cell_runs]
     print(f"val seeds: {len(every)} runs (each cell's choice at seeds {plan.seeds}), scored on val")
-    train_runs(every, jobs=jobs, on_done=_done)
+    train_runs(every, jobs=jobs, on_done=_done, server=server)
     out: dict[str, Any] = {}
     for cell in plan.cells:
         scores = [val_mean(run) for run in runs[cell.name]]
@@ -185,8 +192,12 @@ def run_fair(
     plan = plan_fair(spec, out, progress)
     check_before_training(plan, spec)
     notes = [*notes, *world_notes(plan.world.info)]
-    with WallClock(plan.root / "wall.json") as clock, _terminate_as_exit():
-        return _run(plan, spec, command, clock, notes)
+    with (
+        run_server() as server,
+        WallClock(plan.root / "wall.json") as clock,
+        _terminate_as_exit(),
+    ):
+        return _run(plan, spec, command, clock, notes, server)
 
 
 def world_notes(info: dict[str, Any]) -> list[str]:
@@ -219,7 +230,12 @@ def _terminate_as_exit() -> Iterator[None]:
 
 
 def _run(
-    plan: FairPlan, spec: dict[str, Any], command: str, wall: Any, notes: Sequence[str]
+    plan: FairPlan,
+    spec: dict[str, Any],
+    command: str,
+    wall: Any,
+    notes: Sequence[str],
+    server: RunServer | None,
 ) -> dict[str, Any]:
     from datetime import datetime, timezone
 
@@ -231,10 +247,10 @@ def _run(
     write_json_atomic(
         plan.root / "protocol.json", plan.world.describe(plan.settings, plan.seeds, plan.cells)
     )
-    chosen = select(plan, jobs)
+    chosen = select(plan, jobs, server)
     if spec.get("val_only"):  # designing the world or the recipe: val scores, no test set
         print(val_table(chosen))
-        seeds = val_seeds(plan, chosen, jobs) if len(plan.seeds) > 1 else None
+        seeds = val_seeds(plan, chosen, jobs, server) if len(plan.seeds) > 1 else None
         return {"val_only": True, "selection": chosen, **({"val_seeds": seeds} if seeds else {})}
     # every choice is made and written: only now is the test set made and read
     plan.world.make_test_set()
@@ -245,7 +261,7 @@ def _run(
     every = [r for runs in finals.values() for r in runs]
     n = len(plan.seeds)
     print(f"test: {len(every)} runs ({n} seed{'s' * (n > 1)} per cell), scored on the test set")
-    train_runs(every, jobs=jobs, on_done=_done)
+    train_runs(every, jobs=jobs, on_done=_done, server=server)
     cells = []
     for cell in plan.cells:
         runs = finals[cell.name]

@@ -14,13 +14,14 @@ train.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -190,6 +191,19 @@ class Finished:
         return f"  {self.spec.name}: done in {self.seconds:.0f} s [{self.done}/{self.total}{left}]"
 
 
+@contextlib.contextmanager
+def run_server(fork: bool | None = None) -> Iterator[RunServer | None]:
+    """One fork server for several `train_runs` calls (a grid's selection, then its test
+    runs): it imports once, at the first launch, and stops on exit. None where runs do not
+    fork (`fork`, default FORK_RUNS)."""
+    server = RunServer(_env(1)) if (FORK_RUNS if fork is None else fork) else None
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.close()
+
+
 def train_runs(
     specs: list[RunSpec],
     jobs: int = 2,
@@ -197,6 +211,7 @@ def train_runs(
     on_done: Callable[[Finished], None] | None = None,
     evaluate: bool = True,
     fork: bool | None = None,
+    server: RunServer | None = None,
 ) -> dict[str, float]:
     """Train (then, with `evaluate`, score on its held-out files) every run not done yet, `jobs`
     one-thread processes at a time; returns each run's training seconds. Evaluating in the
@@ -204,7 +219,8 @@ def train_runs(
     A failed run stops the others and raises a PolyVisError with the end of its log. Each
     worker dies with the thread that launched it (Linux), which waits for it here. `fork`
     (default FORK_RUNS: on Linux) forks the runs from one process that imported torch once
-    (polyvis.nano.fork_server) rather than starting a Python for each."""
+    (polyvis.nano.fork_server) rather than starting a Python for each; `server` (from
+    `run_server`) is that process, shared with other calls, and left running here."""
     for name, value in (("jobs", jobs), ("threads", threads)):
         if not int_at_least(value, 1):  # 0 jobs would wait forever for a free slot
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
@@ -215,7 +231,11 @@ def train_runs(
     total, done, began = len(pending), 0, time.perf_counter()
     if fork is None:
         fork = FORK_RUNS
-    server = RunServer(_env(1)) if fork and pending else None
+    own = server is None and fork
+    if own:
+        server = RunServer(_env(1))
+    elif not fork:
+        server = None
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -255,7 +275,7 @@ def train_runs(
             proc.wait()
             if log is not None:
                 log.close()
-        if server is not None:
+        if own and server is not None:
             server.close()
     return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
 
