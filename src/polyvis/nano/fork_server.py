@@ -5,9 +5,9 @@ importing torch, transformers and polyvis's training and scoring costs about 4 s
 than a quick run's training. `RunServer` starts `python -m polyvis.nano.fork_server` at the
 first run a `train_runs` call launches (or once for all of a grid's calls, `runs.run_server`):
 it imports them, and what scoring imports lazily, with one thread (so it has no thread to
-lose in a fork), then forks one child per run. A child starts from the imports alone, takes the launcher's
-environment of that moment, writes to the run's log and exits with `worker.run_stages`'s
-status, as a `python -m polyvis.nano.worker` process would. Linux only: `runs.train_runs` uses
+lose in a fork), then forks one child per run. A child starts from the imports alone, takes
+the launcher's environment of that moment, writes to the run's log and exits with
+`worker.run_stages`'s status, as a `python -m polyvis.nano.worker` process would. Linux only: `runs.train_runs` uses
 plain worker processes elsewhere.
 
 Requests (launcher -> server, standard input): an 8-byte length, then a pickle of
