@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo(src: Path, out: Path, cache: Path) -> tuple[float, float]:
-    """(wall s, CPU s of its processes) of one quick demo into `out` with `src` first on the path."""
+    """(wall s, CPU s of its processes) of one quick demo into `out`, `src` first on the path."""
     env = {**os.environ, "POLYVIS_CACHE": str(cache), "PYTHONPATH": str(src)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

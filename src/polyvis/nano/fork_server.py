@@ -7,8 +7,8 @@ first run a `train_runs` call launches (or once for all of a grid's calls, `runs
 it imports them, and what scoring imports lazily, with one thread (so it has no thread to
 lose in a fork), then forks one child per run. A child starts from the imports alone, takes
 the launcher's environment of that moment, writes to the run's log and exits with
-`worker.run_stages`'s status, as a `python -m polyvis.nano.worker` process would. Linux only: `runs.train_runs` uses
-plain worker processes elsewhere.
+`worker.run_stages`'s status, as a `python -m polyvis.nano.worker` process would. Linux only:
+`runs.train_runs` uses plain worker processes elsewhere.
 
 Requests (launcher -> server, standard input): an 8-byte length, then a pickle of
 (stages, log path, environment, threads). Replies (server -> launcher, the server's original
