@@ -231,11 +231,11 @@ def train_runs(
     total, done, began = len(pending), 0, time.perf_counter()
     if fork is None:
         fork = FORK_RUNS
-    own = server is None and fork
-    if own:
-        server = RunServer(_env(1))
-    elif not fork:
+    owned = contextlib.ExitStack()  # a server of this call's own, stopped when it ends
+    if not fork:
         server = None
+    elif server is None:
+        server = owned.enter_context(run_server(fork=True))
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -275,8 +275,7 @@ def train_runs(
             proc.wait()
             if log is not None:
                 log.close()
-        if own and server is not None:
-            server.close()
+        owned.close()
     return {s.name: train_seconds(s) for s in specs if (s.out / "done.json").is_file()}
 
 
